@@ -1,0 +1,146 @@
+"""The catalog of rebalancerd's metrics, and an in-memory MetricsSink for tests and the demo.
+
+Every metric any module emits is declared here once: short name -> (type, help, label names).
+The Prometheus adapter registers them as ``rebalancerd_<name>``; callers use the short name.
+Units follow Prometheus conventions (seconds, bytes, ratios 0..1, ``_total`` for counters).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Literal
+
+MetricType = Literal["counter", "gauge", "histogram"]
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSpec:
+    type: MetricType
+    help: str
+    labels: tuple[str, ...] = ()
+    buckets: tuple[float, ...] | None = None
+
+
+METRICS: dict[str, MetricSpec] = {
+    # --- migrations ---------------------------------------------------------------------------
+    "migrations_planned_total": MetricSpec(
+        "counter", "Migrations put in a plan, by reason kind.", ("reason",)
+    ),
+    "migrations_started_total": MetricSpec("counter", "Live migrations started.", ("reason",)),
+    "migrations_succeeded_total": MetricSpec(
+        "counter", "Live migrations verified on the target.", ("reason",)
+    ),
+    "migrations_failed_total": MetricSpec(
+        "counter", "Live migrations that failed (VM kept on the source).", ("error",)
+    ),
+    "migrations_aborted_total": MetricSpec(
+        "counter", "Live migrations aborted by the time budget.", ("reason",)
+    ),
+    "migrations_skipped_total": MetricSpec(
+        "counter", "Planned migrations skipped by a pre-check or limit.", ("reason",)
+    ),
+    "migrations_in_flight": MetricSpec("gauge", "Live migrations running now."),
+    "migration_duration_seconds": MetricSpec(
+        "histogram",
+        "Wall time of completed live migrations.",
+        (),
+        (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600),
+    ),
+    "migration_downtime_seconds": MetricSpec(
+        "histogram",
+        "Guest downtime of completed live migrations.",
+        (),
+        (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2, 5),
+    ),
+    "migrated_bytes_total": MetricSpec("counter", "Bytes transferred by live migrations."),
+    "migration_limit_blocks_total": MetricSpec(
+        "counter", "Moves held back by a limit (concurrency, budget, window, cooldown).", ("limit",)
+    ),
+    "migration_remaining_bytes": MetricSpec(
+        "gauge", "Data left to transfer of a running migration.", ("vm",)
+    ),
+    "host_circuit_open": MetricSpec(
+        "gauge", "1 while a host's circuit breaker is open after repeated failures.", ("host",)
+    ),
+    "vm_lost_total": MetricSpec(
+        "counter", "VMs found on neither source nor target after a migration (alarm)."
+    ),
+    # --- planner ------------------------------------------------------------------------------
+    "plans_total": MetricSpec("counter", "Plans computed, by solver status.", ("status",)),
+    "solver_duration_seconds": MetricSpec(
+        "histogram", "Planner wall time.", (), (0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60)
+    ),
+    "plan_objective": MetricSpec("gauge", "Objective value of the last plan."),
+    # --- cluster ------------------------------------------------------------------------------
+    "host_load_ratio": MetricSpec(
+        "gauge", "Normalised host load (0..1) by resource.", ("host", "resource")
+    ),
+    "cluster_imbalance_ratio": MetricSpec(
+        "gauge", "Max minus min weighted normalised load over active hosts."
+    ),
+    "hosts": MetricSpec("gauge", "Inventory hosts by state.", ("state",)),
+    "vms": MetricSpec("gauge", "VMs known to the model."),
+    # --- telemetry ----------------------------------------------------------------------------
+    "telemetry_messages_total": MetricSpec("counter", "Telemetry messages accepted.", ()),
+    "telemetry_rejected_total": MetricSpec(
+        "counter", "Telemetry messages rejected, by reason.", ("reason",)
+    ),
+    "telemetry_staleness_seconds": MetricSpec(
+        "gauge", "Seconds since the last accepted report of a host.", ("host",)
+    ),
+    # --- policy -------------------------------------------------------------------------------
+    "policy_reload_success": MetricSpec("gauge", "1 if the last policy reload succeeded, else 0."),
+    "policy_reload_timestamp_seconds": MetricSpec(
+        "gauge", "Unix time of the last policy reload attempt."
+    ),
+    "policy_reloads_total": MetricSpec("counter", "Policy reload attempts.", ("result",)),
+    # --- daemon -------------------------------------------------------------------------------
+    "errors_total": MetricSpec("counter", "Unexpected errors caught by a loop.", ("where",)),
+    "journal_writable": MetricSpec("gauge", "1 if the state journal can be written, else 0."),
+}
+
+
+class MemoryMetrics:
+    """MetricsSink that keeps values in dicts. Thread-safe enough for tests (GIL-atomic ops)."""
+
+    def __init__(self) -> None:
+        self.counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = defaultdict(float)
+        self.gauges: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self.observations: dict[tuple[str, tuple[tuple[str, str], ...]], list[float]] = defaultdict(
+            list
+        )
+
+    @staticmethod
+    def _key(name: str, labels: dict[str, str]) -> tuple[str, tuple[tuple[str, str], ...]]:
+        if name not in METRICS:
+            raise KeyError(f"undeclared metric {name!r}: add it to observability.METRICS")
+        return name, tuple(sorted(labels.items()))
+
+    def inc(self, name: str, amount: float = 1.0, **labels: str) -> None:
+        self.counters[self._key(name, labels)] += amount
+
+    def set(self, name: str, value: float, **labels: str) -> None:
+        self.gauges[self._key(name, labels)] = value
+
+    def observe(self, name: str, value: float, **labels: str) -> None:
+        self.observations[self._key(name, labels)].append(value)
+
+    def total(self, name: str, **labels: str) -> float:
+        """Sum of a counter over all label sets matching the given labels."""
+        want = set(labels.items())
+        return sum(v for (n, ls), v in self.counters.items() if n == name and want <= set(ls))
+
+    def gauge(self, name: str, **labels: str) -> float | None:
+        return self.gauges.get(self._key(name, labels))
+
+
+class NullMetrics:
+    def inc(self, name: str, amount: float = 1.0, **labels: str) -> None:
+        return None
+
+    def set(self, name: str, value: float, **labels: str) -> None:
+        return None
+
+    def observe(self, name: str, value: float, **labels: str) -> None:
+        return None

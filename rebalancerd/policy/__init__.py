@@ -1,0 +1,1 @@
+"""Policy files: models, loading, validation, resolution against a snapshot."""
