@@ -124,9 +124,7 @@ class Rules(_Strict):
 
 
 class TimeWindow(_Strict):
-    days: list[Day] = Field(
-        default_factory=lambda: list(_DAYS)
-    )
+    days: list[Day] = Field(default_factory=lambda: list(_DAYS))
     start: str = "00:00"
     end: str = "24:00"
 

@@ -1,0 +1,106 @@
+"""`rebalancerd` command line. Each subcommand lives in its own module under rebalancerd/cli/
+and exposes ``register(subparsers) -> None``; the parser it adds sets ``func`` (sync or async,
+taking the parsed args, returning an exit code).
+
+Errors: a CliError (or any known input error) prints one line ``rebalancerd: error: ...`` and exits
+2; anything unexpected prints one line and exits 1 (``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import inspect
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+from rebalancerd import __version__
+
+# One module per command group; order is the order of `rebalancerd --help`.
+COMMAND_MODULES = [
+    "rebalancerd.cli.demo",
+    "rebalancerd.cli.plan",
+    "rebalancerd.cli.snapshot",
+    "rebalancerd.cli.policy",
+    "rebalancerd.cli.run",
+    "rebalancerd.cli.agent",
+    "rebalancerd.cli.control",
+    "rebalancerd.cli.simulate",
+]
+
+
+class CliError(Exception):
+    """Bad input to a command: printed as one line, exit code 2."""
+
+
+def _known_input_errors() -> tuple[type[BaseException], ...]:
+    from rebalancerd.snapshot import SnapshotError
+
+    errs: list[type[BaseException]] = [CliError, SnapshotError]
+    try:
+        from rebalancerd.policy.load import PolicyError
+
+        errs.append(PolicyError)
+    except ImportError:
+        pass
+    return tuple(errs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rebalancerd",
+        description="Policy-driven live-migration balancer for libvirt/KVM fleets.",
+    )
+    parser.add_argument("--version", action="version", version=f"rebalancerd {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:
+                continue  # command not built yet
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        result: Any = args.func(args)
+        if inspect.isawaitable(result):
+            result = asyncio.run(_await(result))
+        return int(result or 0)
+    except KeyboardInterrupt:
+        print("rebalancerd: interrupted", file=sys.stderr)
+        return 130
+    except _known_input_errors() as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"rebalancerd: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"rebalancerd: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+
+
+async def _await(aw: Any) -> Any:
+    return await aw
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()
