@@ -98,6 +98,14 @@ METRICS: dict[str, MetricSpec] = {
     # --- daemon -------------------------------------------------------------------------------
     "errors_total": MetricSpec("counter", "Unexpected errors caught by a loop.", ("where",)),
     "journal_writable": MetricSpec("gauge", "1 if the state journal can be written, else 0."),
+    "control_requests_total": MetricSpec(
+        "counter", "Control API requests, by command and result.", ("command", "result")
+    ),
+    "daemon_ready": MetricSpec("gauge", "1 while the daemon serves (after start-up, before stop)."),
+    "loop_last_cycle_timestamp_seconds": MetricSpec(
+        "gauge", "Unix time the control loop last finished a cycle without error."
+    ),
+    "drained_hosts": MetricSpec("gauge", "Hosts put in maintenance through the control API."),
 }
 
 
