@@ -89,6 +89,11 @@ METRICS: dict[str, MetricSpec] = {
     "telemetry_staleness_seconds": MetricSpec(
         "gauge", "Seconds since the last accepted report of a host.", ("host",)
     ),
+    "telemetry_data_age_seconds": MetricSpec(
+        "gauge", "Age of the oldest fresh host report the model relies on (-1: none fresh)."
+    ),
+    "telemetry_connected": MetricSpec("gauge", "1 while subscribed to the MQTT broker, else 0."),
+    "telemetry_reconnects_total": MetricSpec("counter", "MQTT (re)connection attempts.", ()),
     # --- policy -------------------------------------------------------------------------------
     "policy_reload_success": MetricSpec("gauge", "1 if the last policy reload succeeded, else 0."),
     "policy_reload_timestamp_seconds": MetricSpec(

@@ -1,0 +1,436 @@
+"""Daemon-side telemetry collector: validated reports in, ClusterSnapshot out.
+
+The collector is transport-agnostic: ``ingest``/``ingest_batch`` take ``(topic, payload)`` pairs
+and are pure bookkeeping (no I/O), so tests, benchmarks and the simulation feed it directly, and
+``adapters/mqtt.py`` feeds it from a broker. ``run()`` pumps a ``MessageStream`` until cancelled.
+
+Rules (docs/telemetry.md):
+
+- Hosts come only from the inventory. A report for any other host is dropped before it is decoded
+  (``unknown_host``); nothing in a report is ever used as an address.
+- Memory is bounded: one state object per inventory host, at most ``max_vms_per_host`` VMs per
+  host, fixed-size sample rings. A flood from one host is cut by a token bucket *before* decoding.
+- A host is STALE when never heard from, when its last report is older than ``stale_after_s``,
+  when its agent published ``offline`` (Last Will) after it, or when its agent cannot read libvirt
+  (we do not know what runs there). DEGRADED when the agent's health signals say so.
+- The snapshot's VMs are those reported by non-stale hosts; CPU in reference millicores
+  (host millicores x inventory speed), ``cpu_used_mc`` is the EWMA, ``cpu_history_mc`` the
+  last samples.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+import structlog
+
+from rebalancerd.domain.model import ClusterSnapshot, Host, HostState, Vm
+from rebalancerd.ports import Clock, MetricsSink
+from rebalancerd.telemetry.inventory import Inventory, InventoryHost
+from rebalancerd.telemetry.schema import (
+    NAME_RE,
+    RejectReason,
+    Rejection,
+    StatusV1,
+    TelemetryV1,
+    decode_report,
+    decode_status,
+    parse_topic,
+)
+from rebalancerd.telemetry.smoothing import Series
+
+log = structlog.get_logger("rebalancerd.telemetry")
+
+Message = tuple[str, bytes]
+
+
+class MessageStream(Protocol):
+    """Where raw messages come from (the MQTT adapter, or a test)."""
+
+    def batches(self) -> AsyncIterator[list[Message]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CollectorSettings:
+    cluster: str = "default"
+    stale_after_s: float = 30.0
+    """A host whose last report is older than this is STALE (no moves to or from it)."""
+    max_clock_skew_s: float = 30.0
+    """Reports whose timestamp differs from our clock by more are rejected (clock_skew)."""
+    history_len: int = 60
+    ewma_alpha: float = 0.3
+    max_payload_bytes: int = 256 * 1024
+    max_vms_per_host: int = 1000
+    rate_per_s: float = 2.0
+    """Sustained messages per second accepted from one host (token bucket)."""
+    rate_burst: float = 20.0
+    capacity_tolerance: float = 1.2
+    """A VM using more than this x its vCPUs (or its host's cores) is an absurd report."""
+    reject_log_interval_s: float = 10.0
+    """At most one log line per reject reason per this many seconds."""
+
+    def __post_init__(self) -> None:
+        if not NAME_RE.match(self.cluster):
+            raise ValueError(f"cluster name {self.cluster!r} is not a plain name")
+        if self.stale_after_s <= 0 or self.max_clock_skew_s <= 0:
+            raise ValueError("stale_after_s and max_clock_skew_s must be > 0")
+        if self.history_len <= 0 or self.max_vms_per_host <= 0 or self.max_payload_bytes <= 0:
+            raise ValueError("history_len, max_vms_per_host and max_payload_bytes must be > 0")
+        if not 0 < self.ewma_alpha <= 1:
+            raise ValueError("ewma_alpha must be in (0, 1]")
+        if self.rate_per_s <= 0 or self.rate_burst < 1:
+            raise ValueError("rate_per_s must be > 0 and rate_burst >= 1")
+
+
+class _VmState:
+    __slots__ = ("cpu", "dirty", "memory_mib", "memory_used_mib", "running", "vcpus")
+
+    def __init__(self, history_len: int, alpha: float) -> None:
+        self.cpu = Series(history_len, alpha)
+        self.vcpus = 1
+        self.memory_mib = 1
+        self.memory_used_mib = 0
+        self.dirty = 0.0
+        self.running = True
+
+
+class _HostState:
+    __slots__ = (
+        "boot",
+        "degraded",
+        "inv",
+        "lag",
+        "last_report",
+        "libvirt_ok",
+        "offline",
+        "recv_mono",
+        "seq",
+        "tokens",
+        "tokens_at",
+        "vms",
+    )
+
+    def __init__(self, inv: InventoryHost, burst: float) -> None:
+        self.inv = inv
+        self.boot = -1
+        self.seq = -1
+        self.recv_mono: float | None = None
+        self.lag = 0.0
+        self.offline = False
+        self.degraded = False
+        self.libvirt_ok = True
+        self.vms: dict[str, _VmState] = {}
+        self.tokens = burst
+        self.tokens_at: float | None = None
+        self.last_report: TelemetryV1 | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HostView:
+    name: str
+    state: HostState
+    age_s: float
+    last_report: TelemetryV1 | None
+
+
+@dataclass(frozen=True, slots=True)
+class VmView:
+    name: str
+    host: str
+    cpu_last_mc: int
+    cpu_ewma_mc: int
+    cpu_p95_mc: int
+    samples: int
+
+
+class Collector:
+    """Implements ports.TelemetrySource."""
+
+    def __init__(
+        self,
+        inventory: Inventory,
+        clock: Clock,
+        metrics: MetricsSink,
+        settings: CollectorSettings | None = None,
+        stream: MessageStream | None = None,
+    ) -> None:
+        self.settings = settings or CollectorSettings()
+        self.inventory = inventory
+        self.clock = clock
+        self.metrics = metrics
+        self.stream = stream
+        self._hosts: dict[str, _HostState] = {
+            h.name: _HostState(h, self.settings.rate_burst) for h in inventory.hosts
+        }
+        self.accepted = 0
+        self.rejected: dict[RejectReason, int] = {}
+        self._log_at: dict[RejectReason, float] = {}
+        self._log_suppressed: dict[RejectReason, int] = {}
+
+    # -- TelemetrySource ----------------------------------------------------------------------
+    async def run(self) -> None:
+        """Ingest batches from the stream until cancelled (without a stream: refresh metrics)."""
+        if self.stream is None:
+            while True:
+                self.refresh_metrics()
+                await self.clock.sleep(5.0)
+        last_refresh = -math.inf
+        async for batch in self.stream.batches():
+            self.ingest_batch(batch)
+            mono = self.clock.monotonic()
+            if mono - last_refresh >= 5.0:
+                self.refresh_metrics()
+                last_refresh = mono
+
+    def current(self) -> ClusterSnapshot:
+        now = self.clock.monotonic()
+        hosts: list[Host] = []
+        chosen: dict[str, tuple[bool, float, Vm]] = {}
+        ages: list[float] = []
+        for name, hs in self._hosts.items():
+            state, age = self._state(hs, now)
+            hosts.append(hs.inv.to_host(state))
+            if state is HostState.STALE:
+                continue
+            ages.append(age)
+            recv = hs.recv_mono or 0.0
+            for vm_name, vs in hs.vms.items():
+                hist = vs.cpu.samples
+                vm = Vm(
+                    name=vm_name,
+                    host=name,
+                    vcpus=vs.vcpus,
+                    memory_mib=vs.memory_mib,
+                    cpu_used_mc=round(vs.cpu.ewma or 0.0),
+                    memory_used_mib=vs.memory_used_mib,
+                    cpu_history_mc=tuple(hist),
+                    dirty_rate_mib_s=vs.dirty,
+                )
+                prev = chosen.get(vm_name)
+                key = (vs.running, recv)
+                if prev is None or key > (prev[0], prev[1]):
+                    chosen[vm_name] = (vs.running, recv, vm)
+        taken = self.clock.now() - (max(ages) if ages else 0.0)
+        return ClusterSnapshot(
+            hosts=tuple(hosts),
+            vms=tuple(c[2] for c in chosen.values()),
+            taken_at=taken if ages else None,
+        )
+
+    def data_age_s(self) -> float:
+        now = self.clock.monotonic()
+        worst = -1.0
+        for hs in self._hosts.values():
+            state, age = self._state(hs, now)
+            if state is not HostState.STALE:
+                worst = max(worst, age)
+        return math.inf if worst < 0 else worst
+
+    # -- views --------------------------------------------------------------------------------
+    def host_view(self, name: str) -> HostView:
+        hs = self._hosts[name]
+        state, age = self._state(hs, self.clock.monotonic())
+        return HostView(name, state, age, hs.last_report)
+
+    def vm_view(self, name: str) -> VmView | None:
+        for host, hs in self._hosts.items():
+            vs = hs.vms.get(name)
+            if vs is not None:
+                return VmView(
+                    name,
+                    host,
+                    vs.cpu.last,
+                    vs.cpu.smoothed(),
+                    vs.cpu.percentile(95),
+                    len(vs.cpu),
+                )
+        return None
+
+    def host_states(self) -> dict[str, HostState]:
+        now = self.clock.monotonic()
+        return {n: self._state(hs, now)[0] for n, hs in self._hosts.items()}
+
+    def vm_count(self) -> int:
+        return sum(len(hs.vms) for hs in self._hosts.values())
+
+    def refresh_metrics(self) -> None:
+        now = self.clock.monotonic()
+        for name, hs in self._hosts.items():
+            _, age = self._state(hs, now)
+            self.metrics.set("telemetry_staleness_seconds", min(age, 1e9), host=name)
+        age = self.data_age_s()
+        self.metrics.set("telemetry_data_age_seconds", age if math.isfinite(age) else -1.0)
+
+    # -- ingest -------------------------------------------------------------------------------
+    def ingest_batch(self, batch: Iterable[Message]) -> int:
+        """Ingest messages received together; returns how many were accepted."""
+        now_mono = self.clock.monotonic()
+        now_wall = self.clock.now()
+        ok = 0
+        for topic, payload in batch:
+            if self._ingest(topic, payload, now_mono, now_wall) is None:
+                ok += 1
+        if ok:
+            self.accepted += ok
+            self.metrics.inc("telemetry_messages_total", ok)
+        return ok
+
+    def ingest(self, topic: str, payload: bytes) -> RejectReason | None:
+        """Ingest one message; returns None if accepted, else the reason it was dropped."""
+        reason = self._ingest(topic, payload, self.clock.monotonic(), self.clock.now())
+        if reason is None:
+            self.accepted += 1
+            self.metrics.inc("telemetry_messages_total")
+        return reason
+
+    def _ingest(
+        self, topic: str, payload: bytes, now_mono: float, now_wall: float
+    ) -> RejectReason | None:
+        try:
+            return self._ingest_unsafe(topic, payload, now_mono, now_wall)
+        except Exception as e:  # a bug must not stop ingestion; count it and go on
+            self.metrics.inc("errors_total", where="telemetry_ingest")
+            return self._reject(RejectReason.INVALID_VALUE, f"internal error {type(e).__name__}")
+
+    def _ingest_unsafe(
+        self, topic: str, payload: bytes, now_mono: float, now_wall: float
+    ) -> RejectReason | None:
+        s = self.settings
+        if len(payload) > s.max_payload_bytes:
+            return self._reject(RejectReason.OVERSIZE, f"{len(payload)} bytes")
+        parsed = parse_topic(topic)
+        if parsed is None:
+            return self._reject(RejectReason.BAD_TOPIC, _printable(topic))
+        cluster, host, kind = parsed
+        if not NAME_RE.match(host) or not NAME_RE.match(cluster):
+            return self._reject(RejectReason.BAD_NAME, _printable(topic))
+        if cluster != s.cluster:
+            return self._reject(RejectReason.CLUSTER_MISMATCH, _printable(topic))
+        hs = self._hosts.get(host)
+        if hs is None:
+            return self._reject(RejectReason.UNKNOWN_HOST, host)
+        if not self._take_token(hs, now_mono):
+            return self._reject(RejectReason.RATE_LIMITED, host)
+        if kind == "status":
+            status = decode_status(payload)
+            if isinstance(status, Rejection):
+                return self._reject(status.reason, f"{host} status: {status.detail}")
+            return self._apply_status(hs, status)
+        report = decode_report(payload)
+        if isinstance(report, Rejection):
+            return self._reject(report.reason, f"{host}: {report.detail}")
+        return self._apply_report(hs, report, now_mono, now_wall)
+
+    def _take_token(self, hs: _HostState, now: float) -> bool:
+        s = self.settings
+        if hs.tokens_at is not None:
+            hs.tokens = min(s.rate_burst, hs.tokens + (now - hs.tokens_at) * s.rate_per_s)
+        hs.tokens_at = now
+        if hs.tokens < 1.0:
+            return False
+        hs.tokens -= 1.0
+        return True
+
+    def _apply_status(self, hs: _HostState, status: StatusV1) -> RejectReason | None:
+        if status.host != hs.inv.name:
+            return self._reject(RejectReason.HOST_MISMATCH, f"{hs.inv.name} status")
+        if status.status == "offline":
+            if not hs.offline:
+                log.info("telemetry_host_offline", host=hs.inv.name)
+            hs.offline = True
+        return None
+
+    def _apply_report(
+        self, hs: _HostState, r: TelemetryV1, now_mono: float, now_wall: float
+    ) -> RejectReason | None:
+        s = self.settings
+        inv = hs.inv
+        if r.host != inv.name:
+            return self._reject(RejectReason.HOST_MISMATCH, f"topic {inv.name}, payload {r.host}")
+        if r.cluster != s.cluster:
+            return self._reject(RejectReason.CLUSTER_MISMATCH, f"{inv.name}: {r.cluster}")
+        skew = r.ts - now_wall
+        if abs(skew) > s.max_clock_skew_s:
+            return self._reject(RejectReason.CLOCK_SKEW, f"{inv.name}: {skew:+.1f} s")
+        key = (r.boot, r.seq)
+        last = (hs.boot, hs.seq)
+        if key == last:
+            return self._reject(RejectReason.SEQ_REPLAYED, f"{inv.name}: seq {r.seq}")
+        if key < last:
+            return self._reject(RejectReason.SEQ_OUT_OF_ORDER, f"{inv.name}: seq {r.seq}")
+        if len(r.vms) > s.max_vms_per_host:
+            return self._reject(RejectReason.OVER_CAPACITY, f"{inv.name}: {len(r.vms)} VMs")
+        tol = s.capacity_tolerance
+        host_cap = inv.cores * 1000 * tol
+        total = 0.0
+        for vm in r.vms:
+            total += vm.cpu_mc
+            if vm.cpu_mc > min(vm.vcpus, inv.cores) * 1000 * tol:
+                return self._reject(
+                    RejectReason.OVER_CAPACITY, f"{inv.name}/{vm.name}: cpu {vm.cpu_mc:.0f} mc"
+                )
+            if vm.memory_mib > inv.memory_mib or vm.memory_used_mib > vm.memory_mib * tol + 1024:
+                return self._reject(RejectReason.OVER_CAPACITY, f"{inv.name}/{vm.name}: memory")
+        if total > host_cap:
+            return self._reject(RejectReason.OVER_CAPACITY, f"{inv.name}: cpu {total:.0f} mc")
+
+        # accepted: update state
+        hs.boot, hs.seq = key
+        hs.recv_mono = now_mono
+        hs.lag = max(0.0, -skew)
+        hs.offline = False
+        hs.libvirt_ok = r.libvirt_ok
+        hs.degraded = r.health.degraded
+        hs.last_report = r
+        old = hs.vms
+        new: dict[str, _VmState] = {}
+        speed = inv.speed
+        for vm in r.vms:
+            vs = old.get(vm.name)
+            if vs is None:
+                vs = _VmState(s.history_len, s.ewma_alpha)
+            vs.cpu.add(round(vm.cpu_mc * speed))
+            vs.vcpus = vm.vcpus
+            vs.memory_mib = vm.memory_mib
+            vs.memory_used_mib = vm.memory_used_mib
+            vs.dirty = vm.dirty_rate_mib_s or 0.0
+            vs.running = vm.state == "running"
+            new[vm.name] = vs
+        hs.vms = new
+        return None
+
+    def _state(self, hs: _HostState, now: float) -> tuple[HostState, float]:
+        if hs.recv_mono is None:
+            return HostState.STALE, math.inf
+        age = now - hs.recv_mono + hs.lag
+        if hs.offline or not hs.libvirt_ok or age > self.settings.stale_after_s:
+            return HostState.STALE, age
+        if hs.degraded:
+            return HostState.DEGRADED, age
+        return HostState.ACTIVE, age
+
+    def _reject(self, reason: RejectReason, detail: str) -> RejectReason:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        self.metrics.inc("telemetry_rejected_total", reason=reason.value)
+        now = self.clock.monotonic()
+        last = self._log_at.get(reason)
+        if last is None or now - last >= self.settings.reject_log_interval_s:
+            suppressed = self._log_suppressed.pop(reason, 0)
+            log.warning(
+                "telemetry_rejected", reason=reason.value, detail=detail, suppressed=suppressed
+            )
+            self._log_at[reason] = now
+        else:
+            self._log_suppressed[reason] = self._log_suppressed.get(reason, 0) + 1
+        return reason
+
+
+def _printable(text: str, limit: int = 120) -> str:
+    """Inert rendering of untrusted text for a log line."""
+    return text[:limit].encode("unicode_escape", "replace").decode("ascii", "replace")
+
+
+__all__ = ["Collector", "CollectorSettings", "HostView", "MessageStream", "VmView"]

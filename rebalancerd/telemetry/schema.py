@@ -1,0 +1,272 @@
+"""Telemetry wire format v1: what an agent publishes, and the pure decoder the collector uses.
+
+Topics (``<cluster>`` and ``<host>`` are plain names, see ``NAME_RE``):
+
+- ``rebalancer/v1/<cluster>/hosts/<host>/telemetry``: one JSON report per interval, QoS 1.
+- ``rebalancer/v1/<cluster>/hosts/<host>/status``: retained ``online``/``offline`` JSON status;
+  ``offline`` is also the agent's MQTT Last Will.
+
+Units on the wire: CPU of a VM in millicores of the *host's own* cores (1000 = one core busy),
+memory in MiB, throughput in bytes/s, pressure in percent (avg10), temperatures in degrees C.
+The collector converts CPU to reference millicores with the inventory's ``speed``.
+
+Pure: pydantic and the stdlib only, no I/O. ``decode_report`` never raises: it returns either a
+``TelemetryV1`` or a ``Rejection`` naming one ``RejectReason``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+SCHEMA_VERSION = 1
+TOPIC_ROOT = "rebalancer/v1"
+MAX_NAME_LEN = 128
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+NAME_RE = re.compile(NAME_PATTERN)
+"""Host, cluster and VM names: letters, digits, ``_``, ``.``, ``-``; no shell/URI metacharacters."""
+
+MAX_VMS_PER_REPORT = 2000
+MAX_CORES = 4096
+
+
+class RejectReason(StrEnum):
+    OVERSIZE = "oversize"
+    BAD_TOPIC = "bad_topic"
+    BAD_NAME = "bad_name"
+    UNKNOWN_HOST = "unknown_host"
+    RATE_LIMITED = "rate_limited"
+    MALFORMED_JSON = "malformed_json"
+    SCHEMA_VERSION = "schema_version"
+    MISSING_FIELD = "missing_field"
+    INVALID_VALUE = "invalid_value"
+    OVER_CAPACITY = "over_capacity"
+    HOST_MISMATCH = "host_mismatch"
+    CLUSTER_MISMATCH = "cluster_mismatch"
+    DUPLICATE_VM = "duplicate_vm"
+    SEQ_REPLAYED = "seq_replayed"
+    SEQ_OUT_OF_ORDER = "seq_out_of_order"
+    CLOCK_SKEW = "clock_skew"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    reason: RejectReason
+    detail: str = ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+
+
+class _M(BaseModel):
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, frozen=True)
+
+
+Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=MAX_NAME_LEN)]
+NonNeg = Annotated[float, Field(ge=0, le=1e15)]
+Pct = Annotated[float, Field(ge=0, le=100.0)]
+
+
+class Pressure(_M):
+    """Linux pressure stall information, ``avg10`` percentages (absent when not available)."""
+
+    cpu_some: Pct | None = None
+    memory_some: Pct | None = None
+    memory_full: Pct | None = None
+    io_some: Pct | None = None
+    io_full: Pct | None = None
+
+
+class HostStats(_M):
+    cores: Annotated[int, Field(gt=0, le=MAX_CORES)]
+    cpu_pct: Pct
+    cpu_per_core_pct: Annotated[list[Pct], Field(max_length=MAX_CORES)] = Field(
+        default_factory=list
+    )
+    load: Annotated[list[NonNeg], Field(max_length=3)] = Field(default_factory=list)
+    """1, 5 and 15 minute load averages."""
+    mem_total_mib: Annotated[int, Field(gt=0, le=1 << 40)]
+    mem_available_mib: Annotated[int, Field(ge=0, le=1 << 40)]
+    net_rx_bytes_s: NonNeg = 0.0
+    net_tx_bytes_s: NonNeg = 0.0
+    disk_read_bytes_s: NonNeg = 0.0
+    disk_write_bytes_s: NonNeg = 0.0
+    pressure: Pressure = Field(default_factory=Pressure)
+    temp_max_c: Annotated[float, Field(ge=-100, le=300)] | None = None
+
+    @model_validator(mode="after")
+    def _mem(self) -> HostStats:
+        if self.mem_available_mib > self.mem_total_mib:
+            raise ValueError("mem_available_mib exceeds mem_total_mib")
+        return self
+
+
+class Health(_M):
+    degraded: bool = False
+    reasons: Annotated[list[Annotated[str, Field(max_length=200)]], Field(max_length=16)] = Field(
+        default_factory=list
+    )
+
+
+class VmStats(_M):
+    name: Name
+    state: Literal["running", "paused", "other"] = "running"
+    vcpus: Annotated[int, Field(gt=0, le=MAX_CORES)]
+    memory_mib: Annotated[int, Field(gt=0, le=1 << 40)]
+    """Memory the guest may use (current balloon target / max memory)."""
+    cpu_mc: Annotated[float, Field(ge=0, le=MAX_CORES * 1000 * 2)]
+    """CPU use over the last interval, millicores of host cores (from cpu.time deltas)."""
+    memory_used_mib: Annotated[int, Field(ge=0, le=1 << 40)] = 0
+    """Memory actually used (RSS of the QEMU process, else balloon current)."""
+    block_rd_bytes_s: NonNeg = 0.0
+    block_wr_bytes_s: NonNeg = 0.0
+    net_rx_bytes_s: NonNeg = 0.0
+    net_tx_bytes_s: NonNeg = 0.0
+    dirty_rate_mib_s: NonNeg | None = None
+    """Guest memory dirty rate when QEMU measured it, else null."""
+
+
+class TelemetryV1(_M):
+    v: Literal[1]
+    kind: Literal["telemetry"] = "telemetry"
+    cluster: Name
+    host: Name
+    boot: Annotated[int, Field(ge=0, le=1 << 62)]
+    """Agent start time in ms since the epoch; (boot, seq) orders the reports of one host."""
+    seq: Annotated[int, Field(ge=0, le=1 << 62)]
+    ts: Annotated[float, Field(gt=0, le=1e11)]
+    """Wall-clock seconds since the epoch when the sample was taken."""
+    interval_s: Annotated[float, Field(gt=0, le=86400)]
+    libvirt_ok: bool = True
+    host_stats: HostStats
+    health: Health = Field(default_factory=Health)
+    vms: Annotated[list[VmStats], Field(max_length=MAX_VMS_PER_REPORT)] = Field(
+        default_factory=list
+    )
+
+
+class StatusV1(_M):
+    v: Literal[1]
+    kind: Literal["status"] = "status"
+    host: Name
+    status: Literal["online", "offline"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Topics
+
+
+def telemetry_topic(cluster: str, host: str) -> str:
+    return f"{TOPIC_ROOT}/{cluster}/hosts/{host}/telemetry"
+
+
+def status_topic(cluster: str, host: str) -> str:
+    return f"{TOPIC_ROOT}/{cluster}/hosts/{host}/status"
+
+
+def subscription_topics(cluster: str) -> list[str]:
+    return [
+        f"{TOPIC_ROOT}/{cluster}/hosts/+/telemetry",
+        f"{TOPIC_ROOT}/{cluster}/hosts/+/status",
+    ]
+
+
+def parse_topic(topic: str) -> tuple[str, str, str] | None:
+    """(cluster, host, kind) of a telemetry or status topic, or None if it is not one."""
+    parts = topic.split("/")
+    if len(parts) != 6 or parts[0] != "rebalancer" or parts[1] != "v1" or parts[3] != "hosts":
+        return None
+    kind = parts[5]
+    if kind not in ("telemetry", "status"):
+        return None
+    return parts[2], parts[4], kind
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding
+
+
+def _classify(err: ValidationError) -> Rejection:
+    errors = err.errors(include_url=False, include_input=False, include_context=False)
+    types = [(e["type"], e["loc"]) for e in errors]
+    first = errors[0]
+    detail = f"{'.'.join(str(p) for p in first['loc']) or '<root>'}: {first['msg']}"
+    for t, loc in types:
+        if loc[:1] == ("v",):
+            return Rejection(RejectReason.SCHEMA_VERSION, detail)
+    for t, loc in types:
+        if t.startswith("json_") or (t in ("model_type", "model_attributes_type") and loc == ()):
+            return Rejection(RejectReason.MALFORMED_JSON, detail)
+    for t, _ in types:
+        if t == "string_pattern_mismatch":
+            return Rejection(RejectReason.BAD_NAME, detail)
+    for t, _ in types:
+        if t == "missing":
+            return Rejection(RejectReason.MISSING_FIELD, detail)
+    return Rejection(RejectReason.INVALID_VALUE, detail)
+
+
+def decode_report(payload: bytes | str) -> TelemetryV1 | Rejection:
+    """Validate one telemetry payload. Never raises."""
+    try:
+        report = TelemetryV1.model_validate_json(payload)
+    except ValidationError as e:
+        rej = _classify(e)
+        if rej.reason is RejectReason.MISSING_FIELD and rej.detail.startswith("v:"):
+            return Rejection(RejectReason.SCHEMA_VERSION, "field v (schema version) missing")
+        return rej
+    except (ValueError, RecursionError, TypeError) as e:  # pragma: no cover - defensive
+        return Rejection(RejectReason.MALFORMED_JSON, str(e)[:200])
+    names = [vm.name for vm in report.vms]
+    if len(set(names)) != len(names):
+        return Rejection(RejectReason.DUPLICATE_VM, "a VM name appears twice in one report")
+    return report
+
+
+def decode_status(payload: bytes | str) -> StatusV1 | Rejection:
+    try:
+        return StatusV1.model_validate_json(payload)
+    except ValidationError as e:
+        return _classify(e)
+    except (ValueError, RecursionError, TypeError) as e:  # pragma: no cover - defensive
+        return Rejection(RejectReason.MALFORMED_JSON, str(e)[:200])
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a telemetry report (shipped as rebalancerd/schemas/telemetry-v1.json)."""
+    schema = TelemetryV1.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://rebalancerd.example/schemas/telemetry-v1.json"
+    schema["title"] = "rebalancerd telemetry report v1"
+    return schema
+
+
+def encode(doc: BaseModel) -> bytes:
+    return doc.model_dump_json(exclude_none=False).encode()
+
+
+__all__ = [
+    "NAME_RE",
+    "SCHEMA_VERSION",
+    "Health",
+    "HostStats",
+    "Pressure",
+    "RejectReason",
+    "Rejection",
+    "StatusV1",
+    "TelemetryV1",
+    "VmStats",
+    "decode_report",
+    "decode_status",
+    "json_schema",
+    "parse_topic",
+    "status_topic",
+    "subscription_topics",
+    "telemetry_topic",
+]
