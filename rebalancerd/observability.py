@@ -66,6 +66,12 @@ METRICS: dict[str, MetricSpec] = {
     "vm_lost_total": MetricSpec(
         "counter", "VMs found on neither source nor target after a migration (alarm)."
     ),
+    "migration_backoff_active": MetricSpec(
+        "gauge", "1 while discretionary moves are paused because recent moves did not help."
+    ),
+    "migrations_reconciled_total": MetricSpec(
+        "counter", "Journaled moves resolved at start-up, by outcome.", ("result",)
+    ),
     # --- planner ------------------------------------------------------------------------------
     "plans_total": MetricSpec("counter", "Plans computed, by solver status.", ("status",)),
     "solver_duration_seconds": MetricSpec(
