@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rebalancerd import __version__
+from rebalancerd.cli.errors import CliError
 
 # One module per command group; order is the order of `rebalancerd --help`.
 COMMAND_MODULES = [
@@ -30,10 +31,6 @@ COMMAND_MODULES = [
     "rebalancerd.cli.control",
     "rebalancerd.cli.simulate",
 ]
-
-
-class CliError(Exception):
-    """Bad input to a command: printed as one line, exit code 2."""
 
 
 def _known_input_errors() -> tuple[type[BaseException], ...]:
@@ -101,6 +98,8 @@ async def _await(aw: Any) -> Any:
 def run() -> None:
     sys.exit(main())
 
+
+__all__ = ["CliError", "build_parser", "main"]
 
 if __name__ == "__main__":
     run()
