@@ -1,0 +1,270 @@
+"""Daemon configuration (``rebalancerd run --config FILE``): a YAML file, validated by pydantic.
+
+Every field has a documented default; see ``deploy/config/rebalancerd.example.yaml``. Relative
+paths are resolved against the directory of the config file.
+
+On SIGHUP the daemon re-reads this file and applies what can change live (``RELOADABLE``: log
+level, intervals, planner time limit, shutdown deadline, control group); a change to any other
+field is reported as needing a restart and otherwise ignored. Policies are always re-read.
+"""
+
+from __future__ import annotations
+
+import grp
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DEFAULT_METRICS_ADDRESS = "127.0.0.1:9477"
+DEFAULT_CONTROL_SOCKET = "/run/rebalancerd/control.sock"
+DEFAULT_STATE_DIR = "/var/lib/rebalancerd"
+DEFAULT_POLICY_DIR = "/etc/rebalancerd/policies"
+MAX_CONFIG_BYTES = 1024 * 1024
+
+
+class ConfigError(Exception):
+    """A daemon config that cannot be used; the message is one line."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+class TlsConfig(_Strict):
+    ca_file: str
+    cert_file: str | None = None
+    key_file: str | None = None
+    insecure: bool = False
+    """Skip hostname verification (never in production)."""
+
+
+class BrokerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 1883
+    username: str | None = None
+    password_file: str | None = None
+    """File holding the password (never put it in this file)."""
+    tls: TlsConfig | None = None
+    topic_prefix: Annotated[str, Field(min_length=1, max_length=200)] = "rebalancerd"
+    client_id: str = "rebalancerd"
+    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+
+
+class MetricsConfig(_Strict):
+    enabled: bool = True
+    address: str = DEFAULT_METRICS_ADDRESS
+    """host:port of /metrics; loopback by default. Put a reverse proxy in front to expose it."""
+
+    @field_validator("address")
+    @classmethod
+    def _addr(cls, v: str) -> str:
+        from rebalancerd.adapters.metrics import parse_address
+
+        parse_address(v)
+        return v
+
+
+class ControlConfig(_Strict):
+    socket: str = DEFAULT_CONTROL_SOCKET
+    group: str | None = None
+    """Members of this group may use the control API besides root (None = root only)."""
+    mode: Annotated[int, Field(ge=0, le=0o777)] = 0o660
+    """Socket file mode; write it as an octal string ("0660") in YAML."""
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _octal(cls, v: object) -> object:
+        if isinstance(v, str):
+            try:
+                return int(v.removeprefix("0o"), 8)
+            except ValueError:
+                raise ValueError(f"mode {v!r}: expected an octal number like '0660'") from None
+        return v
+
+
+class Intervals(_Strict):
+    plan_s: Annotated[float, Field(gt=0, le=86400)] = 60.0
+    """Planning cycle period (earlier on a hotspot or a drain request)."""
+    stale_after_s: Annotated[float, Field(gt=0, le=86400)] = 30.0
+    """A host without a telemetry report for this long is stale (no moves to or from it)."""
+    max_data_age_s: Annotated[float, Field(gt=0, le=86400)] = 60.0
+    """Planning never starts on data older than this."""
+    watchdog_grace_cycles: Annotated[float, Field(ge=1, le=100)] = 3.0
+    """The loop is unhealthy (no WATCHDOG=1) once it missed this many cycles."""
+
+
+class PlannerConfig(_Strict):
+    time_limit_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
+    seed: int = 0
+
+
+class LogConfig(_Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class SimConfig(_Strict):
+    """Run against the simulated cluster instead of libvirt + MQTT (demos and fast tests)."""
+
+    snapshot: str | None = None
+    """Snapshot file of the simulated cluster (None = a small generated cluster)."""
+    hosts: Annotated[int, Field(ge=1, le=100_000)] = 4
+    vms_per_host: Annotated[int, Field(ge=0, le=1000)] = 4
+    speed: Annotated[float, Field(gt=0, le=1_000_000)] = 1.0
+    """Simulated seconds per real second."""
+    seed: int = 0
+
+
+class HypervisorConfig(_Strict):
+    uri_template: str = "qemu+ssh://{host}/system"
+    """libvirt URI of a host, {host} = inventory name; an inventory entry's `uri` overrides it."""
+
+
+class DaemonConfig(_Strict):
+    inventory: str | None = None
+    """Inventory YAML (hosts, capacities, addresses). Required unless simulate is true."""
+    broker: BrokerConfig = Field(default_factory=BrokerConfig)
+    hypervisor: HypervisorConfig = Field(default_factory=HypervisorConfig)
+    state_dir: str = DEFAULT_STATE_DIR
+    """Holds the migration journal; the daemon refuses to act when it cannot write it."""
+    policy_dir: str = DEFAULT_POLICY_DIR
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    control: ControlConfig = Field(default_factory=ControlConfig)
+    intervals: Intervals = Field(default_factory=Intervals)
+    planner: PlannerConfig = Field(default_factory=PlannerConfig)
+    shutdown_deadline_s: Annotated[float, Field(ge=0, le=86400)] = 120.0
+    """On SIGTERM: how long in-flight migrations may take to finish before they are aborted
+    (an aborted live migration leaves the VM running on its source)."""
+    dry_run: bool = False
+    """Plan and log, never migrate (overrides every policy)."""
+    simulate: bool = False
+    sim: SimConfig = Field(default_factory=SimConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+
+    @field_validator("state_dir", "policy_dir")
+    @classmethod
+    def _nonempty(cls, v: str) -> str:
+        if not v:
+            raise ValueError("must not be empty")
+        return v
+
+
+RELOADABLE: frozenset[str] = frozenset(
+    {"intervals", "planner", "shutdown_deadline_s", "log", "control.group"}
+)
+
+
+def _first_error(e: ValidationError) -> str:
+    err = e.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+    return f"{loc}: {err['msg']}{more}"
+
+
+def _resolve(base: Path, p: str | None) -> str | None:
+    if p is None or p.startswith("@"):
+        return p
+    path = Path(p)
+    return str(path if path.is_absolute() else (base / path).resolve())
+
+
+def parse(data: Any, source: str = "<config>", base: Path | None = None) -> DaemonConfig:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: top level must be a mapping")
+    try:
+        cfg = DaemonConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"{source}: {_first_error(e)}") from None
+    if not cfg.simulate and not cfg.inventory:
+        raise ConfigError(f"{source}: inventory: required unless simulate: true")
+    if cfg.control.group is not None:
+        try:
+            grp.getgrnam(cfg.control.group)
+        except KeyError:
+            raise ConfigError(
+                f"{source}: control.group: no such group {cfg.control.group!r}"
+            ) from None
+    if base is None:
+        return cfg
+    tls = cfg.broker.tls
+    if tls is not None:
+        tls = tls.model_copy(
+            update={
+                "ca_file": _resolve(base, tls.ca_file),
+                "cert_file": _resolve(base, tls.cert_file),
+                "key_file": _resolve(base, tls.key_file),
+            }
+        )
+    broker = cfg.broker.model_copy(
+        update={"password_file": _resolve(base, cfg.broker.password_file), "tls": tls}
+    )
+    sim = cfg.sim.model_copy(update={"snapshot": _resolve(base, cfg.sim.snapshot)})
+    return cfg.model_copy(
+        update={
+            "inventory": _resolve(base, cfg.inventory),
+            "state_dir": _resolve(base, cfg.state_dir),
+            "policy_dir": _resolve(base, cfg.policy_dir),
+            "control": cfg.control.model_copy(
+                update={"socket": _resolve(base, cfg.control.socket)}
+            ),
+            "broker": broker,
+            "sim": sim,
+        }
+    )
+
+
+def load(path: str | Path) -> DaemonConfig:
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{p}: file too large ({size} bytes)")
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{p}: is a directory, expected a YAML file") from None
+    except PermissionError:
+        raise ConfigError(f"{p}: permission denied") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not UTF-8 text") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise ConfigError(f"{p}:{where}: invalid YAML: {problem}") from None
+    return parse(data, str(p), p.parent.resolve())
+
+
+def _flatten(cfg: DaemonConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            out[prefix] = value
+
+    walk("", cfg.model_dump())
+    return out
+
+
+def diff(old: DaemonConfig, new: DaemonConfig) -> tuple[list[str], list[str]]:
+    """Changed fields (dotted) between two configs: (reloadable, needing a restart)."""
+    a, b = _flatten(old), _flatten(new)
+    changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    live: list[str] = []
+    restart: list[str] = []
+    for k in changed:
+        if any(k == r or k.startswith(r + ".") for r in RELOADABLE):
+            live.append(k)
+        else:
+            restart.append(k)
+    return live, restart

@@ -1,0 +1,86 @@
+"""Daemon config: defaults, path resolution, one-line errors, reload diff."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rebalancerd.config import ConfigError, DaemonConfig, diff, load, parse
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_defaults() -> None:
+    cfg = parse({"simulate": True})
+    assert cfg.metrics.address == "127.0.0.1:9477"
+    assert cfg.control.socket == "/run/rebalancerd/control.sock"
+    assert cfg.state_dir == "/var/lib/rebalancerd"
+    assert cfg.control.group is None
+    assert cfg.shutdown_deadline_s == 120.0
+
+
+def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    f = tmp_path / "etc" / "d.yaml"
+    f.write_text(
+        "inventory: inv.yaml\nstate_dir: ../state\npolicy_dir: /abs/policies\n"
+        "control: {socket: ctl.sock}\nbroker: {tls: {ca_file: ca.pem}}\n"
+    )
+    cfg = load(f)
+    assert cfg.inventory == str(tmp_path / "etc" / "inv.yaml")
+    assert cfg.state_dir == str(tmp_path / "state")
+    assert cfg.policy_dir == "/abs/policies"
+    assert cfg.control.socket == str(tmp_path / "etc" / "ctl.sock")
+    assert cfg.broker.tls is not None and cfg.broker.tls.ca_file == str(tmp_path / "etc/ca.pem")
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("inventory: x\nmetrics: {address: 'nope'}\n", "metrics.address"),
+        ("inventory: x\nintervals: {plan_s: -1}\n", "intervals.plan_s"),
+        ("inventory: x\nbogus: 1\n", "bogus"),
+        ("state_dir: /x\n", "inventory: required"),
+        ("inventory: x\ncontrol: {group: no-such-group-here}\n", "no such group"),
+        ("- a\n- b\n", "top level must be a mapping"),
+        ("inventory: [unclosed\n", "invalid YAML"),
+    ],
+)
+def test_bad_config_gives_one_line_error(tmp_path: Path, text: str, needle: str) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as ei:
+        load(f)
+    msg = str(ei.value)
+    assert needle in msg
+    assert "\n" not in msg
+    assert str(f) in msg
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file"):
+        load(tmp_path / "missing.yaml")
+
+
+def test_example_config_is_valid() -> None:
+    cfg = load(ROOT / "deploy" / "config" / "rebalancerd.example.yaml")
+    assert isinstance(cfg, DaemonConfig)
+    assert cfg.metrics.address.startswith("127.0.0.1:")
+
+
+def test_reload_diff_separates_live_and_restart_fields() -> None:
+    a = parse({"simulate": True})
+    b = parse(
+        {
+            "simulate": True,
+            "intervals": {"plan_s": 5},
+            "log": {"level": "debug"},
+            "metrics": {"address": "127.0.0.1:9999"},
+            "broker": {"port": 8883},
+        }
+    )
+    live, restart = diff(a, b)
+    assert live == ["intervals.plan_s", "log.level"]
+    assert restart == ["broker.port", "metrics.address"]
+    assert diff(a, a) == ([], [])
