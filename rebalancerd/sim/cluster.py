@@ -11,6 +11,7 @@ import math
 import random
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from rebalancerd.domain.model import ClusterRules, ClusterSnapshot, Host, HostState, Vm
 from rebalancerd.ports import Clock
@@ -45,11 +46,34 @@ class LoadModel:
 
 
 @dataclass
+class TraceLoad:
+    """CPU demand replayed from a trace: `samples_mc[i]` holds at i * interval_s, linear in
+    between (as CloudSim does), the last sample repeated after the end."""
+
+    samples_mc: tuple[int, ...]
+    interval_s: float = 300.0
+
+    def at(self, t: float) -> int:
+        if not self.samples_mc:
+            return 0
+        pos = max(0.0, t) / self.interval_s
+        i = int(pos)
+        if i >= len(self.samples_mc) - 1:
+            return self.samples_mc[-1]
+        a, b = self.samples_mc[i], self.samples_mc[i + 1]
+        return round(a + (b - a) * (pos - i))
+
+
+class Load(Protocol):
+    def at(self, t: float) -> int: ...
+
+
+@dataclass
 class SimVm:
     name: str
     vcpus: int
     memory_mib: int
-    load: LoadModel
+    load: Load
     dirty_rate_mib_s: float = 0.0
     tags: frozenset[str] = frozenset()
     history: deque[int] = field(default_factory=lambda: deque(maxlen=HISTORY))

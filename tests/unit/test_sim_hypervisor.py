@@ -112,3 +112,32 @@ async def test_abort_and_concurrency_tracking() -> None:
     assert r1.aborted and not r1.ok and hv.where("v1") == ["a"]
     assert r2.ok and hv.where("v2") == ["b"]
     assert hv.max_concurrency_seen == 2
+
+
+def test_trace_load_interpolates_and_holds_last_sample() -> None:
+    from rebalancerd.sim.cluster import TraceLoad
+
+    tl = TraceLoad((0, 1000, 500), interval_s=300)
+    assert tl.at(0) == 0 and tl.at(150) == 500 and tl.at(300) == 1000
+    assert tl.at(450) == 750 and tl.at(600) == 500 and tl.at(10_000) == 500
+    assert TraceLoad(()).at(5) == 0
+
+
+async def test_sim_telemetry_reports_where_vms_run_after_a_move() -> None:
+    from rebalancerd.domain.model import Host
+    from rebalancerd.sim.cluster import LoadModel, SimCluster, SimTelemetry, SimVm, TraceLoad
+
+    clock = VirtualClock()
+    c = SimCluster(clock, [Host("a", cores=2, memory_mib=4096), Host("b", cores=2, memory_mib=4096)])
+    c.add_vm("a", SimVm("v", 1, 1024, TraceLoad((100, 900), interval_s=100)))
+    c.add_vm("b", SimVm("w", 1, 1024, LoadModel(400, amplitude=0)))
+    tel = SimTelemetry(c, interval_s=50)
+    assert tel.data_age_s() == float("inf")
+    snap = tel.current()
+    assert snap.vm("v").host == "a" and snap.vm("v").cpu_used_mc == 100
+    clock.advance(50)
+    tel.tick()
+    assert tel.current().vm("v").cpu_used_mc == 500
+    assert tel.current().vm("v").cpu_history_mc == (100, 500)
+    await c.hypervisor.migrate("v", "a", "b", MigrationSettings())
+    assert tel.current().vm("v").host == "b"
