@@ -32,8 +32,8 @@ from rebalancerd.ports import Clock, MetricsSink
 from rebalancerd.telemetry.inventory import Inventory, InventoryHost
 from rebalancerd.telemetry.schema import (
     NAME_RE,
-    RejectReason,
     Rejection,
+    RejectReason,
     StatusV1,
     TelemetryV1,
     decode_report,

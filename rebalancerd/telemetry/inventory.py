@@ -154,4 +154,10 @@ def load_inventory(path: str | Path) -> Inventory:
     return inventory_from_mapping(doc)
 
 
-__all__ = ["Inventory", "InventoryError", "InventoryHost", "inventory_from_mapping", "load_inventory"]
+__all__ = [
+    "Inventory",
+    "InventoryError",
+    "InventoryHost",
+    "inventory_from_mapping",
+    "load_inventory",
+]

@@ -16,7 +16,6 @@ Pure: pydantic and the stdlib only, no I/O. ``decode_report`` never raises: it r
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from enum import StrEnum
@@ -197,7 +196,7 @@ def _classify(err: ValidationError) -> Rejection:
     types = [(e["type"], e["loc"]) for e in errors]
     first = errors[0]
     detail = f"{'.'.join(str(p) for p in first['loc']) or '<root>'}: {first['msg']}"
-    for t, loc in types:
+    for _t, loc in types:
         if loc[:1] == ("v",):
             return Rejection(RejectReason.SCHEMA_VERSION, detail)
     for t, loc in types:
