@@ -1,0 +1,140 @@
+"""Per-move live-migration settings, chosen from the VM's memory and measured dirty rate within
+the bounds of the policy's migration class. Pure: no I/O, no clock.
+
+Model (pre-copy, as QEMU does it): round 0 sends all memory at bandwidth B; each next round sends
+what was dirtied meanwhile, so what is left shrinks by r = D / B per round (D = dirty rate). The
+guest is paused when what is left fits in the downtime limit (left <= B * downtime). With r >= 1
+pre-copy never converges: only auto-converge (throttling the guest) or post-copy finish it.
+
+Choice:
+- bandwidth: the smallest rate that converges comfortably (r <= TARGET_RATIO) and finishes the
+  first full pass within a fraction of the time budget, never above the class's cap (None = no
+  cap: unlimited, the link decides);
+- downtime limit: the class's maximum (the bound the policy accepted);
+- strategy: ``precopy`` when pre-copy is predicted to converge well inside the budget;
+  ``auto-converge`` when the dirty rate is high (r > HIGH_RATIO) and the class allows it;
+  ``postcopy`` when pre-copy is predicted not to converge (or not within the budget) and the
+  class allows post-copy: it switches after one full pass instead of waiting for the class's
+  ``postcopy_after_s``;
+- time budget: the class's.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+
+from rebalancerd.domain.model import Vm
+from rebalancerd.policy.schema import MigrationSettingsSpec, Policy
+from rebalancerd.ports import MigrationSettings
+
+DEFAULT_LINK_MIB_S = 1180.0
+"""Assumed migration link speed when the class sets no bandwidth cap (about 10 Gbit/s)."""
+TARGET_RATIO = 0.5
+"""Dirty rate / bandwidth the chosen bandwidth aims at: what is left halves every round."""
+HIGH_RATIO = 0.5
+"""Above this dirty rate / bandwidth, auto-converge is switched on when allowed."""
+BUDGET_FRACTION = 0.5
+"""The first full pass should take at most this fraction of the time budget."""
+MIN_BANDWIDTH_MIB_S = 32
+MAX_ROUNDS = 30
+
+
+@dataclass(frozen=True, slots=True)
+class PrecopyEstimate:
+    converges: bool
+    rounds: int
+    total_s: float
+    """Predicted wall time (inf when it does not converge)."""
+    downtime_ms: float | None
+
+
+def estimate_precopy(
+    memory_mib: float, dirty_rate_mib_s: float, bandwidth_mib_s: float, max_downtime_ms: float
+) -> PrecopyEstimate:
+    """Predict a plain pre-copy migration (see the module docstring)."""
+    if bandwidth_mib_s <= 0:
+        return PrecopyEstimate(False, 0, math.inf, None)
+    limit = bandwidth_mib_s * max_downtime_ms / 1000.0
+    left = float(memory_mib)
+    t = 0.0
+    for rounds in range(MAX_ROUNDS + 1):
+        if rounds > 0 and left <= limit:
+            return PrecopyEstimate(
+                True, rounds + 1, t + left / bandwidth_mib_s, left / bandwidth_mib_s * 1000.0
+            )
+        dur = left / bandwidth_mib_s
+        t += dur
+        left = min(float(memory_mib), dirty_rate_mib_s * dur)
+    return PrecopyEstimate(False, MAX_ROUNDS, math.inf, None)
+
+
+def class_spec_for(policy: Policy, vm: Vm) -> tuple[str, MigrationSettingsSpec]:
+    """The migration class of a VM (first class whose names or tags match), else the default."""
+    for cls in policy.migration.classes:
+        if any(fnmatchcase(vm.name, p) for p in cls.vms) or (vm.tags & set(cls.vm_tags)):
+            return cls.name, cls.settings
+    return "default", policy.migration.default
+
+
+def bytes_to_move_mib(vm: Vm, spec: MigrationSettingsSpec) -> int:
+    """Memory plus the non-shared disk a migration copies."""
+    return vm.memory_mib + (vm.local_disk_mib if spec.non_shared_disk else 0)
+
+
+def choose_settings(
+    vm: Vm, spec: MigrationSettingsSpec, *, link_mib_s: float = DEFAULT_LINK_MIB_S
+) -> MigrationSettings:
+    """Settings for one move of `vm` within the bounds of `spec`."""
+    mem = float(vm.memory_mib)
+    disk = float(vm.local_disk_mib if spec.non_shared_disk else 0)
+    dirty = vm.dirty_rate_mib_s
+    budget = spec.time_budget_s
+    downtime = spec.max_downtime_ms
+    cap = spec.bandwidth_mib_s
+
+    bandwidth: int | None
+    if cap is None:
+        bandwidth = None
+        effective = link_mib_s
+    else:
+        need = max(
+            dirty / TARGET_RATIO,
+            (mem + disk) / max(budget * BUDGET_FRACTION, 1e-9),
+            float(MIN_BANDWIDTH_MIB_S),
+        )
+        bandwidth = min(cap, math.ceil(need))
+        effective = min(float(bandwidth), link_mib_s)
+
+    est = estimate_precopy(mem, dirty, effective, downtime)
+    disk_s = disk / effective if effective > 0 else math.inf
+    fits = est.converges and disk_s + est.total_s <= budget * 0.8
+    ratio = dirty / effective if effective > 0 else math.inf
+    postcopy_allowed = spec.postcopy_after_s is not None
+
+    auto_converge = False
+    postcopy_after: float | None = spec.postcopy_after_s
+    strategy = "precopy"
+    if not fits and postcopy_allowed:
+        # pre-copy will not make it: switch to post-copy after one full pass
+        first_pass = disk_s + mem / effective if effective > 0 else 0.0
+        assert spec.postcopy_after_s is not None
+        postcopy_after = round(min(spec.postcopy_after_s, first_pass), 3)
+        strategy = "postcopy"
+        auto_converge = spec.auto_converge and ratio > HIGH_RATIO
+    elif (not fits or ratio > HIGH_RATIO) and spec.auto_converge:
+        auto_converge = True
+        strategy = "auto-converge"
+    elif not fits:
+        strategy = "precopy-unlikely"
+    return MigrationSettings(
+        max_downtime_ms=downtime,
+        bandwidth_mib_s=bandwidth,
+        auto_converge=auto_converge,
+        postcopy_after_s=postcopy_after,
+        time_budget_s=budget,
+        non_shared_disk=spec.non_shared_disk,
+        tls=spec.encrypted,
+        strategy=strategy,
+    )
