@@ -1,0 +1,176 @@
+"""The policy in force, reloaded atomically from a directory.
+
+``PolicyStore(dir, metrics, clock)`` reads every policy file of ``dir`` at construction and on
+each ``reload()``:
+
+- all files valid (one by one and together) -> the new set takes effect at once;
+- any file invalid -> the old set stays in force, every problem is logged
+  (``policy_reload_failed``) and ``policy_reload_success`` is set to 0.
+
+Each attempt sets ``policy_reload_success`` (1/0) and ``policy_reload_timestamp_seconds`` and
+counts ``policy_reloads_total{result="ok"|"error"}``.
+
+If the very first load fails there is no old set: the store then holds ``FALLBACK``, an
+*advisory, dry-run* policy that never moves a VM, until a reload succeeds. A broken file never
+makes the daemon act on defaults the operator did not choose.
+
+The store is a zero-argument callable returning the policy in force, so it can be passed as the
+control loop's ``policy_provider``. Pure apart from reading the policy files (no asyncio, no
+structlog: pass any logger with structlog-style ``info``/``error`` methods).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from rebalancerd.policy.load import PolicySet, Problem, parse_policy_dir
+from rebalancerd.policy.schema import Mode, Policy, default_policy
+from rebalancerd.ports import Clock, MetricsSink
+
+FALLBACK: Policy = default_policy().model_copy(
+    update={"name": "fallback-no-valid-policy", "mode": Mode.ADVISORY, "dry_run": True}
+)
+"""In force when no valid policy set was ever loaded: plans and explains, never acts."""
+
+
+class Logger(Protocol):
+    """The subset of a structlog logger the store uses."""
+
+    def info(self, event: str, **kw: Any) -> Any: ...
+
+    def error(self, event: str, **kw: Any) -> Any: ...
+
+
+class _StdLogger:
+    """Default logger: stdlib logging with key=value pairs (the daemon passes structlog's)."""
+
+    def __init__(self) -> None:
+        self._log = logging.getLogger("rebalancerd.policy")
+
+    def _fmt(self, event: str, kw: dict[str, Any]) -> str:
+        return " ".join([event, *(f"{k}={v!r}" for k, v in kw.items())])
+
+    def info(self, event: str, **kw: Any) -> None:
+        self._log.info(self._fmt(event, kw))
+
+    def error(self, event: str, **kw: Any) -> None:
+        self._log.error(self._fmt(event, kw))
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadResult:
+    ok: bool
+    """True if the files were all valid and are now in force."""
+    changed: bool
+    """True if the policy in force differs from before."""
+    problems: tuple[Problem, ...]
+    files: tuple[str, ...]
+    """The policy files read."""
+    policy: Policy
+    """The policy in force after this attempt (the old one if not ok)."""
+
+    def summary(self) -> str:
+        if self.ok:
+            what = "changed" if self.changed else "unchanged"
+            return f"policy reloaded ({len(self.files)} files, {what}): {self.policy.name}"
+        first = str(self.problems[0]) if self.problems else "invalid"
+        more = f" (and {len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
+        return f"policy reload failed, keeping {self.policy.name!r}: {first}{more}"
+
+
+class PolicyStore:
+    def __init__(
+        self,
+        directory: str | Path,
+        metrics: MetricsSink,
+        clock: Clock,
+        *,
+        log: Logger | None = None,
+        load: bool = True,
+    ) -> None:
+        self.directory = Path(directory)
+        self.metrics = metrics
+        self.clock = clock
+        self.log: Logger = log if log is not None else _StdLogger()
+        self._lock = threading.Lock()
+        self._set: PolicySet | None = None
+        self._policy: Policy = FALLBACK
+        self._listeners: list[Callable[[ReloadResult], None]] = []
+        self.last_result: ReloadResult | None = None
+        if load:
+            self.reload()
+
+    # -- reading -------------------------------------------------------------------------------
+    def current(self) -> Policy:
+        """The policy in force (the effective policy of the last valid set)."""
+        return self._policy
+
+    __call__ = current
+
+    @property
+    def policy_set(self) -> PolicySet | None:
+        """The last valid set of files (None if none was ever valid)."""
+        return self._set
+
+    @property
+    def healthy(self) -> bool:
+        """True if the last reload attempt succeeded."""
+        return self.last_result is not None and self.last_result.ok
+
+    def add_listener(self, fn: Callable[[ReloadResult], None]) -> None:
+        """Called after every reload attempt (from the thread that reloaded)."""
+        self._listeners.append(fn)
+
+    # -- reloading -----------------------------------------------------------------------------
+    def reload(self) -> ReloadResult:
+        """Read every file again; apply all of them or none. Never raises for bad files."""
+        with self._lock:
+            try:
+                parsed, problems = parse_policy_dir(self.directory)
+            except Exception as e:  # a loader bug must not stop the daemon either
+                parsed, problems = [], [Problem(str(self.directory), 1, 1, f"reload failed: {e}")]
+            files = tuple(p.source for p in parsed)
+            old = self._policy
+            if problems:
+                result = ReloadResult(False, False, tuple(problems), files, old)
+            else:
+                new_set = PolicySet(tuple(p.policy for p in parsed if p.policy is not None), files)
+                new = new_set.effective()
+                self._set = new_set
+                self._policy = new
+                result = ReloadResult(True, new != old, (), files, new)
+            self.last_result = result
+        self._report(result)
+        for fn in list(self._listeners):
+            try:
+                fn(result)
+            except Exception as e:
+                self.log.error("policy_listener_failed", error=f"{type(e).__name__}: {e}")
+        return result
+
+    def _report(self, r: ReloadResult) -> None:
+        self.metrics.set("policy_reload_success", 1.0 if r.ok else 0.0)
+        self.metrics.set("policy_reload_timestamp_seconds", self.clock.now())
+        self.metrics.inc("policy_reloads_total", result="ok" if r.ok else "error")
+        if r.ok:
+            self.log.info(
+                "policy_reloaded",
+                directory=str(self.directory),
+                files=len(r.files),
+                policy=r.policy.name,
+                mode=r.policy.mode.value,
+                changed=r.changed,
+            )
+        else:
+            self.log.error(
+                "policy_reload_failed",
+                directory=str(self.directory),
+                keeping=r.policy.name,
+                problems=[str(p) for p in r.problems],
+                error=r.summary(),
+            )
