@@ -1,0 +1,487 @@
+"""Discrete-event replay of a CPU trace on the CloudSim data centre, with a pluggable decider.
+
+Each scheduling interval (300 s) the decider sees the state at the interval's start and returns
+ordered steps of moves (the migrations inside a step may run together). The replay applies the
+policy's limits the way the executor does (cooldown, moves per cycle, concurrency overall / per
+source / per target, MiB per sliding hour, time windows and blackouts) and runs the migrations
+with CloudSim's timing: RAM / (bandwidth / 2) seconds, 10 % of the VM's MIPS lost on the source
+meanwhile and 10 % of it already carried by the target. Every migration start and end is an
+event: all hosts are re-evaluated (utilisation interpolated linearly between trace samples) and
+a record goes to the :class:`MetricsAccumulator`, as CloudSim does.
+
+Deterministic: the same trace, decider, policy and seed give the same result.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from rebalancerd.domain.model import ClusterSnapshot, Host, Vm
+from rebalancerd.execution.windows import window_block
+from rebalancerd.policy.schema import Limits, Policy
+from rebalancerd.sim.cloudsim import (
+    MIGRATION_DEGRADATION,
+    TARGET_SHARE,
+    DataCentre,
+    build_datacentre,
+    pabfd,
+    power_w,
+)
+from rebalancerd.sim.metrics import MetricsAccumulator
+from rebalancerd.sim.traces import Trace
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+
+ProgressFn = Callable[[int, int], None]
+
+_MIB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    vm: int
+    source: int
+    target: int
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class View:
+    """What a decider sees at the start of an interval."""
+
+    t: float
+    """Seconds since the start of the trace."""
+    now: float
+    """Epoch seconds (trace start + t)."""
+    sample: int
+    dc: DataCentre
+    trace: Trace
+    host_of: IntArray
+    demand_mips: FloatArray
+    frozen: frozenset[int]
+    max_moves: int | None
+    max_mib: int | None
+    enforce_memory: bool = False
+
+    def history_mips(self, window: int) -> FloatArray:
+        """Demand of every VM over the last `window` samples (oldest first, current last)."""
+        lo = max(0, self.sample - window + 1)
+        out: FloatArray = self.trace.cpu[:, lo : self.sample + 1] * self.dc.vm_mips[:, None]
+        return out
+
+
+class Decider(Protocol):
+    name: str
+
+    def decide(self, view: View) -> Sequence[Sequence[Move]]: ...
+
+
+class NoMigration:
+    """Baseline: the initial placement is kept all day."""
+
+    name = "no-migration"
+
+    def decide(self, view: View) -> Sequence[Sequence[Move]]:
+        return ()
+
+
+def snapshot_of(view: View, hosts: tuple[Host, ...], window: int) -> ClusterSnapshot:
+    """The replay state as the daemon would see it (CPU in reference millicores = MIPS)."""
+    hist = np.rint(view.history_mips(window)).astype(np.int64)
+    cur = np.rint(view.demand_mips).astype(np.int64)
+    dc = view.dc
+    vms = tuple(
+        Vm(
+            name=dc.vm_names[i],
+            host=dc.host_names[int(view.host_of[i])],
+            vcpus=1,
+            memory_mib=int(dc.vm_ram[i]),
+            cpu_used_mc=int(cur[i]),
+            memory_used_mib=int(dc.vm_ram[i]),
+            cpu_history_mc=tuple(int(x) for x in hist[i]),
+        )
+        for i in range(dc.n_vms)
+    )
+    return ClusterSnapshot(hosts=hosts, vms=vms, taken_at=view.now)
+
+
+class PlannerDecider:
+    """The daemon's decision code: `rebalancerd.planner.make_plan` on a snapshot each cycle."""
+
+    def __init__(self, policy: Policy, *, time_limit_s: float = 0.25, seed: int = 0) -> None:
+        from rebalancerd.planner import make_plan
+
+        self._make_plan = make_plan
+        self.policy = policy
+        self.time_limit_s = time_limit_s
+        self.seed = seed
+        self.name = f"planner:{policy.name}"
+        self._hosts: tuple[Host, ...] | None = None
+        self._host_index: dict[str, int] = {}
+        self._vm_index: dict[str, int] = {}
+        self.statuses: dict[str, int] = {}
+        self.plan_wall_s = 0.0
+
+    def decide(self, view: View) -> Sequence[Sequence[Move]]:
+        if self._hosts is None:
+            self._hosts = view.dc.domain_hosts(enforce_memory=view.enforce_memory)
+            self._host_index = {n: i for i, n in enumerate(view.dc.host_names)}
+            self._vm_index = {n: i for i, n in enumerate(view.dc.vm_names)}
+        snap = snapshot_of(view, self._hosts, self.policy.targets.prediction.window)
+        frozen = frozenset(view.dc.vm_names[i] for i in view.frozen)
+        t0 = time.perf_counter()
+        plan = self._make_plan(
+            snap,
+            self.policy,
+            now=view.now,
+            time_limit_s=self.time_limit_s,
+            seed=self.seed,
+            frozen=frozen,
+            max_moves=view.max_moves,
+            max_mib=view.max_mib,
+        )
+        self.plan_wall_s += time.perf_counter() - t0
+        self.statuses[plan.stats.status] = self.statuses.get(plan.stats.status, 0) + 1
+        steps: list[list[Move]] = []
+        for step in plan.steps:
+            moves = []
+            for m in step.migrations:
+                if m.vm not in self._vm_index or m.target not in self._host_index:
+                    continue
+                moves.append(
+                    Move(
+                        self._vm_index[m.vm],
+                        self._host_index.get(m.source, -1),
+                        self._host_index[m.target],
+                        str(m.reason),
+                    )
+                )
+            if moves:
+                steps.append(moves)
+        return steps
+
+
+# -- limits ---------------------------------------------------------------------------------
+
+
+@dataclass
+class LimitState:
+    """Cooldowns and the sliding-hour byte budget, kept across cycles."""
+
+    limits: Limits
+    cooldown_until: dict[int, float] = field(default_factory=dict)
+    recent_mib: deque[tuple[float, float]] = field(default_factory=deque)
+    blocked: dict[str, int] = field(default_factory=dict)
+
+    def frozen(self, t: float) -> frozenset[int]:
+        return frozenset(v for v, until in self.cooldown_until.items() if until > t)
+
+    def mib_left(self, t: float) -> float | None:
+        cap = self.limits.max_mib_per_hour
+        if cap is None:
+            return None
+        while self.recent_mib and self.recent_mib[0][0] <= t - 3600.0:
+            self.recent_mib.popleft()
+        return cap - sum(m for _, m in self.recent_mib)
+
+    def block(self, why: str) -> None:
+        self.blocked[why] = self.blocked.get(why, 0) + 1
+
+
+# -- the replay -----------------------------------------------------------------------------
+
+
+@dataclass
+class Timeline:
+    hours: list[float] = field(default_factory=list)
+    active_hosts: list[int] = field(default_factory=list)
+    power_kw: list[float] = field(default_factory=list)
+    overloaded_hosts: list[int] = field(default_factory=list)
+    migrations: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, list[Any]]:
+        return {
+            "hours": self.hours,
+            "active_hosts": self.active_hosts,
+            "power_kw": self.power_kw,
+            "overloaded_hosts": self.overloaded_hosts,
+            "migrations": self.migrations,
+        }
+
+
+@dataclass
+class ReplayResult:
+    decider: str
+    trace: str
+    vms: int
+    hosts: int
+    duration_s: float
+    summary: dict[str, Any]
+    timeline: Timeline
+    wall_s: float
+    limit_blocks: dict[str, int]
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "decider": self.decider,
+            "trace": self.trace,
+            "vms": self.vms,
+            "hosts": self.hosts,
+            "duration_s": self.duration_s,
+            **self.summary,
+            "wall_s": self.wall_s,
+            "limit_blocks": self.limit_blocks,
+            "notes": self.notes,
+        }
+
+
+def trace_epoch(trace: Trace) -> float:
+    """Midnight UTC of a trace named YYYYMMDD, else 2000-01-01 (a fixed, documented origin)."""
+    try:
+        return datetime.strptime(trace.name, "%Y%m%d").replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return datetime(2000, 1, 1, tzinfo=UTC).timestamp()
+
+
+class Replay:
+    def __init__(
+        self,
+        trace: Trace,
+        decider: Decider,
+        policy: Policy,
+        *,
+        hosts: int = 800,
+        initial_placement: IntArray | None = None,
+        enforce_memory: bool = False,
+    ) -> None:
+        """enforce_memory=False is CloudSim's behaviour: a running VM requests 0 MB (its RAM
+        utilisation model is null), so RAM only counts at the initial placement and for the
+        migration time. True makes host RAM a hard limit for every move."""
+        self.trace = trace
+        self.enforce_memory = enforce_memory
+        self.decider = decider
+        self.policy = policy
+        self.dc = build_datacentre(trace.vms, hosts)
+        self.interval = trace.interval_s
+        if initial_placement is None:
+            initial_placement = initial_placement_for(self.dc, trace, policy)
+        self.host_of: IntArray = initial_placement.copy()
+        self.mig_target: IntArray = np.full(self.dc.n_vms, -1, dtype=np.int64)
+        self.acc = MetricsAccumulator(
+            power_of=lambda u: power_w(self.dc.watts, u), total_mips=self.dc.total_mips
+        )
+        self.limits = LimitState(policy.limits)
+        self.timeline = Timeline()
+        self.epoch = trace_epoch(trace)
+        self._running = 0
+
+    # -- physics ------------------------------------------------------------------------------
+    def _evaluate(self, t: float) -> tuple[FloatArray, FloatArray, FloatArray]:
+        dc = self.dc
+        h = dc.n_hosts
+        req = self.trace.utilisation_at(t) * dc.vm_mips
+        mig = self.mig_target >= 0
+        src = self.host_of
+        cap_src = np.minimum(req, dc.pe_mips[src])
+        ins = np.nonzero(mig)[0]
+        dst = self.mig_target[ins]
+        cap_dst = np.minimum(req[ins], dc.pe_mips[dst])
+        need = np.bincount(src, cap_src, minlength=h) + np.bincount(
+            dst, TARGET_SHARE * cap_dst, minlength=h
+        )
+        scale = np.where(need > dc.total_mips, dc.total_mips / np.maximum(need, 1e-12), 1.0)
+        keep = np.where(mig, 1.0 - MIGRATION_DEGRADATION, 1.0)
+        alloc_src = cap_src * keep * scale[src]
+        alloc_dst = cap_dst * TARGET_SHARE * scale[dst]
+        used: FloatArray = (
+            np.bincount(src, alloc_src / keep, minlength=h)
+            + np.bincount(dst, alloc_dst, minlength=h)
+        ).astype(np.float64)
+        host_req: FloatArray = (
+            np.bincount(src, req, minlength=h) + np.bincount(dst, req[ins], minlength=h)
+        ).astype(np.float64)
+        power = self.acc.record(t, used, host_req, alloc_src, req, mig)
+        return used, host_req, power
+
+    # -- one interval -------------------------------------------------------------------------
+    def _schedule(
+        self, steps: Sequence[Sequence[Move]], t0: float, t1: float, demand: FloatArray
+    ) -> list[Move]:
+        """Admit moves under the limits; returns them with start/end in self._events."""
+        lim = self.policy.limits
+        dc = self.dc
+        planned_host: dict[int, int] = {}
+        ram_used = np.bincount(self.host_of, dc.vm_ram, minlength=dc.n_hosts)
+        frozen = self.limits.frozen(t0)
+        mib_left = self.limits.mib_left(t0)
+        running: list[tuple[float, Move]] = []
+        tau = t0
+        admitted: list[Move] = []
+        per_cycle = lim.max_per_cycle
+        block = window_block(lim, self.epoch + t0)
+        if block is not None:
+            if any(steps):
+                self.limits.block(block)
+            return []
+        host_cpu = np.bincount(self.host_of, demand, minlength=dc.n_hosts)
+        for step in steps:
+            pending = list(step)
+            while pending:
+                running = [(e, m) for e, m in running if e > tau]
+                progressed = False
+                for mv in list(pending):
+                    if len(admitted) >= per_cycle:
+                        self.limits.block("max_per_cycle")
+                        pending.clear()
+                        break
+                    here = planned_host.get(mv.vm, int(self.host_of[mv.vm]))
+                    if mv.target == here or (mv.source >= 0 and mv.source != here):
+                        pending.remove(mv)
+                        self.limits.block("stale")
+                        continue
+                    if mv.vm in frozen and mv.vm not in planned_host:
+                        pending.remove(mv)
+                        self.limits.block("cooldown")
+                        continue
+                    if (
+                        self.enforce_memory
+                        and ram_used[mv.target] + dc.vm_ram[mv.vm] > dc.host_ram[mv.target]
+                    ) or host_cpu[mv.target] + demand[mv.vm] > dc.total_mips[mv.target]:
+                        pending.remove(mv)
+                        self.limits.block("capacity")
+                        continue
+                    mib = float(dc.vm_ram[mv.vm])
+                    if mib_left is not None and mib > mib_left:
+                        pending.remove(mv)
+                        self.limits.block("budget")
+                        continue
+                    busy_src = sum(1 for _, m in running if m.source == here)
+                    busy_dst = sum(1 for _, m in running if m.target == mv.target)
+                    if (
+                        len(running) >= lim.max_concurrent
+                        or busy_src >= lim.max_per_source
+                        or busy_dst >= lim.max_per_target
+                    ):
+                        continue  # wait for a running migration to end
+                    dur = dc.migration_time_s(mv.vm, here, mv.target)
+                    if tau + dur > t1:
+                        pending.remove(mv)
+                        self.limits.block("interval_end")
+                        continue
+                    move = Move(mv.vm, here, mv.target, mv.reason)
+                    running.append((tau + dur, move))
+                    self._events.append((tau, 0, move))
+                    self._events.append((tau + dur, 1, move))
+                    admitted.append(move)
+                    pending.remove(mv)
+                    planned_host[mv.vm] = mv.target
+                    ram_used[mv.target] += dc.vm_ram[mv.vm]
+                    host_cpu[mv.target] += demand[mv.vm]
+                    if mib_left is not None:
+                        mib_left -= mib
+                    self.limits.recent_mib.append((tau, mib))
+                    self.limits.cooldown_until[mv.vm] = tau + dur + lim.cooldown_s
+                    self.acc.peak_concurrent = max(self.acc.peak_concurrent, len(running))
+                    progressed = True
+                if pending and not progressed:
+                    if not running:
+                        for _ in pending:
+                            self.limits.block("concurrency")
+                        break
+                    tau = min(e for e, _ in running)
+            # the next step starts when this one is done
+            if running:
+                tau = max(tau, max(e for e, _ in running))
+                running = []
+        return admitted
+
+    def run(self, progress: ProgressFn | None = None) -> ReplayResult:
+        started = time.perf_counter()
+        n = self.trace.samples
+        duration = n * self.interval
+        for k in range(n):
+            t0 = k * self.interval
+            t1 = t0 + self.interval
+            used, host_req, power = self._evaluate(t0)
+            lim = self.policy.limits
+            mib_left = self.limits.mib_left(t0)
+            left_moves = lim.max_per_cycle
+            view = View(
+                t=t0,
+                now=self.epoch + t0,
+                sample=k,
+                dc=self.dc,
+                trace=self.trace,
+                host_of=self.host_of.copy(),
+                demand_mips=self.trace.cpu[:, k] * self.dc.vm_mips,
+                frozen=self.limits.frozen(t0),
+                max_moves=left_moves,
+                max_mib=None if mib_left is None else max(0, int(mib_left)),
+                enforce_memory=self.enforce_memory,
+            )
+            steps = self.decider.decide(view) if left_moves > 0 else ()
+            self._events: list[tuple[float, int, Move]] = []
+            admitted = self._schedule(steps, t0, t1, view.demand_mips)
+            self.acc.migrations += len(admitted)
+            self.acc.bytes_moved += int(sum(self.dc.vm_ram[m.vm] for m in admitted)) * _MIB
+            self._events.sort(key=lambda e: (e[0], e[1], e[2].vm))
+            i = 0
+            first = True
+            while i < len(self._events):
+                tau = self._events[i][0]
+                while i < len(self._events) and self._events[i][0] == tau:
+                    _, kind, mv = self._events[i]
+                    if kind == 0:
+                        self.mig_target[mv.vm] = mv.target
+                    else:
+                        self.host_of[mv.vm] = mv.target
+                        self.mig_target[mv.vm] = -1
+                    i += 1
+                u2, r2, p2 = self._evaluate(tau)
+                if first and tau == t0:
+                    used, host_req, power = u2, r2, p2
+                first = False
+            on = used > 0
+            self.timeline.hours.append(t0 / 3600.0)
+            self.timeline.active_hosts.append(int(np.count_nonzero(on)))
+            self.timeline.power_kw.append(float(np.sum(np.where(on, power, 0.0))) / 1000.0)
+            self.timeline.overloaded_hosts.append(
+                int(np.count_nonzero(on & (used < host_req * (1 - 1e-9) - 1e-12)))
+            )
+            self.timeline.migrations.append(len(admitted))
+            if progress is not None:
+                progress(k + 1, n)
+        self._evaluate(duration)
+        wall = time.perf_counter() - started
+        notes: list[str] = []
+        statuses = getattr(self.decider, "statuses", None)
+        if statuses:
+            notes.append("planner status: " + ", ".join(f"{k}={v}" for k, v in statuses.items()))
+        return ReplayResult(
+            decider=self.decider.name,
+            trace=self.trace.name,
+            vms=self.dc.n_vms,
+            hosts=self.dc.n_hosts,
+            duration_s=duration,
+            summary=self.acc.summary(self.dc.n_vms, duration),
+            timeline=self.timeline,
+            wall_s=wall,
+            limit_blocks=dict(self.limits.blocked),
+            notes=notes,
+        )
+
+
+def initial_placement_for(dc: DataCentre, trace: Trace, policy: Policy) -> IntArray:
+    """PABFD on the first sample, filling hosts up to the policy's high watermark."""
+    return pabfd(dc, trace.cpu[:, 0] * dc.vm_mips, max_utilisation=policy.targets.high_watermark)
