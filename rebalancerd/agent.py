@@ -1,0 +1,177 @@
+"""The per-hypervisor agent: samples host and VM statistics every interval and publishes a
+telemetry v1 report (QoS 1) plus a retained online/offline status with a Last Will.
+
+It never crashes on a libvirt hiccup (the report then carries no VMs and ``libvirt_ok: false``,
+which the collector treats as "we do not know what runs there": the host turns stale) and it
+reconnects to the broker with jittered exponential backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import aiomqtt
+import structlog
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from rebalancerd.adapters.host_stats import HealthThresholds, HostStatsReader
+from rebalancerd.adapters.libvirt_stats import LibvirtStatsReader, LibvirtUnavailable
+from rebalancerd.adapters.mqtt import Backoff, BrokerSettings, MqttConfigError, Publisher
+from rebalancerd.telemetry.schema import (
+    NAME_PATTERN,
+    SCHEMA_VERSION,
+    status_topic,
+    telemetry_topic,
+)
+
+log = structlog.get_logger("rebalancerd.agent")
+
+
+class AgentConfigError(ValueError):
+    """An agent config that cannot be used; one line."""
+
+
+class HealthConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    temp_degraded_c: float = 90.0
+    memory_full_pressure_pct: float = 25.0
+    failing_disks_degrade: bool = True
+
+
+class AgentConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: Annotated[str, Field(pattern=NAME_PATTERN)]
+    """This hypervisor's name, exactly as in the daemon's inventory."""
+    cluster: Annotated[str, Field(pattern=NAME_PATTERN)] = "default"
+    interval_s: Annotated[float, Field(ge=0.05, le=3600)] = 10.0
+    libvirt_uri: str = "qemu:///system"
+    libvirt_timeout_s: Annotated[float, Field(gt=0, le=600)] = 5.0
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    health: HealthConfig = Field(default_factory=HealthConfig)
+
+
+def load_agent_config(path: str | Path) -> AgentConfig:
+    p = Path(path)
+    try:
+        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise AgentConfigError(f"agent config {p}: {e.strerror or e}") from None
+    except yaml.YAMLError as e:
+        raise AgentConfigError(
+            f"agent config {p}: not valid YAML ({str(e).splitlines()[0]})"
+        ) from None
+    try:
+        return AgentConfig.model_validate(doc)
+    except ValidationError as e:
+        err = e.errors(include_url=False)[0]
+        loc = ".".join(str(x) for x in err["loc"]) or "<root>"
+        raise AgentConfigError(f"agent config {p}: {loc}: {err['msg']}") from None
+
+
+class Agent:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        h = config.health
+        self.host_stats = HostStatsReader(
+            HealthThresholds(h.temp_degraded_c, h.memory_full_pressure_pct, h.failing_disks_degrade)
+        )
+        self.libvirt = LibvirtStatsReader(config.libvirt_uri)
+        self.boot = int(time.time() * 1000)
+        self.seq = 0
+        self.published = 0
+        self._libvirt_task: asyncio.Future[list[dict[str, Any]]] | None = None
+        self.telemetry_topic = telemetry_topic(config.cluster, config.host)
+        self.status_topic = status_topic(config.cluster, config.host)
+
+    async def _read_vms(self) -> list[dict[str, Any]] | None:
+        """VM entries, or None when libvirt cannot be read (error, or slower than the timeout:
+        the slow call keeps running in its thread and is not started twice)."""
+        if self._libvirt_task is None or self._libvirt_task.done():
+            self._libvirt_task = asyncio.ensure_future(asyncio.to_thread(self.libvirt.read))
+        try:
+            return await asyncio.wait_for(
+                asyncio.shield(self._libvirt_task), self.config.libvirt_timeout_s
+            )
+        except (LibvirtUnavailable, TimeoutError) as e:
+            log.warning("agent_libvirt_unavailable", uri=self.config.libvirt_uri, error=str(e))
+            return None
+        except Exception as e:  # any libvirt-python surprise is a hiccup, not a crash
+            log.warning("agent_libvirt_error", error=f"{type(e).__name__}: {e}")
+            return None
+
+    async def sample(self) -> dict[str, Any]:
+        """One report (without seq); never raises for a libvirt or host-stats problem."""
+        vms = await self._read_vms()
+        try:
+            host_stats, health = self.host_stats.read()
+        except Exception as e:  # psutil surprises must not stop telemetry
+            log.warning("agent_host_stats_error", error=f"{type(e).__name__}: {e}")
+            host_stats = {"cores": 1, "cpu_pct": 0.0, "mem_total_mib": 1, "mem_available_mib": 0}
+            health = {"degraded": False, "reasons": []}
+        if self.libvirt.skipped_names:
+            health["reasons"].append(
+                f"{self.libvirt.skipped_names} domain(s) with unsupported names not reported"
+            )
+        return {
+            "v": SCHEMA_VERSION,
+            "kind": "telemetry",
+            "cluster": self.config.cluster,
+            "host": self.config.host,
+            "boot": self.boot,
+            "ts": time.time(),
+            "interval_s": self.config.interval_s,
+            "libvirt_ok": vms is not None,
+            "host_stats": host_stats,
+            "health": health,
+            "vms": vms or [],
+        }
+
+    def encode(self, report: dict[str, Any]) -> bytes:
+        self.seq += 1
+        report["seq"] = self.seq
+        return json.dumps(report, separators=(",", ":"), allow_nan=False).encode()
+
+    async def run(self, *, max_reports: int | None = None) -> None:
+        """Publish until cancelled (or after ``max_reports``)."""
+        backoff = Backoff(0.5, 30.0)
+        interval = self.config.interval_s
+        try:
+            while max_reports is None or self.published < max_reports:
+                try:
+                    async with Publisher(
+                        self.config.broker, self.status_topic, self.config.host
+                    ) as pub:
+                        log.info(
+                            "agent_connected", broker=self.config.broker.url, host=self.config.host
+                        )
+                        backoff.reset()
+                        next_at = time.monotonic()
+                        while max_reports is None or self.published < max_reports:
+                            report = await self.sample()
+                            await pub.publish(self.telemetry_topic, self.encode(report))
+                            self.published += 1
+                            next_at += interval
+                            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+                            if time.monotonic() - next_at > interval:
+                                next_at = time.monotonic()  # fell behind: do not burst
+                except aiomqtt.MqttError as e:
+                    delay = backoff.next()
+                    log.warning(
+                        "agent_broker_unavailable",
+                        broker=self.config.broker.url,
+                        error=str(e),
+                        retry_in_s=round(delay, 2),
+                    )
+                    await asyncio.sleep(delay)
+        finally:
+            self.libvirt.close()
+
+
+__all__ = ["Agent", "AgentConfig", "AgentConfigError", "MqttConfigError", "load_agent_config"]
