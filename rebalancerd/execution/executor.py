@@ -566,7 +566,14 @@ class Executor:
                 for m in pending:  # nothing of ours runs: a wait would never end
                     self._skip(report, m, "concurrency")
                 return
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            try:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                # cancelled (daemon shutting down hard): stop watching; the journal keeps the
+                # intents open and reconcile resolves them at the next start, as after a crash
+                for t in tasks:
+                    t.cancel()
+                raise
             tasks -= done
 
     def _start(
