@@ -120,7 +120,7 @@ def choose_settings(
         # pre-copy will not make it: switch to post-copy after one full pass
         first_pass = disk_s + mem / effective if effective > 0 else 0.0
         assert spec.postcopy_after_s is not None
-        postcopy_after = round(min(spec.postcopy_after_s, first_pass), 3)
+        postcopy_after = min(spec.postcopy_after_s, math.floor(first_pass * 1000) / 1000)
         strategy = "postcopy"
         auto_converge = spec.auto_converge and ratio > HIGH_RATIO
     elif (not fits or ratio > HIGH_RATIO) and spec.auto_converge:
