@@ -1,0 +1,83 @@
+"""The watcher reloads on file change and on request (SIGHUP), and survives anything."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from rebalancerd.adapters.clock import SystemClock, VirtualClock
+from rebalancerd.observability import MemoryMetrics
+from rebalancerd.policy.schema import Mode
+from rebalancerd.policy.store import PolicyStore
+from rebalancerd.policy.watch import PolicyWatcher, fingerprint, make_store
+
+HEAD = "apiVersion: rebalancerd/v1\nkind: Policy\n"
+
+
+def bump(f: Path, text: str) -> None:
+    """Write and make sure the mtime moves even on coarse file systems."""
+    st = f.stat() if f.exists() else None
+    f.write_text(text)
+    if st is not None:
+        os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+
+
+def test_fingerprint_tracks_policy_files_only(tmp_path: Path) -> None:
+    fp0 = fingerprint(tmp_path)
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / ".swap.yaml").write_text("x")
+    assert fingerprint(tmp_path) == fp0
+    (tmp_path / "a.yml").write_text("x")
+    assert fingerprint(tmp_path) != fp0
+    assert isinstance(fingerprint(tmp_path / "missing"), str)
+
+
+def test_poll_reloads_only_on_change_or_request(tmp_path: Path) -> None:
+    f = tmp_path / "a.yaml"
+    f.write_text(HEAD + "name: a\n")
+    store = PolicyStore(tmp_path, MemoryMetrics(), VirtualClock())
+    w = PolicyWatcher(store, VirtualClock(), interval_s=1)
+    assert w.poll() is None
+    bump(f, HEAD + "name: a\nmode: drain\n")
+    r = w.poll()
+    assert r is not None and r.ok and store.current().mode is Mode.DRAIN
+    assert w.poll() is None
+    w.request_reload()
+    r = w.poll()
+    assert r is not None and r.ok and not r.changed
+
+
+async def test_running_watcher_applies_valid_and_refuses_invalid(tmp_path: Path) -> None:
+    f = tmp_path / "a.yaml"
+    f.write_text(HEAD + "name: a\n")
+    metrics = MemoryMetrics()
+    store = make_store(tmp_path, metrics, SystemClock())
+    w = PolicyWatcher(store, SystemClock(), interval_s=0.02)
+    task = asyncio.create_task(w.run())
+
+    async def until(cond: object) -> None:
+        for _ in range(500):
+            if callable(cond) and cond():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("condition never met")
+
+    try:
+        bump(f, HEAD + "name: a\nmode: consolidate\n")
+        await until(lambda: store.current().mode is Mode.CONSOLIDATE)
+        bump(f, HEAD + "name: a\nmode: drain\nrules: {pins: [{vm: x, hosts: []}]}\n")
+        await until(lambda: metrics.total("policy_reloads_total", result="error") == 1)
+        assert store.current().mode is Mode.CONSOLIDATE
+        assert metrics.gauge("policy_reload_success") == 0.0
+        # SIGHUP path: a request reloads even without a change
+        n = metrics.total("policy_reloads_total")
+        w.request_reload()
+        await until(lambda: metrics.total("policy_reloads_total") > n)
+    finally:
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+    assert task.cancelled()
