@@ -99,7 +99,7 @@ def test_broken_at_start_uses_a_policy_that_never_acts(tmp_path: Path) -> None:
 
 
 def test_missing_directory_is_an_error_not_a_crash(tmp_path: Path) -> None:
-    store, m, *_ = make(tmp_path / "nope")
+    store, _m, *_ = make(tmp_path / "nope")
     assert store.current() is FALLBACK
     assert store.last_result is not None and "no such directory" in store.last_result.summary()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from pathlib import Path
 
@@ -76,8 +77,6 @@ async def test_running_watcher_applies_valid_and_refuses_invalid(tmp_path: Path)
         await until(lambda: metrics.total("policy_reloads_total") > n)
     finally:
         task.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await task
-        except asyncio.CancelledError:
-            pass
     assert task.cancelled()
