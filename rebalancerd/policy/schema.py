@@ -420,7 +420,7 @@ class Policy(_Strict):
     limits: Limits = Field(default_factory=Limits)
     """Migration throttles."""
     migration: Migration = Field(default_factory=Migration)
-    """Live-migration settings."""
+    """How live migrations run: default settings and per-class settings."""
     energy: Energy = Field(default_factory=Energy)
     """Energy saving."""
 
@@ -429,9 +429,37 @@ def default_policy() -> Policy:
     return Policy(apiVersion="rebalancerd/v1", kind="Policy")
 
 
+def _fill_factory_defaults(schema: dict[str, Any]) -> None:
+    """pydantic leaves out defaults made by a factory; editors want to show them."""
+    defs = schema.get("$defs", {})
+    seen: set[type[BaseModel]] = set()
+
+    def walk(model: type[BaseModel], props: dict[str, Any]) -> None:
+        if model in seen:
+            return
+        seen.add(model)
+        for name, f in model.model_fields.items():
+            if f.default_factory is not None and name in props and "default" not in props[name]:
+                value = f.default_factory()  # type: ignore[call-arg]
+                if isinstance(value, BaseModel):
+                    value = value.model_dump(mode="json")
+                props[name]["default"] = value
+            for sub in _models_in(f.annotation):
+                walk(sub, defs.get(sub.__name__, {}).get("properties", {}))
+
+    walk(Policy, schema["properties"])
+
+
+def _models_in(tp: Any) -> list[type[BaseModel]]:
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return [tp]
+    return [m for a in getattr(tp, "__args__", ()) for m in _models_in(a)]
+
+
 def policy_json_schema() -> dict[str, Any]:
     """The JSON Schema of a policy file (committed as policies/schema.json)."""
     schema = Policy.model_json_schema(mode="validation")
+    _fill_factory_defaults(schema)
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": SCHEMA_ID,
