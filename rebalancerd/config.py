@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from rebalancerd.adapters.mqtt import BrokerSettings
+
 DEFAULT_METRICS_ADDRESS = "127.0.0.1:9477"
 DEFAULT_CONTROL_SOCKET = "/run/rebalancerd/control.sock"
 DEFAULT_STATE_DIR = "/var/lib/rebalancerd"
@@ -30,26 +32,6 @@ class ConfigError(Exception):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
-
-
-class TlsConfig(_Strict):
-    ca_file: str
-    cert_file: str | None = None
-    key_file: str | None = None
-    insecure: bool = False
-    """Skip hostname verification (never in production)."""
-
-
-class BrokerConfig(_Strict):
-    host: str = "127.0.0.1"
-    port: Annotated[int, Field(ge=1, le=65535)] = 1883
-    username: str | None = None
-    password_file: str | None = None
-    """File holding the password (never put it in this file)."""
-    tls: TlsConfig | None = None
-    topic_prefix: Annotated[str, Field(min_length=1, max_length=200)] = "rebalancerd"
-    client_id: str = "rebalancerd"
-    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
 
 
 class MetricsConfig(_Strict):
@@ -117,16 +99,14 @@ class SimConfig(_Strict):
     seed: int = 0
 
 
-class HypervisorConfig(_Strict):
-    uri_template: str = "qemu+ssh://{host}/system"
-    """libvirt URI of a host, {host} = inventory name; an inventory entry's `uri` overrides it."""
-
-
 class DaemonConfig(_Strict):
-    inventory: str | None = None
-    """Inventory YAML (hosts, capacities, addresses). Required unless simulate is true."""
-    broker: BrokerConfig = Field(default_factory=BrokerConfig)
-    hypervisor: HypervisorConfig = Field(default_factory=HypervisorConfig)
+    inventory: str | list[Any] | dict[str, Any] | None = None
+    """Inventory: a YAML file path, or the hosts inline (see telemetry/inventory.py). Required
+    unless simulate is true. The daemon only ever contacts the addresses listed here."""
+    cluster: str = "default"
+    """Cluster name in the telemetry topics (rebalancer/v1/<cluster>/hosts/<host>/...)."""
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    telemetry_max_clock_skew_s: Annotated[float, Field(gt=0, le=86400)] = 30.0
     state_dir: str = DEFAULT_STATE_DIR
     """Holds the migration journal; the daemon refuses to act when it cannot write it."""
     policy_dir: str = DEFAULT_POLICY_DIR
@@ -170,6 +150,12 @@ def _resolve(base: Path, p: str | None) -> str | None:
     return str(path if path.is_absolute() else (base / path).resolve())
 
 
+def _resolve_path(base: Path, p: Path | None) -> Path | None:
+    if p is None or p.is_absolute():
+        return p
+    return (base / p).resolve()
+
+
 def parse(data: Any, source: str = "<config>", base: Path | None = None) -> DaemonConfig:
     if data is None:
         data = {}
@@ -190,22 +176,19 @@ def parse(data: Any, source: str = "<config>", base: Path | None = None) -> Daem
             ) from None
     if base is None:
         return cfg
-    tls = cfg.broker.tls
-    if tls is not None:
-        tls = tls.model_copy(
-            update={
-                "ca_file": _resolve(base, tls.ca_file),
-                "cert_file": _resolve(base, tls.cert_file),
-                "key_file": _resolve(base, tls.key_file),
-            }
-        )
-    broker = cfg.broker.model_copy(
-        update={"password_file": _resolve(base, cfg.broker.password_file), "tls": tls}
+    b = cfg.broker
+    broker = b.model_copy(
+        update={
+            k: _resolve_path(base, getattr(b, k))
+            for k in ("ca_file", "cert_file", "key_file", "password_file")
+        }
     )
     sim = cfg.sim.model_copy(update={"snapshot": _resolve(base, cfg.sim.snapshot)})
     return cfg.model_copy(
         update={
-            "inventory": _resolve(base, cfg.inventory),
+            "inventory": _resolve(base, cfg.inventory)
+            if isinstance(cfg.inventory, str)
+            else cfg.inventory,
             "state_dir": _resolve(base, cfg.state_dir),
             "policy_dir": _resolve(base, cfg.policy_dir),
             "control": cfg.control.model_copy(

@@ -19,7 +19,7 @@ import pwd
 import socket
 import stat
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,7 +80,7 @@ class ControlServer:
     def __init__(
         self,
         path: str,
-        handlers: dict[str, Handler],
+        handlers: Mapping[str, Handler],
         metrics: MetricsSink,
         *,
         group: str | None = None,

@@ -25,14 +25,14 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
     f = tmp_path / "etc" / "d.yaml"
     f.write_text(
         "inventory: inv.yaml\nstate_dir: ../state\npolicy_dir: /abs/policies\n"
-        "control: {socket: ctl.sock}\nbroker: {tls: {ca_file: ca.pem}}\n"
+        "control: {socket: ctl.sock}\nbroker: {url: 'mqtts://b:8883', ca_file: ca.pem}\n"
     )
     cfg = load(f)
     assert cfg.inventory == str(tmp_path / "etc" / "inv.yaml")
     assert cfg.state_dir == str(tmp_path / "state")
     assert cfg.policy_dir == "/abs/policies"
     assert cfg.control.socket == str(tmp_path / "etc" / "ctl.sock")
-    assert cfg.broker.tls is not None and cfg.broker.tls.ca_file == str(tmp_path / "etc/ca.pem")
+    assert cfg.broker.ca_file == tmp_path / "etc" / "ca.pem"
 
 
 @pytest.mark.parametrize(
@@ -58,6 +58,11 @@ def test_bad_config_gives_one_line_error(tmp_path: Path, text: str, needle: str)
     assert str(f) in msg
 
 
+def test_inline_inventory_is_kept() -> None:
+    cfg = parse({"inventory": {"hosts": [{"name": "hv1"}]}}, "<t>", Path("/etc"))
+    assert cfg.inventory == {"hosts": [{"name": "hv1"}]}
+
+
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such file"):
         load(tmp_path / "missing.yaml")
@@ -77,10 +82,10 @@ def test_reload_diff_separates_live_and_restart_fields() -> None:
             "intervals": {"plan_s": 5},
             "log": {"level": "debug"},
             "metrics": {"address": "127.0.0.1:9999"},
-            "broker": {"port": 8883},
+            "broker": {"url": "mqtt://127.0.0.1:1884"},
         }
     )
     live, restart = diff(a, b)
     assert live == ["intervals.plan_s", "log.level"]
-    assert restart == ["broker.port", "metrics.address"]
+    assert restart == ["broker.url", "metrics.address"]
     assert diff(a, a) == ([], [])
