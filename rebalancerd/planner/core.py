@@ -1,0 +1,281 @@
+"""make_plan: greedy, then CP-SAT, then hysteresis, sequencing and explanations."""
+
+from __future__ import annotations
+
+import bisect
+import time
+
+from rebalancerd.domain.load import Weights, imbalance
+from rebalancerd.domain.model import ClusterSnapshot, Vm
+from rebalancerd.domain.plan import (
+    Migration,
+    MigrationPlan,
+    PlanStats,
+    PlanStep,
+    Reason,
+    ReasonKind,
+    Unsequenced,
+)
+from rebalancerd.planner import cpsat
+from rebalancerd.planner import objective as obj
+from rebalancerd.planner.greedy import Mandatory, run_greedy
+from rebalancerd.planner.problem import Problem, build_problem
+from rebalancerd.planner.sequence import Hop, sequence
+from rebalancerd.planner.state import State
+from rebalancerd.policy.resolve import apply_policy
+from rebalancerd.policy.schema import Mode, Policy
+
+MANDATORY_KINDS = frozenset(
+    {ReasonKind.DRAIN, ReasonKind.EVACUATE, ReasonKind.RULE, ReasonKind.HOTSPOT}
+)
+_PRIORITY = {
+    ReasonKind.DRAIN: 0,
+    ReasonKind.EVACUATE: 0,
+    ReasonKind.RULE: 1,
+    ReasonKind.HOTSPOT: 2,
+}
+
+
+def make_plan(
+    snapshot: ClusterSnapshot,
+    policy: Policy,
+    *,
+    now: float,
+    time_limit_s: float = 5.0,
+    seed: int = 0,
+    frozen: frozenset[str] = frozenset(),
+    max_moves: int | None = None,
+    max_mib: int | None = None,
+) -> MigrationPlan:
+    t0 = time.perf_counter()
+    deadline = t0 + max(0.0, time_limit_s)
+    snap = apply_policy(policy, snapshot, now)
+    p = build_problem(snap, policy, frozen=frozen, max_moves=max_moves, max_mib=max_mib)
+    weights = Weights(*obj.weights(p))
+    pct, win = policy.targets.prediction.percentile, policy.targets.prediction.window
+
+    def demand(vm: Vm) -> int:
+        return vm.cpu_demand_mc(percentile=pct, window=win)
+
+    imb_before = imbalance(snap, None, weights, demand)
+    ctx = run_greedy(p)
+    s: State = ctx.s
+    notes = list(p.notes) + ctx.notes
+    planner = "greedy"
+    status = "GREEDY"
+    bound: float | None = None
+    if p.mode is not Mode.DRAIN and p.max_moves > 0 and time.perf_counter() < deadline - 0.05:
+        info = cpsat.improve(p, s, time_limit_s=time_limit_s, seed=seed, deadline=deadline)
+        if info.status != "SKIPPED":
+            planner = "greedy+cp-sat"
+            status = info.status
+            if info.status in ("OPTIMAL", "FEASIBLE") and p.mode is not Mode.CONSOLIDATE:
+                bound = info.bound
+        notes.extend(info.notes)
+
+    mandatory = {v: m for v, m in ctx.mandatory.items() if m.kind in MANDATORY_KINDS}
+    s = _hysteresis(p, s, mandatory, notes)
+
+    moves = s.moves()
+    if not moves:
+        status = "NOTHING_TO_DO" if status in ("GREEDY", "LNS", "SKIPPED") else status
+    start = State(p)
+    order = sorted(
+        (v for v, _, _ in moves),
+        key=lambda v: (_PRIORITY.get(mandatory[v].kind, 3) if v in mandatory else 3, v),
+    )
+    dest = {v: h for v, _, h in moves}
+    steps, blocked = sequence(p, dest, order, budget_moves=p.max_moves, budget_mib=p.max_mib)
+    plan_steps, final = _explain(p, start, steps, mandatory, ctx.mandatory)
+    unsequenced = tuple(
+        Unsequenced(p.vms[b.vm].name, p.hosts[b.source].name, p.hosts[b.target].name, b.why)
+        for b in blocked
+    )
+    placement = snap.placement()
+    for v, h in enumerate(final.where):
+        if h != p.origin[v]:
+            placement = placement.moved(p.vms[v].name, p.hosts[h].name)
+    imb_after = imbalance(snap, placement, weights, demand)
+    objective = obj.power(p, final) if p.mode is Mode.CONSOLIDATE else cpsat.balance_score(p, final)
+    if bound is None and p.mode is not Mode.CONSOLIDATE:
+        bound = obj.spread_lower_bound(p)
+    stats = PlanStats(
+        planner=planner,
+        status=status,
+        objective=round(objective, 6),
+        bound=None if bound is None else round(bound, 6),
+        wall_s=round(time.perf_counter() - t0, 4),
+        imbalance_before=round(imb_before, 6),
+        imbalance_after=round(imb_after, 6),
+        mode=p.mode.value,
+        policy=p.policy_name,
+        notes=tuple(notes),
+    )
+    return MigrationPlan(steps=tuple(plan_steps), stats=stats, unsequenced=unsequenced)
+
+
+def _hysteresis(p: Problem, s: State, mandatory: dict[int, Mandatory], notes: list[str]) -> State:
+    """Drop the optional moves when they improve the objective by less than the hysteresis."""
+    optional = [v for v, _, _ in s.moves() if v not in mandatory]
+    if not optional:
+        return s
+    base_where = list(p.origin)
+    for v, m in mandatory.items():
+        _ = m
+        base_where[v] = s.where[v]
+    base = State(p, base_where)
+    if any(base.over_capacity(h) and not State(p).over_capacity(h) for h in range(p.n_hosts)):
+        return s  # the mandatory moves need room the optional ones make
+    if p.mode is Mode.CONSOLIDATE:
+        pb = obj.power(p, base)
+        gain = (pb - obj.power(p, s)) / pb if pb > 0 else 0.0
+        what = "power"
+    else:
+        gain = obj.spread(p, base) - obj.spread(p, s)
+        what = "spread"
+    if gain < p.hysteresis:
+        notes.append(
+            f"{len(optional)} optional moves improve {what} by {gain:.3f} < hysteresis "
+            f"{p.hysteresis:.3f}: not moving"
+        )
+        return base
+    return s
+
+
+class _Score:
+    """Objective after each migration: imbalance (weighted load max - min over active hosts) or
+    cluster power (consolidate)."""
+
+    def __init__(self, p: Problem, s: State) -> None:
+        self.p = p
+        self.s = s
+        self.power_mode = p.mode is Mode.CONSOLIDATE
+        wc, wm = obj.weights(p)
+        self.wc, self.wm = wc / (wc + wm), wm / (wc + wm)
+        self.hosts = set(h for h in range(p.n_hosts) if p.receive[h])
+        self.val = {h: self._w(h) for h in self.hosts}
+        self.sorted = sorted(self.val.values())
+        self.watts = obj.power(p, s)
+
+    def _w(self, h: int) -> float:
+        p, s = self.p, self.s
+        return self.wc * s.cpu[h] / p.raw_cpu[h] + self.wm * s.mem[h] / p.raw_mem[h]
+
+    def value(self) -> float:
+        if self.power_mode:
+            return self.watts
+        if len(self.sorted) < 2:
+            return 0.0
+        return self.sorted[-1] - self.sorted[0]
+
+    def move(self, v: int, h: int) -> None:
+        a = self.s.where[v]
+        pa = obj.host_power(self.p, self.s, a) + obj.host_power(self.p, self.s, h)
+        self.s.move(v, h)
+        self.watts += obj.host_power(self.p, self.s, a) + obj.host_power(self.p, self.s, h) - pa
+        for x in (a, h):
+            if x in self.hosts:
+                old = self.val[x]
+                i = bisect.bisect_left(self.sorted, old)
+                self.sorted.pop(i)
+                new = self._w(x)
+                self.val[x] = new
+                bisect.insort(self.sorted, new)
+
+
+def _explain(
+    p: Problem,
+    start: State,
+    steps: list[list[Hop]],
+    mandatory: dict[int, Mandatory],
+    recorded: dict[int, Mandatory],
+) -> tuple[list[PlanStep], State]:
+    cur = start.copy()
+    score = _Score(p, cur)
+    wc, wm = score.wc, score.wm
+    load0 = {
+        h: (start.cpu[h] / p.raw_cpu[h], start.mem[h] / p.raw_mem[h]) for h in range(p.n_hosts)
+    }
+    final_empty: set[int] = set()
+    # Hosts that end empty (for energy reasons): compute on the final placement.
+    end = start.copy()
+    for step in steps:
+        for hp in step:
+            end.move(hp.vm, hp.target)
+    for h in range(p.n_hosts):
+        if start.on[h] and not end.on[h]:
+            final_empty.add(h)
+    out: list[PlanStep] = []
+    for step in steps:
+        migs: list[Migration] = []
+        for hp in step:
+            v, a, b = hp.vm, hp.source, hp.target
+            reason = _reason(p, v, a, b, hp, mandatory, recorded, load0, wc, wm, final_empty)
+            before = score.value()
+            score.move(v, b)
+            after = score.value()
+            migs.append(
+                Migration(
+                    vm=p.vms[v].name,
+                    source=p.hosts[a].name,
+                    target=p.hosts[b].name,
+                    reason=reason,
+                    memory_mib=p.move_mib[v],
+                    score_before=round(before, 6),
+                    score_after=round(after, 6),
+                )
+            )
+        out.append(PlanStep(tuple(migs)))
+    return out, cur
+
+
+def _reason(
+    p: Problem,
+    v: int,
+    a: int,
+    b: int,
+    hp: Hop,
+    mandatory: dict[int, Mandatory],
+    recorded: dict[int, Mandatory],
+    load0: dict[int, tuple[float, float]],
+    wc: float,
+    wm: float,
+    final_empty: set[int],
+) -> Reason:
+    if hp.temporary and hp.final_target is not None:
+        return Reason(
+            ReasonKind.TEMPORARY,
+            f"park on {p.hosts[b].name} to break a cycle; "
+            f"final target {p.hosts[hp.final_target].name}",
+        )
+    src = p.origin[v]
+    kind = p.empty_reason[src]
+    if kind is not None:
+        what = "in maintenance" if kind is ReasonKind.DRAIN else "degraded"
+        return Reason(kind, f"host {p.hosts[src].name} {what}")
+    m = mandatory.get(v)
+    if m is not None:
+        return Reason(m.kind, m.detail, m.rule)
+    c, mem = load0[src]
+    w = wc * c + wm * mem
+    if p.mode is Mode.CONSOLIDATE and src in final_empty:
+        rec = recorded.get(v)
+        detail = (
+            rec.detail
+            if rec is not None and rec.kind is ReasonKind.ENERGY
+            else (f"empty {p.hosts[src].name} so it can be switched off")
+        )
+        return Reason(ReasonKind.ENERGY, detail)
+    if w > p.high:
+        res, val = ("cpu", c) if c >= mem else ("mem", mem)
+        return Reason(
+            ReasonKind.HOTSPOT,
+            f"host {p.hosts[src].name} load {w:.2f} ({res} {val:.2f}) "
+            f"> high watermark {p.high:.2f}",
+        )
+    cb, mb = load0.get(b, (0.0, 0.0))
+    return Reason(
+        ReasonKind.BALANCE,
+        f"host {p.hosts[src].name} cpu {c:.2f} mem {mem:.2f} -> "
+        f"{p.hosts[b].name} cpu {cb:.2f} mem {mb:.2f}",
+    )

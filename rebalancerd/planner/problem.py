@@ -1,0 +1,259 @@
+"""The planning problem in integer-indexed form: hosts and VMs as list positions, loads as ints.
+
+Built once per plan from the policy-applied snapshot. Everything the greedy, the CP-SAT model,
+the sequencer and the verifier need to decide "may VM v run on host h?" lives here, so they all
+agree on the rules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rebalancerd.domain.model import ClusterSnapshot, Host, HostState, Vm
+from rebalancerd.domain.plan import ReasonKind
+from rebalancerd.policy.schema import Mode, Policy
+
+# Migration cost: a dirty page rate makes a migration resend memory; count this many seconds.
+DIRTY_SECONDS = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    name: str
+    vms: tuple[int, ...]
+    anti: bool
+    hard: bool
+    weight: float
+
+
+@dataclass(slots=True)
+class Problem:
+    snapshot: ClusterSnapshot
+    """The snapshot after apply_policy."""
+    mode: Mode
+    policy_name: str
+    hosts: list[Host]
+    vms: list[Vm]
+    host_index: dict[str, int]
+    vm_index: dict[str, int]
+    raw_cpu: list[int]
+    """Host CPU capacity (mc), no headroom: the denominator of normalised load."""
+    raw_mem: list[int]
+    cap_cpu: list[int]
+    """Capacity with headroom: planned demand must stay at or below this."""
+    cap_mem: list[int]
+    receive: list[bool]
+    """Host is ACTIVE and may receive VMs."""
+    empty_reason: list[ReasonKind | None]
+    """DRAIN / EVACUATE when the host must be emptied."""
+    cpu: list[int]
+    """Predicted CPU demand (mc) per VM."""
+    mem: list[int]
+    """Allocated memory (MiB) per VM."""
+    origin: list[int]
+    """Host index of each VM in the snapshot."""
+    movable: list[bool]
+    why_fixed: dict[int, str]
+    allowed: list[frozenset[int] | None]
+    """Hosts a VM may run on (hard pins, CPU model/features); None = any receiving host."""
+    soft_pins: list[tuple[int, frozenset[int], float, str]]
+    cost_mib: list[float]
+    """Migration cost in MiB-equivalents (memory + local disk + dirty rate x DIRTY_SECONDS)."""
+    move_mib: list[int]
+    """What a migration transfers (MiB): allocated memory + non-shared disk."""
+    groups: list[Group]
+    anti_of: dict[int, list[int]]
+    """VM -> indexes of hard anti-affinity groups it belongs to."""
+    aff_of: dict[int, int]
+    """VM -> index of the hard affinity group it belongs to (first one)."""
+    w_cpu: float
+    w_mem: float
+    high: float
+    low: float
+    headroom: float
+    hysteresis: float
+    max_moves: int
+    max_mib: int | None
+    max_concurrent: int
+    max_per_source: int
+    max_per_target: int
+    min_active_hosts: int
+    spare_capacity: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def n_hosts(self) -> int:
+        return len(self.hosts)
+
+    @property
+    def n_vms(self) -> int:
+        return len(self.vms)
+
+    def may_host(self, v: int, h: int) -> bool:
+        """Static part of 'v may run on h' (receiving host, pins, CPU compatibility)."""
+        if h == self.origin[v] and self.empty_reason[h] is None:
+            allowed = self.allowed[v]
+            return allowed is None or h in allowed
+        if not self.receive[h] or self.empty_reason[h] is not None:
+            return False
+        allowed = self.allowed[v]
+        return allowed is None or h in allowed
+
+    def load_cpu_norm(self, h: int, cpu: int) -> float:
+        return cpu / self.raw_cpu[h]
+
+    def load_mem_norm(self, h: int, mem: int) -> float:
+        return mem / self.raw_mem[h]
+
+
+def _cpu_compatible(vm: Vm, host: Host) -> bool:
+    if vm.cpu_model and host.cpu_model and vm.cpu_model != host.cpu_model:
+        return False
+    return vm.required_cpu_features <= host.cpu_features
+
+
+def build_problem(
+    snapshot: ClusterSnapshot,
+    policy: Policy,
+    *,
+    frozen: frozenset[str] = frozenset(),
+    max_moves: int | None = None,
+    max_mib: int | None = None,
+) -> Problem:
+    """`snapshot` must already have the policy applied (apply_policy)."""
+    hosts = list(snapshot.hosts)
+    vms = list(snapshot.vms)
+    host_index = {h.name: i for i, h in enumerate(hosts)}
+    vm_index = {v.name: i for i, v in enumerate(vms)}
+    t = policy.targets
+    headroom = t.headroom
+    pct, win = t.prediction.percentile, t.prediction.window
+
+    raw_cpu = [h.cpu_capacity_mc for h in hosts]
+    raw_mem = [h.memory_mib for h in hosts]
+    cap_cpu = [int((1.0 - headroom) * c) for c in raw_cpu]
+    cap_mem = [int((1.0 - headroom) * m) for m in raw_mem]
+    receive = [h.state is HostState.ACTIVE for h in hosts]
+    empty_reason: list[ReasonKind | None] = []
+    for h in hosts:
+        if h.state is HostState.MAINTENANCE:
+            empty_reason.append(ReasonKind.DRAIN)
+        elif h.state is HostState.DEGRADED and policy.rules.evacuate_degraded:
+            empty_reason.append(ReasonKind.EVACUATE)
+        else:
+            empty_reason.append(None)
+
+    rules = snapshot.rules
+    exclusions = rules.exclusions
+    hard_pins = rules.hard_pins()
+    origin = [host_index[v.host] for v in vms]
+    movable: list[bool] = []
+    why_fixed: dict[int, str] = {}
+    for i, v in enumerate(vms):
+        why = ""
+        if v.name in exclusions:
+            why = "excluded by policy (never-migrate or out of scope)"
+        elif not v.migratable:
+            why = "not migratable (devices that cannot move)"
+        elif hosts[origin[i]].state is HostState.STALE:
+            why = f"host {v.host} is stale"
+        elif v.name in frozen:
+            why = "frozen this cycle (cooldown or in flight)"
+        movable.append(not why)
+        if why:
+            why_fixed[i] = why
+
+    # Allowed hosts: hard pins and CPU compatibility; computed once per distinct signature.
+    allowed: list[frozenset[int] | None] = []
+    compat_cache: dict[tuple[str, frozenset[str]], frozenset[int] | None] = {}
+    for v in vms:
+        sig = (v.cpu_model, v.required_cpu_features)
+        if sig not in compat_cache:
+            if not v.cpu_model and not v.required_cpu_features:
+                compat_cache[sig] = None
+            else:
+                compat_cache[sig] = frozenset(
+                    i for i, h in enumerate(hosts) if _cpu_compatible(v, h)
+                )
+        a = compat_cache[sig]
+        pin = hard_pins.get(v.name)
+        if pin is not None:
+            pset = frozenset(host_index[n] for n in pin if n in host_index)
+            a = pset if a is None else a & pset
+        allowed.append(a)
+
+    soft_pins = [
+        (
+            vm_index[p.vm],
+            frozenset(host_index[n] for n in p.hosts if n in host_index),
+            p.weight,
+            p.vm,
+        )
+        for p in rules.pins
+        if not p.hard and p.vm in vm_index
+    ]
+
+    groups: list[Group] = []
+    anti_of: dict[int, list[int]] = {}
+    aff_of: dict[int, int] = {}
+    for g in rules.groups:
+        members = tuple(sorted(vm_index[n] for n in g.vms if n in vm_index))
+        if len(members) < 2:
+            continue
+        gi = len(groups)
+        groups.append(Group(g.name, members, g.anti, g.hard, g.weight))
+        if g.hard:
+            for m in members:
+                if g.anti:
+                    anti_of.setdefault(m, []).append(gi)
+                else:
+                    aff_of.setdefault(m, gi)
+
+    cpu = [v.cpu_demand_mc(percentile=pct, window=win) for v in vms]
+    mem = [v.memory_mib for v in vms]
+    cost = [v.memory_mib + v.local_disk_mib + v.dirty_rate_mib_s * DIRTY_SECONDS for v in vms]
+    move_mib = [v.memory_mib + v.local_disk_mib for v in vms]
+
+    budget = policy.limits.max_per_cycle
+    if max_moves is not None:
+        budget = min(budget, max_moves)
+    return Problem(
+        snapshot=snapshot,
+        mode=policy.mode,
+        policy_name=policy.name,
+        hosts=hosts,
+        vms=vms,
+        host_index=host_index,
+        vm_index=vm_index,
+        raw_cpu=raw_cpu,
+        raw_mem=raw_mem,
+        cap_cpu=cap_cpu,
+        cap_mem=cap_mem,
+        receive=receive,
+        empty_reason=empty_reason,
+        cpu=cpu,
+        mem=mem,
+        origin=origin,
+        movable=movable,
+        why_fixed=why_fixed,
+        allowed=allowed,
+        soft_pins=soft_pins,
+        cost_mib=cost,
+        move_mib=move_mib,
+        groups=groups,
+        anti_of=anti_of,
+        aff_of=aff_of,
+        w_cpu=t.weights.cpu,
+        w_mem=t.weights.memory,
+        high=t.high_watermark,
+        low=t.low_watermark,
+        headroom=headroom,
+        hysteresis=t.hysteresis,
+        max_moves=max(0, budget),
+        max_mib=max_mib,
+        max_concurrent=policy.limits.max_concurrent,
+        max_per_source=policy.limits.max_per_source,
+        max_per_target=policy.limits.max_per_target,
+        min_active_hosts=policy.energy.min_active_hosts,
+        spare_capacity=policy.energy.spare_capacity,
+    )
