@@ -1,0 +1,92 @@
+"""`rebalancerd plan`: plan migrations for a snapshot file under a policy, and explain them.
+
+Human output: one line per migration (step, VM, source -> target, reason, score before -> after),
+the moves that could not be sequenced, and a summary. `--json` prints one JSON object with
+`migrations`, `steps`, `unsequenced` and `stats`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from rebalancerd.cli.main import CliError
+from rebalancerd.policy.schema import Policy, default_policy
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "plan", help="plan (and explain) migrations for a snapshot file", description=__doc__
+    )
+    p.add_argument("--snapshot", required=True, metavar="FILE", help="cluster snapshot JSON")
+    p.add_argument("--policy", metavar="FILE", help="policy YAML (default: built-in defaults)")
+    p.add_argument(
+        "--time-limit", type=float, default=5.0, metavar="S", help="planner time limit (5)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="solver seed (0)")
+    p.add_argument(
+        "--now", type=float, default=None, help="epoch seconds for schedules (snapshot time)"
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object")
+    p.set_defaults(func=run)
+
+
+def load_policy(path: str | None) -> Policy:
+    if path is None:
+        return default_policy()
+    try:
+        from rebalancerd.policy.load import load_policy_file
+    except ImportError:  # pragma: no cover - loader not installed yet
+        return _fallback_policy(path)
+    return load_policy_file(path)
+
+
+def _fallback_policy(path: str) -> Policy:
+    import yaml
+    from pydantic import ValidationError
+
+    try:
+        doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        raise CliError(f"{path}: cannot read policy: {str(e).splitlines()[0]}") from e
+    try:
+        return Policy.model_validate(doc)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"])
+        raise CliError(f"{path}: {loc}: {err['msg']}") from e
+
+
+def run(args: argparse.Namespace) -> int:
+    from rebalancerd import snapshot as codec
+    from rebalancerd.planner import make_plan
+
+    if args.time_limit is None or not (0 < args.time_limit <= 3600):
+        raise CliError("--time-limit must be between 0 and 3600 seconds")
+    snap = codec.load(args.snapshot)
+    policy = load_policy(args.policy)
+    now = args.now if args.now is not None else (snap.taken_at or 0.0)
+    plan = make_plan(snap, policy, now=now, time_limit_s=args.time_limit, seed=args.seed)
+    if args.json:
+        print(json.dumps(plan.to_dict(), sort_keys=True))
+        return 0
+    for line in plan.explain():
+        print(line)
+    st = plan.stats
+    n = len(plan.migrations)
+    gib = plan.memory_mib / 1024
+    imb = ""
+    if st.imbalance_before is not None and st.imbalance_after is not None:
+        imb = f", imbalance {st.imbalance_before:.3f} -> {st.imbalance_after:.3f}"
+    print(
+        f"{n} migration(s) in {len(plan.steps)} step(s), {gib:.1f} GiB to move{imb}; "
+        f"mode {st.mode}, policy {st.policy}, {st.planner} {st.status}, "
+        f"objective {st.objective}, bound {st.bound}, {st.wall_s:.2f} s"
+    )
+    if plan.unsequenced:
+        print(f"{len(plan.unsequenced)} move(s) could not be sequenced")
+    for note in st.notes:
+        print(f"note: {note}")
+    return 0
