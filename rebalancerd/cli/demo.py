@@ -53,6 +53,12 @@ def register(sub: Any) -> None:
     p.add_argument("--speed", type=float, default=60.0, help="simulated seconds per real second")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--json", action="store_true", help="end with one JSON summary line")
+    p.add_argument(
+        "--log-level",
+        default="warning",
+        choices=["debug", "info", "warning", "error"],
+        help="structured log lines (to stderr) at this level and above (default warning)",
+    )
     p.set_defaults(func=run_demo)
 
 
@@ -69,6 +75,9 @@ async def run_demo(args: argparse.Namespace) -> int:
     if not 1 <= args.speed <= 10_000:
         raise CliError(f"--speed must be between 1 and 10000, got {args.speed}")
     out: TextIO = sys.stderr if args.json else sys.stdout
+    from rebalancerd.logging import configure
+
+    configure(level=args.log_level, fmt="console", stream=sys.stderr)
     summary = await demo(args.duration, args.hosts, args.speed, args.seed, out)
     if args.json:
         print(json.dumps(summary, sort_keys=True), flush=True)

@@ -194,7 +194,7 @@ def demo_cluster(
     surge_host = f"hv{hot + 1:02d}"
     for i in range(n_vms):
         vcpus, mem = rng.choice(sizes)
-        if rng.random() < 0.45:
+        if rng.random() < 0.3:
             h = host_objs[rng.randrange(hot)].name
         else:
             h = host_objs[rng.randrange(hosts)].name
