@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 import aiomqtt
 import structlog
 from aiomqtt import ProtocolVersion, TLSParameters, Will
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rebalancerd.observability import NullMetrics
@@ -166,7 +168,14 @@ class MqttStream:
         max_batch: int = 512,
         max_queued: int = 20_000,
         backoff: Backoff | None = None,
+        session_expiry_s: int = 0,
     ) -> None:
+        """session_expiry_s > 0 keeps an MQTT v5 session (needs broker.client_id): reports sent
+        while the collector is away are delivered when it comes back (old ones are then
+        rejected by the clock-skew rule, never used)."""
+        if session_expiry_s and not broker.client_id:
+            raise MqttConfigError("a persistent MQTT session needs a client_id")
+        self.session_expiry_s = session_expiry_s
         self.broker = broker
         self.topics = topics
         self.metrics = metrics or NullMetrics()
@@ -175,6 +184,13 @@ class MqttStream:
         self.backoff = backoff or Backoff(0.2, 10.0)
         self.connected = asyncio.Event()
         self.connections = 0
+
+    def _session_kwargs(self) -> dict[str, Any]:
+        if not self.session_expiry_s:
+            return {}
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = self.session_expiry_s
+        return {"clean_start": False, "properties": props}
 
     async def batches(self) -> AsyncIterator[list[Message]]:
         while True:
@@ -185,6 +201,7 @@ class MqttStream:
                     **self.broker.client_kwargs(),
                     queue_type=_capturing_queue(holder),
                     max_queued_incoming_messages=self.max_queued,
+                    **self._session_kwargs(),
                 ) as client:
                     for t in self.topics:
                         await client.subscribe(t, qos=1)

@@ -249,6 +249,10 @@ class Collector:
                 )
         return None
 
+    def report_lag_s(self, name: str) -> float:
+        """How old the host's last accepted report was when it was ingested (seconds)."""
+        return self._hosts[name].lag
+
     def host_states(self) -> dict[str, HostState]:
         now = self.clock.monotonic()
         return {n: self._state(hs, now)[0] for n, hs in self._hosts.items()}
