@@ -93,6 +93,7 @@ class ControlServer:
         self.mode = mode
         self._server: asyncio.base_events.Server | None = None
         self._gid: int | None = None
+        self._bound = False
 
     @property
     def group_gid(self) -> int | None:
@@ -129,6 +130,7 @@ class ControlServer:
             )
         finally:
             os.umask(old)
+        self._bound = True
         self._apply_file_perms()
         log.info("control_listening", socket=self.path, group=self.group)
 
@@ -138,8 +140,10 @@ class ControlServer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
             self._server = None
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        if self._bound:  # never remove a socket another daemon serves
+            self._bound = False
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
 
     async def serve_until(self, stop: asyncio.Event) -> None:
         """A TaskGroup-friendly task: start, serve until `stop`, close."""

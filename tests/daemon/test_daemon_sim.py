@@ -1,0 +1,293 @@
+"""`rebalancerd run` as a subprocess against the simulated cluster (no lab needed): the notify
+protocol on a real NOTIFY_SOCKET, /metrics, the control API, drain, SIGHUP, SIGTERM, and the
+daemon-level faults of issue 9 that do not need real hypervisors (broken policy on reload,
+unusable state directory)."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.daemon.helpers import DaemonProc, promtool, wait_for
+
+POLICY = """\
+apiVersion: rebalancerd/v1
+kind: Policy
+name: {name}
+mode: balance
+limits:
+  cooldown_s: 0
+  max_concurrent: 2
+  max_per_source: 2
+  max_per_target: 2
+"""
+
+
+def sim_config(**extra: Any) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "simulate": True,
+        "sim": {"hosts": 4, "vms_per_host": 3, "speed": 10.0, "seed": 3},
+        "intervals": {"plan_s": 5.0, "max_data_age_s": 60.0},
+        "planner": {"time_limit_s": 2.0},
+        "shutdown_deadline_s": 20.0,
+    }
+    cfg.update(extra)
+    return cfg
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="rbd-", dir="/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _daemon(workdir: Path, policy_name: str = "steady", **extra: Any) -> DaemonProc:
+    (workdir / "policies").mkdir(parents=True, exist_ok=True)
+    (workdir / "policies" / "main.yaml").write_text(POLICY.format(name=policy_name))
+    return DaemonProc(workdir, sim_config(**extra))
+
+
+def test_lifecycle_notify_metrics_drain_reload_stop(workdir: Path) -> None:
+    d = _daemon(workdir)
+    d.start()
+    try:
+        d.wait_ready()
+        assert d.notify is not None
+        # WATCHDOG=1 keeps coming while the loop is healthy; STATUS= lines describe it
+        d.notify.wait("WATCHDOG", "1", timeout=30)
+        wait_for(lambda: d.status()["daemon"]["cycles"] >= 1, 30, "a first cycle")
+        assert d.notify.count("STATUS") >= 1
+
+        # /metrics: every family prefixed, promtool-clean, and it reflects the model
+        body = d.scrape()
+        r = subprocess.run(
+            [promtool(), "check", "metrics"], input=body.encode(), capture_output=True
+        )
+        assert r.returncode == 0 and not (r.stdout + r.stderr).strip(), (
+            r.stdout + r.stderr
+        ).decode()
+        assert d.metric("rebalancerd_daemon_ready") == 1
+        assert d.metric("rebalancerd_vms") == 12
+        assert d.metric("rebalancerd_journal_writable") == 1
+
+        # drain: the host is emptied by (simulated) migrations, nothing lost
+        before = d.hosts()
+        assert before["sim02"]["vms"] == 3
+        res = d.control("drain", host="sim02")
+        assert res["drained"] is True and len(res["vms"]) == 3
+        wait_for(lambda: d.hosts()["sim02"]["vms"] == 0, 60, "sim02 emptied")
+        hosts = d.hosts()
+        assert hosts["sim02"]["state"] == "maintenance" and hosts["sim02"]["drained"]
+        assert sum(h["vms"] for h in hosts.values()) == 12
+        st = d.status()
+        moved_off = {
+            r["vm"]
+            for dec in st["decisions"]
+            for r in (dec.get("execution") or {}).get("succeeded", [])
+            if r["source"] == "sim02"
+        }
+        assert moved_off == set(res["vms"])
+        kinds = {
+            m["reason_kind"]
+            for dec in st["decisions"]
+            for m in dec.get("moves", [])
+            if m["source"] == "sim02"
+        }
+        assert "drain" in kinds
+        assert (d.metric("rebalancerd_migrations_succeeded_total", reason="drain") or 0) >= 1
+        assert d.metric("rebalancerd_drained_hosts") == 1
+        with pytest.raises(Exception, match="unknown host"):
+            d.control("drain", host="nope")
+
+        # SIGHUP: RELOADING=1 with MONOTONIC_USEC, then READY=1; the new policy is in force
+        (workdir / "policies" / "main.yaml").write_text(POLICY.format(name="reloaded"))
+        mark = len(d.notify.snapshot())
+        d.signal(signal.SIGHUP)
+        i = d.notify.wait("RELOADING", "1", since=mark)
+        assert int(d.notify.snapshot()[i]["MONOTONIC_USEC"]) > 0
+        d.notify.wait("READY", "1", since=i + 1)
+        wait_for(lambda: d.status()["policy"]["name"] == "reloaded", 10, "new policy")
+
+        # undrain: the host receives again
+        res = d.control("undrain", host="sim02", move_back=True)
+        assert res["drained"] is False and len(res["move_back"]) == 3
+        assert d.hosts()["sim02"]["state"] == "active"
+
+        # SIGTERM: STOPPING=1 and exit 0
+        mark = len(d.notify.snapshot())
+        d.signal(signal.SIGTERM)
+        assert d.wait_exit() == 0
+        assert d.notify.count("STOPPING", "1", since=mark) == 1
+        assert d.events("daemon_stopped")[-1]["exit_code"] == 0
+    finally:
+        d.stop()
+
+
+def test_drain_survives_a_restart(workdir: Path) -> None:
+    d = _daemon(workdir)
+    d.start()
+    try:
+        d.wait_ready()
+        d.control("drain", host="sim01")
+        d.signal(signal.SIGTERM)
+        assert d.wait_exit() == 0
+        d.start()
+        d.wait_ready()
+        hosts = d.hosts()
+        assert hosts["sim01"]["drained"] is True
+        assert hosts["sim01"]["state"] == "maintenance"
+    finally:
+        d.stop()
+
+
+@pytest.mark.fault
+def test_broken_policy_on_reload_keeps_the_old_one(workdir: Path) -> None:
+    d = _daemon(workdir, policy_name="good")
+    d.start()
+    try:
+        d.wait_ready()
+        assert d.status()["policy"]["name"] == "good"
+        (workdir / "policies" / "main.yaml").write_text(
+            "apiVersion: rebalancerd/v1\nkind: Policy\nname: broken\nlimits: {max_concurrent: -3}\n"
+        )
+        assert d.notify is not None
+        mark = len(d.notify.snapshot())
+        d.signal(signal.SIGHUP)
+        i = d.notify.wait("RELOADING", "1", since=mark)
+        d.notify.wait("READY", "1", since=i + 1)
+
+        def failed_reload() -> dict[str, Any] | None:
+            st = d.status()
+            return None if st["policy"]["last_reload"]["ok"] else st
+
+        st = wait_for(failed_reload, 10, "failed reload reported")
+        assert st["policy"]["name"] == "good"
+        assert "max_concurrent" in " ".join(st["policy"]["last_reload"]["problems"])
+        assert d.metric("rebalancerd_policy_reload_success") == 0
+        assert d.metric("rebalancerd_policy_reloads_total", result="error") >= 1
+        assert d.proc is not None and d.proc.poll() is None
+        # the loop keeps running on the old policy, and the daemon still stops cleanly
+        n = d.status()["daemon"]["cycles"]
+        wait_for(lambda: d.status()["daemon"]["cycles"] > n, 30, "cycles continue")
+        d.signal(signal.SIGTERM)
+        assert d.wait_exit() == 0
+    finally:
+        d.stop()
+
+
+@pytest.mark.fault
+def test_unusable_state_directory_refuses_to_act(workdir: Path) -> None:
+    """state_dir cannot even be created (a file is in the way): the daemon starts, says so,
+    and refuses to migrate a drained host's VMs."""
+    (workdir / "blocker").write_text("not a directory")
+    d = _daemon(workdir, state_dir=str(workdir / "blocker" / "state"))
+    d.start()
+    try:
+        d.wait_ready()
+        st = d.status()
+        assert st["daemon"]["journal_writable"] is False
+        assert "state directory" in st["daemon"]["journal_error"]
+        assert d.metric("rebalancerd_journal_writable") == 0
+        d.control("drain", host="sim03")
+        wait_for(
+            lambda: any(
+                r["reason"] == "journal_unwritable"
+                for dec in d.status()["decisions"]
+                for r in (dec.get("execution") or {}).get("skipped", [])
+            ),
+            60,
+            "moves skipped for journal_unwritable",
+        )
+        assert d.hosts()["sim03"]["vms"] == 3
+        assert (d.metric("rebalancerd_migrations_started_total", reason="drain") or 0) == 0
+        assert d.events("journal_unwritable")
+    finally:
+        d.stop()
+
+
+def _can_mount() -> bool:
+    return shutil.which("unshare") is not None and shutil.which("mount") is not None
+
+
+@pytest.mark.fault
+@pytest.mark.skipif(not _can_mount(), reason="needs unshare and mount")
+def test_read_only_state_directory_refuses_to_act(workdir: Path) -> None:
+    """A journal on a file system mounted read-only (in a private mount namespace)."""
+    state = workdir / "state"
+    first = _daemon(workdir)
+    first.start()
+    try:
+        first.wait_ready()
+    finally:
+        first.stop()
+    assert (state / "journal.sqlite3").exists() or any(state.iterdir())
+    wrapper = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        f'mount --bind "{state}" "{state}" && mount -o remount,ro,bind "{state}" "{state}" '
+        '&& exec "$0" "$@"',
+    ]
+    d = DaemonProc(workdir, sim_config(), wrapper=wrapper)
+    d.start()
+    try:
+        d.wait_ready()
+        assert d.metric("rebalancerd_journal_writable") == 0
+        d.control("drain", host="sim04")
+        wait_for(
+            lambda: any(
+                r["reason"] == "journal_unwritable"
+                for dec in d.status()["decisions"]
+                for r in (dec.get("execution") or {}).get("skipped", [])
+            ),
+            60,
+            "moves skipped for journal_unwritable",
+        )
+        assert d.hosts()["sim04"]["vms"] == 3
+        assert d.status()["daemon"]["journal_writable"] is False
+        d.signal(signal.SIGTERM)
+        assert d.wait_exit() == 0
+    finally:
+        d.stop()
+
+
+def test_config_errors_are_one_line(workdir: Path) -> None:
+    bad = workdir / "bad.yaml"
+    bad.write_text("simulate: true\nmetrics: {address: nowhere}\n")
+    from tests.daemon.helpers import REBALANCERD
+
+    r = subprocess.run([REBALANCERD, "run", "--config", str(bad)], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "metrics.address" in r.stderr
+    r = subprocess.run(
+        [REBALANCERD, "run", "--config", str(bad.with_name("missing.yaml"))],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2 and "no such file" in r.stderr
+
+
+def test_second_daemon_on_the_same_socket_refuses_to_start(workdir: Path) -> None:
+    d = _daemon(workdir)
+    d.start()
+    try:
+        d.wait_ready()
+        other = DaemonProc(workdir / "b", {**sim_config(), "control": {"socket": d.socket}})
+        (workdir / "b" / "policies").mkdir(parents=True, exist_ok=True)
+        other.start()
+        assert other.wait_exit(30) == 1
+        assert "another rebalancerd" in other.log_tail()
+        assert d.control("ping")["pong"] is True
+    finally:
+        d.stop()
