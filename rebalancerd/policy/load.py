@@ -234,10 +234,20 @@ class _Builder:
             out[key] = self.build(vnode, (*path, key), depth + 1)
         return out
 
+    def _text(self, node: yaml.ScalarNode, v: str) -> str | None:
+        if not any("\ud800" <= c <= "\udfff" for c in v):
+            return v
+        # "\ud83d\ude00" escapes (as JSON writes them) make surrogate pairs: join them
+        try:
+            return v.encode("utf-16", "surrogatepass").decode("utf-16")
+        except UnicodeDecodeError:
+            self.problems.append((node.start_mark, "string holds a lone UTF-16 surrogate"))
+            return None
+
     def _scalar(self, node: yaml.ScalarNode) -> Any:
         tag, v = node.tag, node.value
         if tag == STR:
-            return v
+            return self._text(node, v)
         rx = _SCALAR_RE.get(tag)
         if rx is None:
             self.problems.append((node.start_mark, f"unsupported YAML tag {tag!r}"))
