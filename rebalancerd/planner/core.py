@@ -80,9 +80,16 @@ def make_plan(
     if not moves:
         status = "NOTHING_TO_DO" if status in ("GREEDY", "LNS", "SKIPPED") else status
     start = State(p)
+    # Within a priority, the moves that touch the most extreme hosts go first, so a plan cut
+    # short (budget, next cycle) has already done the most useful part.
+    ext = _extremeness(p, start)
     order = sorted(
         (v for v, _, _ in moves),
-        key=lambda v: (_PRIORITY.get(mandatory[v].kind, 3) if v in mandatory else 3, v),
+        key=lambda v: (
+            _PRIORITY.get(mandatory[v].kind, 3) if v in mandatory else 3,
+            -max(ext[p.origin[v]], ext[s.where[v]]),
+            v,
+        ),
     )
     dest = {v: h for v, _, h in moves}
     steps, blocked = sequence(p, dest, order, budget_moves=p.max_moves, budget_mib=p.max_mib)
@@ -112,6 +119,17 @@ def make_plan(
         notes=tuple(notes),
     )
     return MigrationPlan(steps=tuple(plan_steps), stats=stats, unsequenced=unsequenced)
+
+
+def _extremeness(p: Problem, s: State) -> list[float]:
+    """Per host: how far its CPU or memory load is from the cluster mean (either side)."""
+    hs = obj.balancing(p) or list(range(p.n_hosts))
+    mc = sum(s.cpu[h] for h in hs) / max(1, sum(p.raw_cpu[h] for h in hs))
+    mm = sum(s.mem[h] for h in hs) / max(1, sum(p.raw_mem[h] for h in hs))
+    return [
+        max(abs(s.cpu[h] / p.raw_cpu[h] - mc), abs(s.mem[h] / p.raw_mem[h] - mm))
+        for h in range(p.n_hosts)
+    ]
 
 
 def _hysteresis(p: Problem, s: State, mandatory: dict[int, Mandatory], notes: list[str]) -> State:

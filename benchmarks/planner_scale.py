@@ -1,0 +1,252 @@
+"""Planner scale benchmark: our planner against two baselines on seeded, skewed snapshots.
+
+    .venv/bin/python benchmarks/planner_scale.py [--snapshot FILE ...] [--sizes 8x60,32x400]
+        [--time-limit S] [--quick]
+
+Default: 8/60, 32/400, 128/1,600, 512/6,400 and 2,000/25,000 hosts/VMs, each plain, with
+anti-affinity groups (one group of 3-5 VMs per 8 hosts) and with one host in maintenance.
+Planners: `rebalancerd` (make_plan), `ffd` (first-fit decreasing) and `lhc` (largest VM from the
+hottest to the coldest host until no gain). Every (snapshot, planner) runs in its own subprocess
+so peak RSS (ru_maxrss) is per row. Figures: wall time, peak RSS, memory and CPU gap (max - min
+normalised load over active hosts) and standard deviation, migrations, GiB moved, violations
+(replayed step by step: capacity with headroom, hard anti-affinity, pins, budget, concurrency),
+a lower bound on the memory gap, and for rebalancerd how many of its migrations (in plan order)
+it needs to reach each baseline's final memory gap. Last line: {"rows": [...]}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+SIZES = [(8, 60), (32, 400), (128, 1600), (512, 6400), (2000, 25000)]
+VARIANTS = ["plain", "anti-affinity", "maintenance"]
+PLANNERS = ["rebalancerd", "ffd", "lhc"]
+
+
+def bench_policy() -> Any:
+    from rebalancerd.policy.schema import default_policy
+
+    pol = default_policy()
+    limits = pol.limits.model_copy(
+        update={
+            "max_per_cycle": 100_000,
+            "max_concurrent": 20,
+            "max_per_source": 2,
+            "max_per_target": 2,
+        }
+    )
+    return pol.model_copy(update={"limits": limits})
+
+
+def make_snapshot(spec: dict[str, Any]) -> Any:
+    if "file" in spec:
+        from rebalancerd import snapshot as codec
+
+        return codec.load(spec["file"])
+    from rebalancerd.sim.synthetic import skewed_snapshot
+
+    h, v, variant = spec["hosts"], spec["vms"], spec["variant"]
+    return skewed_snapshot(
+        h,
+        v,
+        seed=spec.get("seed", 0),
+        anti_affinity_groups=max(1, h // 8) if variant == "anti-affinity" else 0,
+        maintenance_hosts=1 if variant == "maintenance" else 0,
+    )
+
+
+def _trajectory(p: Any, moves: list[tuple[int, int, int]]) -> tuple[list[float], Any]:
+    """Memory gap after each move (index 0 = before any), and the final state."""
+    import bisect
+
+    from rebalancerd.planner import objective as obj
+    from rebalancerd.planner.state import State
+
+    s = State(p)
+    hs = obj.balancing(p)
+    val = {h: s.mem[h] / p.raw_mem[h] for h in hs}
+    order = sorted(val.values())
+    traj = [order[-1] - order[0] if len(order) > 1 else 0.0]
+    for v, _a, b in moves:
+        a = s.where[v]
+        s.move(v, b)
+        for h in (a, b):
+            if h in val:
+                order.pop(bisect.bisect_left(order, val[h]))
+                val[h] = s.mem[h] / p.raw_mem[h]
+                bisect.insort(order, val[h])
+        traj.append(order[-1] - order[0] if len(order) > 1 else 0.0)
+    return traj, s
+
+
+def _replay_violations(p: Any, moves: list[tuple[int, int, int]]) -> int:
+    """Baselines move one VM at a time: count moves that break capacity or a hard rule."""
+    from rebalancerd.planner.state import State
+
+    s = State(p)
+    bad = 0
+    for v, _a, b in moves:
+        if not (p.movable[v] and p.may_host(v, b) and s.fits(v, b) and s.anti_ok(v, b)):
+            bad += 1
+        s.move(v, b)
+    return bad
+
+
+def worker(spec: dict[str, Any]) -> dict[str, Any]:
+    from rebalancerd.planner import baselines, make_plan, verify_plan
+    from rebalancerd.planner import objective as obj
+    from rebalancerd.planner.problem import build_problem
+    from rebalancerd.policy.resolve import apply_policy
+
+    snap = make_snapshot(spec)
+    policy = bench_policy()
+    applied = apply_policy(policy, snap, 0.0)
+    p = build_problem(applied, policy)
+    planner = spec["planner"]
+    t0 = time.perf_counter()
+    extra: dict[str, Any] = {}
+    if planner == "rebalancerd":
+        plan = make_plan(snap, policy, now=0.0, time_limit_s=spec["time_limit"], seed=0)
+        wall = time.perf_counter() - t0
+        moves = [
+            (p.vm_index[m.vm], p.host_index[m.source], p.host_index[m.target])
+            for m in plan.migrations
+        ]
+        violations = len(verify_plan(snap, policy, plan, now=0.0))
+        extra = {
+            "status": plan.stats.status,
+            "steps": len(plan.steps),
+            "unsequenced": len(plan.unsequenced),
+        }
+    else:
+        moves = baselines.ffd(p) if planner == "ffd" else baselines.largest_hottest_coldest(p)
+        wall = time.perf_counter() - t0
+        violations = _replay_violations(p, moves)
+    traj, s = _trajectory(p, moves)
+    hs = obj.balancing(p)
+    mem = [s.mem[h] / p.raw_mem[h] for h in hs]
+    cpu = [s.cpu[h] / p.raw_cpu[h] for h in hs]
+    lb_mem = _mem_lower_bound(p)
+    rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "snapshot": spec["name"],
+        "planner": planner,
+        "hosts": len(snap.hosts),
+        "vms": len(snap.vms),
+        "wall_s": round(wall, 3),
+        "rss_mib": round(rss_mib, 1),
+        "mem_gap_before": round(traj[0], 4),
+        "mem_gap": round(max(mem) - min(mem), 4) if len(mem) > 1 else 0.0,
+        "cpu_gap": round(max(cpu) - min(cpu), 4) if len(cpu) > 1 else 0.0,
+        "mem_std": round(statistics.pstdev(mem), 4) if mem else 0.0,
+        "cpu_std": round(statistics.pstdev(cpu), 4) if cpu else 0.0,
+        "migrations": len(moves),
+        "gib_moved": round(sum(p.move_mib[v] for v, _, _ in moves) / 1024, 1),
+        "violations": violations,
+        "mem_gap_lower_bound": round(lb_mem, 4),
+        "trajectory": [round(x, 5) for x in traj],
+        **extra,
+    }
+
+
+def _mem_lower_bound(p: Any) -> float:
+    from rebalancerd.planner import objective as obj
+
+    hs = obj.balancing(p)
+    if len(hs) < 2:
+        return 0.0
+    hset = set(hs)
+    fixed = dict.fromkeys(hs, 0)
+    tot = 0
+    for v in range(p.n_vms):
+        o = p.origin[v]
+        if not p.movable[v] and o not in hset:
+            continue
+        tot += p.mem[v]
+        if not p.movable[v]:
+            fixed[o] += p.mem[v]
+    mean = tot / sum(p.raw_mem[h] for h in hs)
+    return max(0.0, max(fixed[h] / p.raw_mem[h] for h in hs) - mean)
+
+
+def moves_to_reach(traj: list[float], gap: float) -> int | None:
+    for i, g in enumerate(traj):
+        if g <= gap + 1e-9:
+            return i
+    return None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--snapshot", action="append", default=[], metavar="FILE")
+    ap.add_argument("--sizes", default=None, help="e.g. 8x60,32x400 (default: all five)")
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--time-limit", type=float, default=5.0)
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+    specs: list[dict[str, Any]] = []
+    if args.snapshot:
+        specs = [{"name": f, "file": f} for f in args.snapshot]
+    else:
+        sizes = SIZES
+        if args.sizes:
+            sizes = [tuple(int(x) for x in s.split("x")) for s in args.sizes.split(",")]  # type: ignore[misc]
+        for h, v in sizes:
+            for var in args.variants.split(","):
+                specs.append({"name": f"{h}x{v}-{var}", "hosts": h, "vms": v, "variant": var})
+    rows: list[dict[str, Any]] = []
+    hdr = (
+        f"{'snapshot':<26} {'planner':<12} {'wall_s':>7} {'rss_mib':>8} {'mem_gap':>12} "
+        f"{'cpu_gap':>7} {'mem_std':>7} {'moves':>6} {'GiB':>7} {'viol':>4} {'lb':>6} "
+        f"{'moves to baseline gap':>22}"
+    )
+    print(hdr)
+    for spec in specs:
+        group: dict[str, dict[str, Any]] = {}
+        for planner in PLANNERS:
+            job = dict(spec, planner=planner, time_limit=args.time_limit)
+            out = subprocess.run(
+                [sys.executable, __file__, "--worker", json.dumps(job)],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if out.returncode != 0:
+                print(f"{spec['name']} {planner}: FAILED {out.stderr.strip().splitlines()[-1:]}")
+                continue
+            group[planner] = json.loads(out.stdout.strip().splitlines()[-1])
+        ours = group.get("rebalancerd")
+        for planner, row in group.items():
+            if ours is not None and planner != "rebalancerd":
+                row["rebalancerd_moves_to_same_gap"] = moves_to_reach(
+                    ours["trajectory"], row["mem_gap"]
+                )
+                ours[f"moves_to_{planner}_gap"] = row["rebalancerd_moves_to_same_gap"]
+        for planner, row in group.items():
+            cmp = ""
+            if planner == "rebalancerd":
+                cmp = " ".join(f"{b}:{row.get(f'moves_to_{b}_gap')}" for b in PLANNERS[1:])
+            print(
+                f"{row['snapshot']:<26} {planner:<12} {row['wall_s']:>7.2f} {row['rss_mib']:>8.0f} "
+                f"{row['mem_gap_before']:>5.3f}->{row['mem_gap']:<5.3f} {row['cpu_gap']:>7.3f} "
+                f"{row['mem_std']:>7.3f} {row['migrations']:>6} {row['gib_moved']:>7.0f} "
+                f"{row['violations']:>4} {row['mem_gap_lower_bound']:>6.3f} {cmp:>22}",
+                flush=True,
+            )
+            row.pop("trajectory", None)
+            rows.append(row)
+    print(json.dumps({"rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
