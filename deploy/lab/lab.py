@@ -322,6 +322,9 @@ namespaces = []
 migration_address = "{ip}"
 migration_host = "{ip}"
 remember_owner = 0
+# peer-to-peer migration connections notice a dead or cut peer within about 4 s
+keepalive_interval = 1
+keepalive_count = 3
 """
 
 

@@ -651,12 +651,14 @@ def _list_domains(conn: Any) -> dict[str, DomainInfo]:
 
 
 def _is_incoming(dom: Any) -> bool:
+    """A guest paused for migration that is the destination's half (not yet taken over)."""
     try:
         stats = dom.jobStats(0)
-    except libvirt.libvirtError:
-        return False
+    except libvirt.libvirtError as exc:
+        # libvirt 9: "migration statistics are available only on the source host"
+        return bool(_err_code(exc) == libvirt.VIR_ERR_OPERATION_UNSUPPORTED)
     op = stats.get("operation") if stats else None
-    return op == getattr(libvirt, "VIR_DOMAIN_JOB_OPERATION_MIGRATION_IN", -1)
+    return bool(op == getattr(libvirt, "VIR_DOMAIN_JOB_OPERATION_MIGRATION_IN", -1))
 
 
 def _is_migrating(dom: Any, state: int, reason: int) -> bool:
