@@ -228,11 +228,30 @@ def test_sigkill_mid_wave_then_restart_reconciles(
         st = d.status()
         assert st["daemon"]["reconcile"] is not None
         assert not st["daemon"]["reconcile"]["lost"]
-        # no migration of the same VM started twice for the same journaled move, and every VM
-        # started at most once per daemon run after its successful move
-        succeeded = [e for e in d.events("migration_succeeded") if e.get("vm") in vms]
-        ids = [e["migration_id"] for e in succeeded]
-        assert len(ids) == len(set(ids))
+        # no migration ran twice: a move the journal found done is never started again, and
+        # every VM left the drained host exactly once
+        events = d.log_events()
+        before, after = events[:killed_at], events[killed_at:]
+        interrupted = {
+            e["migration_id"]: e["vm"] for e in before if e.get("event") == "migration_started"
+        }
+        reconciled = {
+            e["migration_id"]: e["result"] for e in after if e.get("event") == "reconciled"
+        }
+        assert set(reconciled) <= set(interrupted)
+        assert reconciled, "the interrupted moves were not reconciled"
+        restarted = [e["vm"] for e in after if e.get("event") == "migration_started"]
+        for mid, result in reconciled.items():
+            if result == "succeeded":
+                assert interrupted[mid] not in restarted, f"{interrupted[mid]} migrated twice"
+        left = [
+            e["vm"]
+            for e in events
+            if e.get("event") == "migration_succeeded" and e.get("source") == src
+        ] + [
+            interrupted[mid] for mid, r in reconciled.items() if r == "succeeded"
+        ]
+        assert sorted(left) == sorted(vms), left
         for vm in vms:
             assert len(lab.running_on(vm)) == 1
         assert (d.metric("rebalancerd_vm_lost_total") or 0) == 0
