@@ -260,3 +260,59 @@ def test_sigkill_mid_wave_then_restart_reconciles(
     finally:
         d.stop()
         agents.stop()
+
+
+@pytest.mark.fault
+def test_broker_restart_and_silent_agent(lab: Any, mosquitto_broker: Any, workdir: Path) -> None:
+    """mosquitto restarted while telemetry flows: the hosts turn stale, nothing is planned on
+    stale data, telemetry resumes by itself. Then one agent goes silent: its host turns stale
+    and nothing moves to or from it while another host is drained."""
+    src, silent, target = (h.name for h in lab.hosts[:3])
+    vms = [f"mq-vm{i}" for i in range(2)]
+    for vm in vms:
+        lab.define_guest(src, vm, 64)
+    agents = Agents(workdir, lab, mosquitto_broker.url)
+    d = _daemon(workdir, lab, mosquitto_broker.url)
+    d.config["intervals"]["stale_after_s"] = 4.0
+    d.write_config()
+    d.start()
+    try:
+        d.wait_ready()
+        wait_for(lambda: _vms_seen(d, 2), 60, "telemetry from all agents")
+
+        mosquitto_broker.stop()
+        wait_for(
+            lambda: all(h["state"] == "stale" for h in d.status()["hosts"]), 30, "hosts stale"
+        )
+        wait_for(
+            lambda: any(dec["status"] == "stale" for dec in d.status()["decisions"]),
+            30,
+            "a cycle refusing stale data",
+        )
+        with pytest.raises(Exception, match="no other active host"):
+            d.control("drain", host=src)
+        assert not d.events("migration_started")
+        wait_for(lambda: d.metric("rebalancerd_hosts", state="stale") == 3, 30, "stale gauge")
+
+        mosquitto_broker.start()
+        wait_for(lambda: _vms_seen(d, 2), 90, "telemetry resumed after the broker restart")
+
+        # one agent goes silent: its host is stale, never a target
+        agents.procs[1].kill()
+        agents.procs[1].wait(timeout=10)
+        wait_for(lambda: d.hosts()[silent]["state"] == "stale", 30, f"{silent} stale")
+        d.control("drain", host=src)
+        wait_for(
+            lambda: all(lab.running_on(vm) == [target] for vm in vms),
+            180,
+            f"VMs drained to {target} only",
+            interval=0.5,
+        )
+        for e in d.events("migration_started"):
+            assert silent not in (e.get("source"), e.get("target")), e
+        assert d.hosts()[silent]["state"] == "stale"
+        d.signal(signal.SIGTERM)
+        assert d.wait_exit(90) == 0
+    finally:
+        d.stop()
+        agents.stop()
