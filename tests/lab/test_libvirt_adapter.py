@@ -363,3 +363,25 @@ def _set_cpu(lab: Lab, host: str, vm: str, cpu_xml: str) -> None:
         )
     finally:
         conn.close()
+
+
+@pytest.mark.lab
+async def test_reconnects_after_the_daemon_comes_back(lab: Lab, hv: LibvirtHypervisor) -> None:
+    lab.define_guest("h2", "rc1", 64)
+    lost: list[HypervisorEvent] = []
+    hv.add_listener(lambda e: lost.append(e) if e.kind == "connection-lost" else None)
+    assert (await hv.domains("h2"))["rc1"].running
+    lab.kill_libvirtd("h2")
+    with pytest.raises(HypervisorError, match="h2 unreachable"):
+        await hv.domains("h2")
+    with pytest.raises(HypervisorError, match="h2 unreachable"):
+        await hv.migrate("rc1", "h2", "h1", MigrationSettings())
+    # a dead target is a failed migration (a result), and nothing was started
+    lab.define_guest("h1", "rc2", 64)
+    result = await hv.migrate("rc2", "h1", "h2", MigrationSettings())
+    assert not result.ok and "unreachable" in (result.error or "")
+    assert lab.guests("h1")["rc2"]["running"] and "rc2" not in lab.guests("h3")
+    lab.restart_libvirtd("h2")
+    doms = await hv.domains("h2")  # the same adapter, a new connection
+    assert doms["rc1"].running
+    assert any(e.host == "h2" for e in lost)
