@@ -765,7 +765,13 @@ def define_guest(
 
 def _iter_hosts(view: dict[str, Any]) -> Iterator[str]:
     for h in view["hosts"]:
-        yield f"{h['name']:4} {h['ip']:15} {h['uri']}  (peers: {h['migration_uri']})"
+        line = f"{h['name']:4} {h['ip']:15} {h['uri']}  (peers: {h['migration_uri']})"
+        if "init_alive" in h:
+            line += (
+                f"  init={'up' if h['init_alive'] else 'DOWN'}"
+                f" libvirtd={h['libvirtd_pid'] or 'DOWN'} link={'up' if h['link_up'] else 'DOWN'}"
+            )
+        yield line
 
 
 def main(argv: list[str] | None = None) -> int:
