@@ -78,6 +78,11 @@ def policy_rules(policy: Policy, snapshot: ClusterSnapshot) -> ClusterRules:
     excl = expand(policy.rules.exclusions, vm_names)
     # VMs outside the policy's scope are not moved by it.
     out_of_scope = frozenset(v.name for v in snapshot.vms if not vm_in_scope(policy.scope, v))
+    if policy.scope.hosts or policy.scope.host_tags:
+        # Host scope: VMs on hosts outside it are not moved, and VMs only move to hosts inside.
+        inside = frozenset(h.name for h in snapshot.hosts if host_in_scope(policy.scope, h))
+        out_of_scope |= frozenset(v.name for v in snapshot.vms if v.host not in inside)
+        pins += [Pin(v.name, inside, True, 1.0) for v in snapshot.vms if v.name not in out_of_scope]
     return ClusterRules(tuple(groups), tuple(pins), excl | out_of_scope)
 
 

@@ -70,7 +70,8 @@ class Scope(_Strict):
     (``web-*``, ``db-[12]``)."""
 
     hosts: list[Name] = Field(default_factory=list, max_length=10_000)
-    """Host names or globs. Default: [] (all hosts)."""
+    """Host names or globs. VMs on other hosts are not moved, and VMs only move to hosts in the
+    scope. Default: [] (all hosts)."""
     host_tags: list[Name] = Field(default_factory=list, max_length=10_000)
     """Hosts carrying any of these tags. Default: []."""
     vms: list[Name] = Field(default_factory=list, max_length=10_000)

@@ -171,3 +171,62 @@ def test_diff_plans_added_removed_changed() -> None:
     assert "1 added, 1 removed, 1 changed, 1 unchanged" in text
     assert json.loads(json.dumps(d.to_dict()))["same"] is False
     assert diff_plans(old, old).same
+
+
+def test_policy_diff_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from rebalancerd import snapshot as codec
+    from rebalancerd.domain.model import ClusterSnapshot, Host, Vm
+
+    hosts = tuple(Host(f"hv0{i}", 16, 65536) for i in range(1, 4))
+    vms = (
+        Vm("db-1", "hv01", 2, 8192, cpu_used_mc=1000),
+        Vm("db-2", "hv01", 2, 8192, cpu_used_mc=1000),
+        Vm("a", "hv02", 2, 8192, cpu_used_mc=1000),
+        Vm("b", "hv02", 2, 8192, cpu_used_mc=1000),
+        Vm("c", "hv03", 2, 8192, cpu_used_mc=1000),
+        Vm("d", "hv03", 2, 8192, cpu_used_mc=1000),
+    )
+    snap = tmp_path / "snap.json"
+    snap.write_text(json.dumps(codec.to_dict(ClusterSnapshot(hosts, vms, taken_at=1.8e9))))
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "p.yaml").write_text(HEAD + "name: plain\n")
+    new = tmp_path / "new"
+    new.mkdir()
+    (new / "p.yaml").write_text(HEAD + "name: plain\n")
+    (new / "aa.yaml").write_text(
+        HEAD + "name: aa\nrules:\n  anti_affinity: [{name: db, vms: [db-1, db-2]}]\n"
+    )
+    args = ["policy", "diff", "--old", str(old), "--new", str(new), "--snapshot", str(snap)]
+    assert main([*args, "--time-limit", "1", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["removed"] == [] and d["changed"] == []
+    db = [m for m in d["added"] if m["vm"] in ("db-1", "db-2")]
+    assert len(db) == 1, d["added"]  # one replica leaves hv01 (others may move to make room)
+    assert db[0]["source"] == "hv01" and db[0]["reason"].startswith("rule")
+    assert d["old"]["migrations"] == 0 and d["new"]["migrations"] >= 1
+    assert d["new"]["policy"] in ("aa+plain", "")  # PlanStats.policy, if the planner sets it
+    assert main([*args, "--time-limit", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "\n+ db-" in out and f"{len(d['added'])} added, 0 removed, 0 changed" in out
+    # same policy on both sides: nothing changes
+    assert (
+        main(
+            [
+                "policy",
+                "diff",
+                "--old",
+                str(old),
+                "--new",
+                str(old),
+                "--snapshot",
+                str(snap),
+                "--time-limit",
+                "1",
+                "--now",
+                "2027-01-01T00:00:00",
+            ]
+        )
+        == 0
+    )
+    assert "same moves under both policies" in capsys.readouterr().out
