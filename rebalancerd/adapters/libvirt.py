@@ -380,7 +380,10 @@ class LibvirtHypervisor:
         except libvirt.libvirtError as exc:
             return MigrationResult(ok=False, error=f"{vm} not found on {source}: {_one_line(exc)}")
         flags = migration_flags(settings)
-        params = migration_params(settings)
+        try:
+            params = migration_params(settings)
+        except ValueError as exc:
+            return MigrationResult(ok=False, error=f"bad migration settings: {exc}")
         with contextlib.suppress(libvirt.libvirtError):
             await self._call(dom.migrateSetMaxDowntime, int(settings.max_downtime_ms), 0)
         loop = asyncio.get_running_loop()
@@ -407,16 +410,19 @@ class LibvirtHypervisor:
                 if stats and progress is not None:
                     with contextlib.suppress(Exception):
                         progress(progress_from_stats(vm, elapsed, stats))
-                want_postcopy = settings.postcopy_after_s is not None and (
-                    elapsed >= settings.postcopy_after_s or elapsed >= settings.time_budget_s
-                )
-                if want_postcopy and not postcopy and not aborted:
+                if postcopy or aborted:
+                    continue  # nothing left to decide: wait for the outcome
+                over_budget = elapsed >= settings.time_budget_s
+                if settings.postcopy_after_s is not None and (
+                    elapsed >= settings.postcopy_after_s or over_budget
+                ):
                     try:
                         await self._call(dom.migrateStartPostCopy, 0)
                         postcopy = True
+                        continue
                     except libvirt.libvirtError:
-                        pass  # not started yet / already completing: try again next poll
-                elif elapsed >= settings.time_budget_s and not postcopy and not aborted:
+                        pass  # not possible yet: retried next poll, until the budget is spent
+                if over_budget:
                     with contextlib.suppress(libvirt.libvirtError):
                         await self._call(dom.abortJob)
                         aborted = True

@@ -187,6 +187,8 @@ async def test_failed_migration_is_a_result_not_an_exception(
         (await test_driver.migrate("test", "t1", "down", MigrationSettings())).error or ""
     )
     assert not (await test_driver.migrate("test", "t1", "t1", MigrationSettings())).ok
+    bad = await test_driver.migrate("test", "t1", "t2", MigrationSettings(bandwidth_mib_s=0))
+    assert not bad.ok and "bandwidth" in (bad.error or "")
 
 
 async def test_compatible_refuses_hostdev_and_accepts_plain(test_driver: LibvirtHypervisor) -> None:
