@@ -485,3 +485,124 @@ class Replay:
 def initial_placement_for(dc: DataCentre, trace: Trace, policy: Policy) -> IntArray:
     """PABFD on the first sample, filling hosts up to the policy's high watermark."""
     return pabfd(dc, trace.cpu[:, 0] * dc.vm_mips, max_utilisation=policy.targets.high_watermark)
+
+
+class ThresholdMmt:
+    """CloudSim's THR-MMT (static threshold, minimum migration time) as a reference decider.
+
+    Written from the published algorithm (Beloglazov & Buyya 2012) to check this replay against
+    the reference table; not a rebalancerd policy. Each interval: hosts whose requested MIPS
+    exceed `threshold` of their capacity give up their smallest-RAM VMs until they are below it;
+    those VMs go by PABFD (CloudSim's power increase) to hosts that stay below the threshold;
+    then the least utilised hosts are emptied the same way while every VM finds a place.
+    Replay it with a policy without limits (CloudSim has none).
+    """
+
+    def __init__(self, threshold: float = 0.8) -> None:
+        self.threshold = threshold
+        self.name = f"THR-MMT {threshold}"
+
+    def decide(self, view: View) -> Sequence[Sequence[Move]]:
+        dc = view.dc
+        thr = self.threshold
+        req = view.demand_mips
+        load = np.bincount(view.host_of, req, minlength=dc.n_hosts).astype(np.float64)
+        count = np.bincount(view.host_of, minlength=dc.n_hosts)
+        members: list[list[int]] = [[] for _ in range(dc.n_hosts)]
+        for v in range(dc.n_vms):
+            members[int(view.host_of[v])].append(v)
+        moves: list[Move] = []
+        target_of: dict[int, int] = {}
+
+        def find_host(v: int, excluded: BoolArray) -> int:
+            after = load + req[v]
+            ok = (
+                ~excluded
+                & (dc.pe_mips >= req[v])
+                & (after <= dc.total_mips)
+                & ((count == 0) | (after <= thr * dc.total_mips))
+            )
+            if not ok.any():
+                return -1
+            diff = power_w(dc.watts, after / dc.total_mips) - power_w(
+                dc.watts, load / dc.total_mips
+            )
+            return int(np.argmin(np.where(ok, diff, np.inf)))
+
+        over = load > thr * dc.total_mips
+        to_move: list[int] = []
+        for oh in np.nonzero(over)[0].tolist():
+            vms = sorted(members[oh], key=lambda v: (dc.vm_ram[v], v))
+            left = float(load[oh])
+            for v in vms:
+                if left <= thr * dc.total_mips[oh]:
+                    break
+                to_move.append(v)
+                left -= req[v]
+        excluded = over.copy()
+        # VMs leave their hosts first (CloudSim deallocates them before placing)
+        for v in to_move:
+            load[view.host_of[v]] -= req[v]
+            count[view.host_of[v]] -= 1
+        for v in sorted(to_move, key=lambda v: (-req[v], v)):
+            th = find_host(v, excluded)
+            if th < 0:
+                load[view.host_of[v]] += req[v]
+                count[view.host_of[v]] += 1
+                continue
+            load[th] += req[v]
+            count[th] += 1
+            target_of[v] = th
+            moves.append(Move(v, int(view.host_of[v]), th, "overload"))
+        # underloaded hosts
+        util = load / dc.total_mips
+        skip_under = excluded | (count == 0)
+        for m in moves:
+            skip_under[m.target] = True
+        place_excl = excluded | (count == 0)
+        while True:
+            cand = np.where(skip_under | (util <= 0), np.inf, util)
+            h = int(np.argmin(cand))
+            if not np.isfinite(float(cand[h])):
+                break
+            skip_under[h] = True
+            place_excl[h] = True
+            vms = [v for v in members[h] if v not in target_of]
+            if not vms:
+                continue
+            saved_load, saved_count = load.copy(), count.copy()
+            trial: list[tuple[int, int]] = []
+            for v in sorted(vms, key=lambda v: (-req[v], v)):
+                t = find_host(v, place_excl)
+                if t < 0:
+                    trial = []
+                    break
+                load[h] -= req[v]
+                count[h] -= 1
+                load[t] += req[v]
+                count[t] += 1
+                trial.append((v, t))
+            if not trial:
+                load, count = saved_load, saved_count
+                continue
+            for v, t in trial:
+                target_of[v] = t
+                moves.append(Move(v, h, t, "underload"))
+                skip_under[t] = True
+            util = load / dc.total_mips
+        return [moves] if moves else []
+
+
+def unlimited_policy(base: Policy) -> Policy:
+    """The same policy without migration limits (how CloudSim's algorithms run)."""
+    lim = base.limits.model_copy(
+        update={
+            "max_concurrent": 1000,
+            "max_per_source": 100,
+            "max_per_target": 100,
+            "max_per_cycle": 100_000,
+            "cooldown_s": 0.0,
+            "max_mib_per_hour": None,
+        }
+    )
+    return base.model_copy(update={"limits": lim})
