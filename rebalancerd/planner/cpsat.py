@@ -121,7 +121,7 @@ def improve(p: Problem, s: State, *, time_limit_s: float, seed: int, deadline: f
             info.notes.append("no time left for CP-SAT")
             return info
         before = _score(p, s)
-        res = _solve_sub(p, s, free_all, hosts_all, seed, max(0.05, 0.8 * time_limit_s), wall)
+        res = _solve_sub(p, s, free_all, hosts_all, seed, max(0.05, 0.3 * time_limit_s), wall)
         info.status, info.rounds = res.status, 1
         if res.where:
             trial = s.copy()
@@ -140,7 +140,7 @@ def _lns(
     p: Problem, s: State, info: CpInfo, *, time_limit_s: float, seed: int, deadline: float
 ) -> CpInfo:
     rng = random.Random(seed)
-    rounds = max(1, int(0.5 * time_limit_s / LNS_ROUND_DET))
+    rounds = max(1, int(0.25 * time_limit_s / LNS_ROUND_DET))
     info.status = "LNS"
     best = _score(p, s)
     bal = obj.balancing(p)

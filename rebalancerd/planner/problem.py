@@ -219,7 +219,7 @@ def build_problem(
         budget = min(budget, max_moves)
     return Problem(
         snapshot=snapshot,
-        mode=policy.mode,
+        mode=Mode(policy.mode),
         policy_name=policy.name,
         hosts=hosts,
         vms=vms,

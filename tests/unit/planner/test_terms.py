@@ -134,9 +134,7 @@ def test_move_budget_zero_keeps_everything_in_place() -> None:
 
 
 def test_move_budget_infeasible_when_a_drain_needs_more_moves() -> None:
-    s = snap(
-        [host("a", state=HostState.MAINTENANCE), host("b")], [vm("v1", "a"), vm("v2", "a")]
-    )
+    s = snap([host("a", state=HostState.MAINTENANCE), host("b")], [vm("v1", "a"), vm("v2", "a")])
     p = problem(s, policy(limits={**loose_limits(), "max_per_cycle": 1}))
     r = solve(p, [T.AssignOnce, T.MoveBudget])
     assert r.status == "INFEASIBLE"
