@@ -170,6 +170,7 @@ class CheckingHypervisor(FakeHypervisor):
         self.violations = []
         self.compat_calls = 0
         self.mib_started = 0
+        self.flights: dict[str, tuple[str, str]] = {}
         self.initial_bad_groups = self._bad_groups()
 
     def _bad_groups(self) -> set[str]:
@@ -183,7 +184,7 @@ class CheckingHypervisor(FakeHypervisor):
         return out
 
     def _flying(self) -> list[tuple[str, str, str]]:
-        return [c for c in self.calls if c[0] in self.running_now]
+        return [(vm, src, tgt) for vm, (src, tgt) in self.flights.items()]
 
     def check(self) -> None:
         vms = self.snap.vm_map()
@@ -205,11 +206,13 @@ class CheckingHypervisor(FakeHypervisor):
     async def migrate(self, vm, source, target, settings, progress=None):  # type: ignore[no-untyped-def]
         self.mib_started += self.snap.vm(vm).memory_mib
         task = asyncio.ensure_future(super().migrate(vm, source, target, settings, progress))
+        self.flights[vm] = (source, target)
         await asyncio.sleep(0)
         self.check()
         try:
             return await task
         finally:
+            del self.flights[vm]
             self.check()
 
 
@@ -282,8 +285,9 @@ def test_executor_invariants(case: Case) -> None:
     for v in snap.vms:
         assert len(hv.where(v.name)) == 1, v.name
     # the report agrees with the world
-    for r in report.succeeded:
-        assert r.target in hv.where(r.vm)
+    last_success = {r.vm: r.target for r in report.succeeded}  # in completion order
+    for vm, target in last_success.items():
+        assert hv.where(vm) == [target]
     # and the journal has no move left open
     assert journal.open_moves() == []
 
@@ -292,10 +296,10 @@ def test_generated_cases_exercise_real_moves() -> None:
     """Guard against a vacuous property: a fair share of generated cases really migrate."""
     moved: list[int] = []
 
-    @settings(max_examples=40, deadline=None, database=None)
+    @settings(max_examples=150, deadline=None, database=None)
     @given(cases())
     def collect(case: Case) -> None:
         moved.append(len(run_case(case)[1].calls))
 
     collect()
-    assert sum(1 for m in moved if m >= 2) >= 4, moved
+    assert sum(1 for m in moved if m >= 1) >= 15 and max(moved) >= 3, str(moved)
