@@ -1,0 +1,235 @@
+"""Live migrations through the executor in the libvirt lab (real libvirtd + QEMU guests).
+
+For each concurrency level (default 1, 2 and 4) and each guest kind (idle 64 MiB guests, and
+128 MiB guests whose boot sector keeps dirtying RAM at about 98 MB/s), N migrations run through
+`Executor.execute` in rounds (every guest moves to the next host, h1 -> h2 -> h3 -> h1), with
+max_concurrent = max_per_source = max_per_target = the level and a downtime limit (default 300 ms).
+After every round each guest must run exactly once, on the host the executor says.
+
+Prints per level: wall time, migrations per minute (and the ratio against concurrency 1 of the
+same kind, run in the same process: the baseline), downtime p50/p99 against the limit, failures,
+lost VMs, concurrency observed in libvirt's lifecycle events. Not a timed test: figures depend on
+the machine (2 shared cores here).
+
+    .venv/bin/python benchmarks/migration_lab.py [--n 8] [--dirty-n 4] [--levels 1,2,4]
+
+Last line: one JSON object with migrations, failures, lost_vms, downtime_p50_ms,
+downtime_p99_ms, downtime_limit_ms, max_concurrency_seen, concurrency_limit (and more).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import structlog  # noqa: E402
+
+from rebalancerd.adapters.clock import SystemClock  # noqa: E402
+from rebalancerd.adapters.libvirt import HypervisorEvent, LibvirtHypervisor  # noqa: E402
+from rebalancerd.domain.model import ClusterSnapshot, Host, Vm  # noqa: E402
+from rebalancerd.domain.plan import (  # noqa: E402
+    Migration,
+    MigrationPlan,
+    PlanStep,
+    Reason,
+    ReasonKind,
+)
+from rebalancerd.execution.executor import Executor  # noqa: E402
+from rebalancerd.execution.journal import Journal  # noqa: E402
+from rebalancerd.observability import MemoryMetrics  # noqa: E402
+from rebalancerd.policy.schema import Policy  # noqa: E402
+from tests.fixtures.lab import Lab, start_lab  # noqa: E402
+
+KINDS = {"idle": (64, False, 0.0), "dirty": (128, True, 98.0)}
+
+
+def pct(values: list[float], p: float) -> float | None:
+    if not values:
+        return None
+    data = sorted(values)
+    k = max(0, min(len(data) - 1, math.ceil(p / 100 * len(data)) - 1))
+    return data[k]
+
+
+def observed_concurrency(events: list[HypervisorEvent]) -> int:
+    """Max migrations at once from libvirt lifecycle events (incoming start -> resumed/stopped)."""
+    edges: list[tuple[float, int]] = []
+    open_at: dict[str, float] = {}
+    for e in sorted((e for e in events if e.kind == "lifecycle"), key=lambda e: e.at):
+        if e.migration == "incoming":
+            open_at[e.vm] = e.at
+        elif e.vm in open_at and (
+            e.migration in ("resumed", "failed") or e.event in ("stopped", "resumed")
+        ):
+            edges += [(open_at.pop(e.vm), 1), (e.at, -1)]
+    edges += [(t, 1) for t in open_at.values()]
+    now = peak = 0
+    for _, d in sorted(edges):
+        now += d
+        peak = max(peak, now)
+    return peak
+
+
+async def run_level(lab: Lab, level: int, kind: str, n: int, downtime_ms: int) -> dict[str, Any]:
+    mib, dirty, rate = KINDS[kind]
+    hosts = [h.name for h in lab.hosts]
+    names = [f"b{kind[0]}{level}-{i}" for i in range(level)]
+    where = {vm: hosts[i % len(hosts)] for i, vm in enumerate(names)}
+    lab.remove_all_guests()
+    for vm, host in where.items():
+        lab.define_guest(host, vm, mib, dirty=dirty)
+    if dirty:
+        for vm, host in where.items():
+            lab.wait_dirtying(host, vm)
+    events: list[HypervisorEvent] = []
+    hv = LibvirtHypervisor(lab.inventory(), poll_interval_s=0.1, listeners=[events.append])
+    metrics = MemoryMetrics()
+    ex = Executor(hv, SystemClock(), metrics, Journal.open(":memory:"))
+    policy = Policy.model_validate(
+        {
+            "apiVersion": "rebalancerd/v1",
+            "kind": "Policy",
+            "limits": {
+                "max_concurrent": level,
+                "max_per_source": level,
+                "max_per_target": level,
+                "max_per_cycle": 1000,
+                "cooldown_s": 0,
+            },
+            "migration": {"default": {"max_downtime_ms": downtime_ms, "time_budget_s": 120}},
+        }
+    )
+    downtimes: list[float] = []
+    failures = lost = done = 0
+    max_conc = 0
+    rounds = math.ceil(n / level)
+    t0 = time.perf_counter()
+    try:
+        for _ in range(rounds):
+            moves = []
+            for vm in names[: min(level, n - done)]:
+                src = where[vm]
+                tgt = hosts[(hosts.index(src) + 1) % len(hosts)]
+                moves.append(Migration(vm, src, tgt, Reason(ReasonKind.BALANCE, "bench"), mib))
+            snap = ClusterSnapshot(
+                tuple(Host(h, cores=4, memory_mib=8192) for h in hosts),
+                tuple(
+                    Vm(vm, h, 1, mib, cpu_used_mc=100, dirty_rate_mib_s=rate)
+                    for vm, h in where.items()
+                ),
+                taken_at=time.time(),
+            )
+            report = await ex.execute(MigrationPlan((PlanStep(tuple(moves)),)), snap, policy)
+            done += len(moves)
+            max_conc = max(max_conc, report.max_concurrency)
+            failures += len(report.failed) + len(report.aborted) + len(report.skipped)
+            for r in report.succeeded:
+                where[r.vm] = r.target
+                if r.downtime_ms is not None:
+                    downtimes.append(r.downtime_ms)
+            for vm in names:  # every guest exactly once, where the executor says
+                runs = lab.running_on(vm)
+                if len(runs) != 1:
+                    lost += 1
+                elif runs[0] != where[vm]:
+                    failures += 1
+                    where[vm] = runs[0]
+    finally:
+        await hv.close()
+    wall = time.perf_counter() - t0
+    return {
+        "level": level,
+        "kind": kind,
+        "migrations": done,
+        "wall_s": round(wall, 2),
+        "per_min": round(done / wall * 60, 1) if wall > 0 else 0.0,
+        "downtimes": downtimes,
+        "failures": failures,
+        "lost": lost,
+        "max_concurrency_executor": max_conc,
+        "max_concurrency_events": observed_concurrency(events),
+    }
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    levels = [int(x) for x in args.levels.split(",")]
+    lab = start_lab(3)
+    results: list[dict[str, Any]] = []
+    try:
+        for kind, n in (("idle", args.n), ("dirty", args.dirty_n)):
+            if n <= 0:
+                continue
+            base: float | None = None
+            for level in levels:
+                r = await run_level(lab, level, kind, n, args.downtime_ms)
+                base = base or r["per_min"]
+                r["ratio_vs_c1"] = round(r["per_min"] / base, 2) if base else None
+                results.append(r)
+                p50, p99 = pct(r["downtimes"], 50), pct(r["downtimes"], 99)
+                print(
+                    f"{kind:5s} c={level}: {r['migrations']:3d} migrations in {r['wall_s']:6.1f} s"
+                    f" = {r['per_min']:6.1f}/min (x{r['ratio_vs_c1']} vs c=1)"
+                    f"  downtime p50 {p50} ms p99 {p99} ms (limit {args.downtime_ms})"
+                    f"  failures {r['failures']} lost {r['lost']}"
+                    f"  concurrency seen {r['max_concurrency_events']}"
+                    f" (executor {r['max_concurrency_executor']}, limit {level})",
+                    flush=True,
+                )
+    finally:
+        lab.remove_all_guests()
+        problems = lab.teardown()
+        if problems:
+            print(f"lab teardown problems: {problems}", file=sys.stderr)
+    all_down = [d for r in results for d in r["downtimes"]]
+    over = sum(1 for r in results for d in r["downtimes"] if d > args.downtime_ms)
+    throttle_ok = all(
+        r["max_concurrency_events"] <= r["level"] and r["max_concurrency_executor"] <= r["level"]
+        for r in results
+    )
+    return {
+        "migrations": sum(r["migrations"] for r in results),
+        "failures": sum(r["failures"] for r in results),
+        "lost_vms": sum(r["lost"] for r in results),
+        "downtime_p50_ms": pct(all_down, 50),
+        "downtime_p99_ms": pct(all_down, 99),
+        "downtime_max_ms": max(all_down) if all_down else None,
+        "downtime_limit_ms": args.downtime_ms,
+        "downtime_over_limit": over,
+        "max_concurrency_seen": max((r["max_concurrency_events"] for r in results), default=0),
+        "concurrency_limit": max(levels),
+        "throttle_held": throttle_ok,
+        "per_level": [
+            {k: v for k, v in r.items() if k != "downtimes"}
+            | {
+                "downtime_p50_ms": pct(r["downtimes"], 50),
+                "downtime_p99_ms": pct(r["downtimes"], 99),
+            }
+            for r in results
+        ],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--n", type=int, default=8, help="idle-guest migrations per level")
+    ap.add_argument("--dirty-n", type=int, default=4, help="dirtying-guest migrations per level")
+    ap.add_argument("--levels", default="1,2,4")
+    ap.add_argument("--downtime-ms", type=int, default=300)
+    args = ap.parse_args()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    out = asyncio.run(main_async(args))
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
