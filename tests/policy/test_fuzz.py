@@ -77,13 +77,21 @@ def test_random_documents_load_or_are_located(doc: Any, header: bool, style: int
         assert Policy.model_validate(doc) == parsed.policy
 
 
+# PyYAML's dumper writes NEL / LS / PS raw inside quoted scalars, where YAML folds them into a
+# space on reading (any YAML reader, PyYAML's own too): keep them out of the round trip.
+names = st.text(
+    st.characters(blacklist_characters="\x85\u2028\u2029", blacklist_categories=("Cs",)),
+    min_size=1,
+    max_size=30,
+)
+
 policies = st.fixed_dictionaries(
     {
         "apiVersion": st.just("rebalancerd/v1"),
         "kind": st.just("Policy"),
     },
     optional={
-        "name": st.text(min_size=1, max_size=30).map(str.strip).filter(bool),
+        "name": names.map(str.strip).filter(bool),
         "priority": st.integers(-1000, 1000),
         "mode": st.sampled_from(["balance", "consolidate", "drain", "advisory"]),
         "dry_run": st.booleans(),
