@@ -278,8 +278,8 @@ class Limits(_Strict):
     @field_validator("timezone")
     @classmethod
     def _tz(cls, v: str) -> str:
-        ok = False
-        if 0 < len(v) <= 64 and "\x00" not in v:
+        ok = v == "UTC"  # valid even where the tz database is not installed
+        if not ok and 0 < len(v) <= 64 and "\x00" not in v:
             try:
                 ZoneInfo(v)
                 ok = True
