@@ -4,7 +4,9 @@ For each concurrency level (default 1, 2 and 4) and each guest kind (idle 64 MiB
 128 MiB guests whose boot sector keeps dirtying RAM at about 98 MB/s), N migrations run through
 `Executor.execute` in rounds (every guest moves to the next host, h1 -> h2 -> h3 -> h1), with
 max_concurrent = max_per_source = max_per_target = the level and a downtime limit (default 300 ms).
-After every round each guest must run exactly once, on the host the executor says.
+After every round each guest must run exactly once, on the host the executor says. Moves are
+labelled DRAIN: a ring of balance moves does not reduce the imbalance, and the executor's "did it
+help" back-off would (rightly) pause them after two rounds.
 
 Prints per level: wall time, migrations per minute (and the ratio against concurrency 1 of the
 same kind, run in the same process: the baseline), downtime p50/p99 against the limit, failures,
@@ -26,6 +28,7 @@ import logging
 import math
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +114,7 @@ async def run_level(lab: Lab, level: int, kind: str, n: int, downtime_ms: int) -
     )
     downtimes: list[float] = []
     failures = lost = done = 0
+    reasons: Counter[str] = Counter()
     max_conc = 0
     rounds = math.ceil(n / level)
     t0 = time.perf_counter()
@@ -120,7 +124,7 @@ async def run_level(lab: Lab, level: int, kind: str, n: int, downtime_ms: int) -
             for vm in names[: min(level, n - done)]:
                 src = where[vm]
                 tgt = hosts[(hosts.index(src) + 1) % len(hosts)]
-                moves.append(Migration(vm, src, tgt, Reason(ReasonKind.BALANCE, "bench"), mib))
+                moves.append(Migration(vm, src, tgt, Reason(ReasonKind.DRAIN, "bench"), mib))
             snap = ClusterSnapshot(
                 tuple(Host(h, cores=4, memory_mib=8192) for h in hosts),
                 tuple(
@@ -133,6 +137,8 @@ async def run_level(lab: Lab, level: int, kind: str, n: int, downtime_ms: int) -
             done += len(moves)
             max_conc = max(max_conc, report.max_concurrency)
             failures += len(report.failed) + len(report.aborted) + len(report.skipped)
+            for r in report.failed + report.aborted + report.skipped:
+                reasons[f"{r.reason}: {r.detail}"[:160]] += 1
             for r in report.succeeded:
                 where[r.vm] = r.target
                 if r.downtime_ms is not None:
@@ -158,6 +164,7 @@ async def run_level(lab: Lab, level: int, kind: str, n: int, downtime_ms: int) -
         "lost": lost,
         "max_concurrency_executor": max_conc,
         "max_concurrency_events": observed_concurrency(events),
+        "failure_reasons": dict(reasons),
     }
 
 
@@ -185,6 +192,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                     f" (executor {r['max_concurrency_executor']}, limit {level})",
                     flush=True,
                 )
+                for why, count in r["failure_reasons"].items():
+                    print(f"    failure x{count}: {why}", flush=True)
     finally:
         lab.remove_all_guests()
         problems = lab.teardown()
