@@ -15,8 +15,8 @@ from typing import Any
 
 from rebalancerd.sim.replay import ReplayResult
 
-_W, _H = 720, 220
-_PAD_L, _PAD_R, _PAD_T, _PAD_B = 56, 16, 28, 34
+_W, _H = 720, 240
+_PAD_L, _PAD_R, _PAD_T, _PAD_B = 56, 16, 28, 50
 _COLOURS = ("#1f6feb", "#999999")
 
 
@@ -91,10 +91,11 @@ def svg_chart(
             out.append(
                 f'<polyline fill="none" stroke="{colour}" stroke-width="1.6" points="{pts}"/>'
             )
-        lx = _W - _PAD_R - 200 + si * 100
+        lx = _PAD_L + si * 300
+        ly = _H - 14
         out.append(
-            f'<rect x="{lx}" y="8" width="10" height="10" fill="{colour}"/>'
-            f'<text x="{lx + 14}" y="17" font-size="11">{html.escape(name[:14])}</text>'
+            f'<rect x="{lx}" y="{ly - 9}" width="10" height="10" fill="{colour}"/>'
+            f'<text x="{lx + 14}" y="{ly}" font-size="11">{html.escape(name[:40])}</text>'
         )
     out.append("</svg>")
     return "\n".join(out)

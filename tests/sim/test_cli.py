@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import re
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,8 @@ def test_report_is_self_contained_html(
     urls = set(re.findall(r"https?://[^\"' ]+", text))
     assert urls == {"http://www.w3.org/2000/svg"}
     assert "<script" not in text and "<link" not in text
+    for svg in re.findall(r"<svg.*?</svg>", text, re.S):
+        ET.fromstring(svg)  # well-formed
 
 
 @pytest.mark.parametrize(
