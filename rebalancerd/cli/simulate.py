@@ -33,9 +33,10 @@ def register(sub: Any) -> None:
     p.add_argument("--policy", metavar="FILE", help="policy file (default: built-in consolidate)")
     p.add_argument(
         "--decider",
-        choices=["planner", "none"],
+        choices=["planner", "none", "thr-mmt"],
         default="planner",
-        help="planner (default) or none (no migration, the baseline alone)",
+        help="planner (default); none: the no-migration baseline alone; thr-mmt: our "
+        "re-implementation of CloudSim's THR-MMT 0.8 without limits (a cross-check)",
     )
     p.add_argument("--report", metavar="FILE.html", help="write a self-contained HTML report")
     p.add_argument("--seed", type=int, default=0, help="planner seed (default 0)")
@@ -86,7 +87,14 @@ def _fmt_summary(name: str, s: dict[str, Any]) -> str:
 
 def run_simulate(args: argparse.Namespace) -> int:
     from rebalancerd.sim.cloudsim import default_replay_policy
-    from rebalancerd.sim.replay import NoMigration, PlannerDecider, Replay, ReplayResult
+    from rebalancerd.sim.replay import (
+        NoMigration,
+        PlannerDecider,
+        Replay,
+        ReplayResult,
+        ThresholdMmt,
+        unlimited_policy,
+    )
     from rebalancerd.sim.traces import TraceError, load_trace
 
     if not 1 <= args.hosts <= 100_000:
@@ -116,10 +124,14 @@ def run_simulate(args: argparse.Namespace) -> int:
         if args.decider == "planner":
             decider: Any = PlannerDecider(policy, time_limit_s=args.time_limit, seed=args.seed)
             result = Replay(trace, decider, policy, **kw).run(_Progress(out, "planner"))
+        elif args.decider == "thr-mmt":
+            result = Replay(trace, ThresholdMmt(0.8), unlimited_policy(policy), **kw).run(
+                _Progress(out, "THR-MMT")
+            )
         else:
             result = Replay(trace, NoMigration(), policy, **kw).run(_Progress(out, "baseline"))
         baseline: ReplayResult | None = None
-        if args.decider == "planner":
+        if args.decider != "none":
             baseline = Replay(trace, NoMigration(), policy, **kw).run(_Progress(out, "baseline"))
     except ValueError as e:
         raise CliError(str(e)) from None

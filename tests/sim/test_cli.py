@@ -115,3 +115,18 @@ def test_policy_file_overrides_the_default(
     bad = tmp_path / "bad.yaml"
     bad.write_text("apiVersion: rebalancerd/v1\nkind: Policy\nmode: sideways\n")
     assert main(["simulate", "--trace", f"planetlab:{d}", "--policy", str(bad)]) == 2
+
+
+def test_csv_trace_replays(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    p = tmp_path / "load.csv"
+    rows = ["timestamp,vm,cpu,memory"]
+    for k in range(12):
+        for v in ("web-1", "web-2", "db"):
+            rows.append(f"{k * 300},{v},{(k * 9 + len(v) * 7) % 80},1024")
+    p.write_text("\n".join(rows) + "\n")
+    rc = main(["simulate", "--trace", f"csv:{p}", "--decider", "none", "--hosts", "4", "--json"])
+    assert rc == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["vms"] == 3
+    assert doc["duration_s"] == 3600
+    assert doc["energy_kwh"] > 0

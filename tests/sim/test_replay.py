@@ -146,3 +146,18 @@ def test_blackout_blocks_moves(write_day: WriteDay) -> None:
     first = next(k for k, m in enumerate(r.timeline.migrations) if m)
     assert first == 24
     assert r.limit_blocks["blackout"] == 24
+
+
+def test_enforce_memory_refuses_a_target_without_ram(write_day: WriteDay) -> None:
+    tr = read_planetlab(write_day({f"vm{i}": [5] * 6 for i in range(4)}))
+    # vm1 + vm2 (1740 MB each) fill 3480 of host 0's 4096 MB; vm0 (870 MB) does not fit there
+    start = np.array([1, 0, 0, 2], dtype=np.int64)
+    script = {1: [[(0, 0)]]}
+    strict = Replay(
+        tr, Scripted(script), policy(), hosts=4, initial_placement=start, enforce_memory=True
+    ).run()
+    assert strict.summary["migrations"] == 0
+    assert strict.limit_blocks["capacity"] == 1
+    # CloudSim's setup: a running VM requests no RAM, so the move goes ahead
+    loose = Replay(tr, Scripted(script), policy(), hosts=4, initial_placement=start).run()
+    assert loose.summary["migrations"] == 1
