@@ -36,7 +36,9 @@ from rebalancerd.domain.plan import Migration, MigrationPlan, PlanStep, Reason, 
 from rebalancerd.execution.executor import ExecutionReport, Executor
 from rebalancerd.execution.journal import Journal
 from rebalancerd.observability import MemoryMetrics
+from rebalancerd.planner import make_plan
 from rebalancerd.policy.schema import Policy
+from rebalancerd.sim.synthetic import skewed_snapshot
 from tests.unit.execution.fakes import FakeHypervisor
 
 BEHAVIOURS = ("ok", "ok", "ok", "fail", "abort", "raise", "lie_ok", "hang")
@@ -172,6 +174,13 @@ class CheckingHypervisor(FakeHypervisor):
         self.mib_started = 0
         self.flights: dict[str, tuple[str, str]] = {}
         self.initial_bad_groups = self._bad_groups()
+        self.initial_load = {
+            h.name: (
+                sum(v.memory_mib for v in snap.vms if v.host == h.name),
+                sum(v.cpu_used_mc for v in snap.vms if v.host == h.name),
+            )
+            for h in snap.hosts
+        }
 
     def _bad_groups(self) -> set[str]:
         out = set()
@@ -193,7 +202,9 @@ class CheckingHypervisor(FakeHypervisor):
             here |= {vm for (vm, _, t) in self._flying() if t == h.name}
             mem = sum(vms[v].memory_mib for v in here)
             cpu = sum(vms[v].cpu_used_mc for v in here)
-            if mem > h.memory_mib or cpu > h.cpu_capacity_mc:
+            mem0, cpu0 = self.initial_load[h.name]
+            # over capacity, and worse than it already was before any move
+            if (mem > h.memory_mib and mem > mem0) or (cpu > h.cpu_capacity_mc and cpu > cpu0):
                 self.violations.append(f"capacity of {h.name}: {sorted(here)}")
         bad = self._bad_groups() - self.initial_bad_groups
         if bad:
@@ -216,7 +227,9 @@ class CheckingHypervisor(FakeHypervisor):
             self.check()
 
 
-def run_case(case: Case) -> tuple[ExecutionReport, CheckingHypervisor, Journal]:
+def run_case(
+    case: Case, frozen_from_journal: bool = False
+) -> tuple[ExecutionReport, CheckingHypervisor, Journal]:
     async def go() -> tuple[ExecutionReport, CheckingHypervisor, Journal]:
         clock = VirtualClock()
         hv = CheckingHypervisor.for_snapshot(clock, case.snap)
@@ -227,6 +240,11 @@ def run_case(case: Case) -> tuple[ExecutionReport, CheckingHypervisor, Journal]:
         for vm in case.cooling:
             journal.set_cooldown(vm, clock.now() + 500)
         ex = Executor(hv, clock, MemoryMetrics(), journal, dry_run=case.dry, watchdog_grace_s=5)
+        if frozen_from_journal:
+            # what the loop does: the planner is told which VMs are frozen
+            case.plan = make_plan(
+                case.snap, case.policy, now=clock.now(), time_limit_s=0.2, frozen=ex.frozen_vms()
+            )
         with structlog.testing.capture_logs():  # keep 200 examples fast; logs not under test
             report = await ex.execute(case.plan, case.snap, case.policy)
         assert ex.in_flight() == []
@@ -243,6 +261,12 @@ def run_case(case: Case) -> tuple[ExecutionReport, CheckingHypervisor, Journal]:
 @given(cases())
 def test_executor_invariants(case: Case) -> None:
     report, hv, journal = run_case(case)
+    check_invariants(case, report, hv, journal)
+
+
+def check_invariants(
+    case: Case, report: ExecutionReport, hv: CheckingHypervisor, journal: Journal
+) -> None:
     pol = case.policy
     lim = pol.limits
     snap = case.snap
@@ -290,6 +314,68 @@ def test_executor_invariants(case: Case) -> None:
         assert hv.where(vm) == [target]
     # and the journal has no move left open
     assert journal.open_moves() == []
+
+
+@st.composite
+def planner_cases(draw: st.DrawFn) -> Case:
+    """Skewed synthetic clusters; the plan comes from the real planner at run time."""
+    snap = skewed_snapshot(
+        draw(st.integers(3, 8)),
+        draw(st.integers(8, 50)),
+        draw(st.integers(0, 10_000)),
+        anti_affinity_groups=draw(st.integers(0, 3)),
+        maintenance_hosts=draw(st.integers(0, 1)),
+    )
+    names = [v.name for v in snap.vms]
+    hosts = [h.name for h in snap.hosts]
+    rules: dict[str, object] = {
+        "exclusions": [draw(st.sampled_from(names))[:-1] + "*"] if draw(st.booleans()) else [],
+        "pins": [
+            {"vm": vm, "hosts": [next(v.host for v in snap.vms if v.name == vm)]}
+            for vm in draw(st.lists(st.sampled_from(names), max_size=3, unique=True))
+        ],
+    }
+    tight = draw(st.integers(0, 7)) == 0  # now and then a limit of zero
+
+    def limit(values: list[object]) -> object:
+        return draw(st.sampled_from([*values, 0] if tight else values))
+
+    limits = {
+        "max_concurrent": limit([2, 1, 4]),
+        "max_per_source": limit([1, 2]),
+        "max_per_target": limit([1, 2]),
+        "max_per_cycle": limit([10, 3]),
+        "max_mib_per_hour": limit([None, 500_000, 40_000]),
+        "cooldown_s": 600.0,
+    }
+    policy = Policy.model_validate(
+        {
+            "apiVersion": "rebalancerd/v1",
+            "kind": "Policy",
+            "mode": draw(st.sampled_from(["balance", "consolidate", "balance", "advisory"])),
+            "dry_run": draw(st.integers(0, 11)) == 0,
+            "rules": rules,
+            "limits": limits,
+            "migration": {"default": {"time_budget_s": 100, "non_shared_disk": True}},
+        }
+    )
+    behaviour = {vm: draw(st.sampled_from(BEHAVIOURS)) for vm in names}
+    cooling = {vm for vm in names if draw(st.integers(0, 5)) == 0}
+    del hosts
+    return Case(snap, policy, MigrationPlan(), behaviour, cooling, dry=False)
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(planner_cases())
+def test_planner_and_executor_invariants(case: Case) -> None:
+    """The same invariants with plans from the real planner (rebalancerd.planner.make_plan) on
+    skewed synthetic clusters, with the executor's frozen VMs passed to the planner."""
+    report, hv, journal = run_case(case, frozen_from_journal=True)
+    check_invariants(case, report, hv, journal)
 
 
 def test_generated_cases_exercise_real_moves() -> None:
