@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -78,3 +80,13 @@ def test_default_policy_is_consolidate_with_cooldown() -> None:
     p = default_replay_policy()
     assert p.mode.value == "consolidate"
     assert p.limits.cooldown_s > 0
+
+
+def test_documented_yaml_is_the_default_policy(tmp_path: Path) -> None:
+    from rebalancerd.policy.load import load_policy_file
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "simulation.md").read_text()
+    yaml_text = doc.split("```yaml\n", 1)[1].split("```", 1)[0]
+    p = tmp_path / "p.yaml"
+    p.write_text(yaml_text)
+    assert load_policy_file(p) == default_replay_policy()
