@@ -39,7 +39,7 @@ def test_idle_vm_uncapped_class_is_plain_precopy() -> None:
     s = choose_settings(vm(), spec(max_downtime_ms=200))
     assert s.bandwidth_mib_s is None and s.strategy == "precopy"
     assert not s.auto_converge and s.postcopy_after_s is None
-    assert s.max_downtime_ms == 200 and s.time_budget_s == 300.0
+    assert s.max_downtime_ms == 120 and s.time_budget_s == 300.0  # 60 % margin: converges
 
 
 def test_capped_class_uses_the_least_bandwidth_that_finishes_comfortably() -> None:
@@ -106,7 +106,7 @@ def test_settings_always_within_class_bounds(
         assert s.bandwidth_mib_s is None
     else:
         assert s.bandwidth_mib_s is not None and 1 <= s.bandwidth_mib_s <= cap
-    assert s.max_downtime_ms == down and s.time_budget_s == budget
+    assert 1 <= s.max_downtime_ms <= down and s.time_budget_s == budget
     assert s.auto_converge <= ac  # never switched on when the class forbids it
     if pc is None:
         assert s.postcopy_after_s is None
@@ -175,3 +175,13 @@ def test_blackout_wins_and_bad_timezone_blocks() -> None:
         update={"timezone": "Mars/Olympus"}
     )
     assert window_block(bad, ts("2026-01-05T12:00:00")) == "invalid_timezone"
+
+
+def test_downtime_margin_only_when_precopy_still_converges() -> None:
+    # r = 350/400: converges with the 300 ms limit in 30 rounds, not with 180 ms
+    s = choose_settings(vm(4096, 350.0), spec(bandwidth_mib_s=400, auto_converge=False))
+    assert s.bandwidth_mib_s == 400 and s.max_downtime_ms == 300
+    assert estimate_precopy(4096, 350.0, 400, 300).converges
+    assert not estimate_precopy(4096, 350.0, 400, 180).converges
+    # an idle VM aims lower than the limit
+    assert choose_settings(vm(4096), spec(bandwidth_mib_s=400)).max_downtime_ms == 180
