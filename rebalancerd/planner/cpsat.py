@@ -121,8 +121,11 @@ def improve(p: Problem, s: State, *, time_limit_s: float, seed: int, deadline: f
             info.notes.append("no time left for CP-SAT")
             return info
         before = _score(p, s)
-        res = _solve_sub(p, s, free_all, hosts_all, seed, max(0.05, 0.3 * time_limit_s), wall)
+        res = _solve_sub(p, s, free_all, hosts_all, seed, max(0.05, 0.1 * time_limit_s), wall)
         info.status, info.rounds = res.status, 1
+        if res.status.endswith("_WALL_LIMIT"):
+            info.status = res.status.removesuffix("_WALL_LIMIT")
+            info.notes.append("CP-SAT stopped by the wall-clock limit: plan may vary between runs")
         if res.where:
             trial = s.copy()
             _apply(trial, res.where)
@@ -140,7 +143,7 @@ def _lns(
     p: Problem, s: State, info: CpInfo, *, time_limit_s: float, seed: int, deadline: float
 ) -> CpInfo:
     rng = random.Random(seed)
-    rounds = max(1, int(0.25 * time_limit_s / LNS_ROUND_DET))
+    rounds = max(1, int(0.1 * time_limit_s / LNS_ROUND_DET))
     info.status = "LNS"
     best = _score(p, s)
     bal = obj.balancing(p)
@@ -164,6 +167,8 @@ def _lns(
             continue
         res = _solve_sub(p, s, vms, hosts, seed + r, LNS_ROUND_DET, wall)
         info.rounds += 1
+        if res.status.endswith("_WALL_LIMIT"):
+            info.notes.append("CP-SAT stopped by the wall-clock limit: plan may vary between runs")
         if not res.where:
             continue
         trial = s.copy()

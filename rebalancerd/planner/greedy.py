@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
 
 from rebalancerd.domain.plan import ReasonKind
 from rebalancerd.planner import objective as obj
@@ -416,6 +419,154 @@ def balance(ctx: Ctx) -> None:
         push(b)
 
 
+# -- phase 4a': minimax polish ----------------------------------------------------------------
+POLISH_SHARE = 0.25
+"""Polish moves allowed, as a share of the moves made so far (plus POLISH_MIN)."""
+POLISH_MIN = 8
+SOURCES_PER_PULL = 24
+
+
+def polish(ctx: Ctx) -> None:
+    """Attack the extremes directly: take the host furthest out on either side and make the
+    one move that lowers the weighted spread (max - min of CPU and memory) the most, or that
+    pulls the extreme host in without widening either resource's range. The sum-of-squares pass
+    leaves such hosts when CPU and memory disagree; this pass trades along the spread itself."""
+    p, s = ctx.p, ctx.s
+    hs = obj.balancing(p)
+    if len(hs) < 3:
+        return
+    pos = {h: i for i, h in enumerate(hs)}
+    wc, wm = obj.weights(p)
+    wsum = wc + wm
+    raw = (
+        np.array([p.raw_cpu[h] for h in hs], dtype=np.float64),
+        np.array([p.raw_mem[h] for h in hs], dtype=np.float64),
+    )
+    cap = (
+        np.array([p.cap_cpu[h] for h in hs], dtype=np.int64),
+        np.array([p.cap_mem[h] for h in hs], dtype=np.int64),
+    )
+    used = (
+        np.array([s.cpu[h] for h in hs], dtype=np.int64),
+        np.array([s.mem[h] for h in hs], dtype=np.int64),
+    )
+    weight = (wc, wm)
+    limit = s.n_moves_cached + int(POLISH_SHARE * s.n_moves_cached) + POLISH_MIN
+    mean_mem = obj.mean_host_mem(p)
+    done: set[tuple[int, int, int]] = set()
+    hsarr = np.array(hs, dtype=np.int64)
+    eps = 1e-12
+
+    while s.n_moves_cached < min(p.max_moves, limit):
+        load = (used[0] / raw[0], used[1] / raw[1])
+        top = [np.argsort(-load[q], kind="stable")[:3] for q in (0, 1)]
+        bot = [np.argsort(load[q], kind="stable")[:3] for q in (0, 1)]
+        hi = (float(load[0][top[0][0]]), float(load[1][top[1][0]]))
+        lo = (float(load[0][bot[0][0]]), float(load[1][bot[1][0]]))
+        spread = sum(weight[q] * (hi[q] - lo[q]) for q in (0, 1)) / wsum
+
+        def excl(
+            q: int,
+            skip: set[int],
+            high: bool,
+            top: list[Any] = top,
+            bot: list[Any] = bot,
+            load: tuple[Any, Any] = load,
+        ) -> float:
+            """Highest (lowest) load of resource q over hosts not in skip."""
+            for j in top[q] if high else bot[q]:
+                if int(j) not in skip:
+                    return float(load[q][j])
+            return float(load[q][top[q][0] if high else bot[q][0]])
+
+        cands: list[tuple[float, int, int, int]] = []
+        for r in (0, 1):
+            if weight[r] <= 0:
+                continue
+            for side, i in ((1, int(top[r][0])), (-1, int(bot[r][0]))):
+                if (hs[i], r, side) not in done:
+                    cands.append((weight[r] * (hi[r] - lo[r]), r, side, i))
+        if not cands:
+            break
+        cands.sort(key=lambda c: (-c[0], c[1], c[2]))
+        _, r, side, i = cands[0]
+        h = hs[i]
+        best: tuple[float, float, int, int] | None = None  # (spread', extreme', vm, target)
+        if side == 1:
+            sources = [i]
+        else:
+            order = np.argsort(-load[r], kind="stable")
+            sources = [int(j) for j in order[:SOURCES_PER_PULL] if int(j) != i]
+        for si in sources:
+            a = hs[si]
+            for v in sorted(s.on[a]):
+                if not p.movable[v] or v in p.aff_of or v in ctx.mandatory:
+                    continue
+                if not ctx.can_spend([v]):
+                    continue
+                sz = (p.cpu[v], p.mem[v])
+                a_after = [(used[q][si] - sz[q]) / raw[q][si] for q in (0, 1)]
+                cost = obj.move_cost(p, v, mean_mem) * 0.01
+                if side == 1:
+                    nb = [(used[q] + sz[q]) / raw[q] for q in (0, 1)]
+                    new_spread = np.zeros(len(hs))
+                    for q in (0, 1):
+                        hq = np.maximum(np.maximum(excl(q, {si}, True), a_after[q]), nb[q])
+                        lq = np.minimum(np.minimum(excl(q, {si}, False), a_after[q]), nb[q])
+                        new_spread = new_spread + weight[q] * (hq - lq)
+                    new_spread = new_spread / wsum
+                    ext = np.maximum(nb[r], a_after[r])
+                    ok = (
+                        (used[0] + sz[0] <= cap[0])
+                        & (used[1] + sz[1] <= cap[1])
+                        & (
+                            (new_spread < spread - 1e-9)
+                            | ((new_spread <= spread + eps) & (ext < load[r][i] - eps))
+                        )
+                    )
+                    ok[si] = False
+                    idx = np.nonzero(ok)[0]
+                    if idx.size == 0:
+                        continue
+                    keyv = new_spread[idx] * 1000.0 + ext[idx]
+                    for j in idx[np.argsort(keyv, kind="stable")][:4]:
+                        b = int(hsarr[j])
+                        if s.can_move(v, b):
+                            cand = (float(new_spread[j]) + cost, float(ext[j]), v, b)
+                            if best is None or cand[:2] < best[:2]:
+                                best = cand
+                            break
+                else:
+                    if not s.can_move(v, h):
+                        continue
+                    nb_s = [(used[q][i] + sz[q]) / raw[q][i] for q in (0, 1)]
+                    new_spread_f = 0.0
+                    for q in (0, 1):
+                        hq = max(excl(q, {si, i}, True), a_after[q], nb_s[q])
+                        lq = min(excl(q, {si, i}, False), a_after[q], nb_s[q])
+                        new_spread_f += weight[q] * (hq - lq)
+                    new_spread_f /= wsum
+                    ext_f = -min(nb_s[r], a_after[r])
+                    if not (
+                        new_spread_f < spread - 1e-9
+                        or (new_spread_f <= spread + eps and -ext_f > load[r][i] + eps)
+                    ):
+                        continue
+                    cand = (new_spread_f + cost, ext_f, v, h)
+                    if best is None or cand[:2] < best[:2]:
+                        best = cand
+        if best is None:
+            done.add((h, r, side))
+            continue
+        _, _, v, b = best
+        a = s.where[v]
+        ctx.apply([v], b)
+        for q, amount in ((0, p.cpu[v]), (1, p.mem[v])):
+            used[q][pos[a]] -= amount
+            used[q][pos[b]] += amount
+        done = {d for d in done if d[0] not in (a, b)}
+
+
 # -- phase 4b: consolidate ---------------------------------------------------------------------
 def consolidate(ctx: Ctx) -> None:
     p, s = ctx.p, ctx.s
@@ -517,4 +668,5 @@ def run_greedy(p: Problem) -> Ctx:
         consolidate(ctx)
     else:
         balance(ctx)  # hosts above capacity with headroom go first
+        polish(ctx)
     return ctx

@@ -350,6 +350,8 @@ def solve(
     prm.cp_model_probing_level = 0
     code = solver.solve(sub.model)
     name = solver.status_name(code)
+    if solver.wall_time >= 0.98 * prm.max_time_in_seconds:
+        name += "_WALL_LIMIT"  # the safety net fired: the answer may differ between runs
     if code not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return SolveResult(name, None, None, {})
     where: dict[int, int] = {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from rebalancerd.domain.model import AffinityGroup, ClusterRules, HostState, Pin
@@ -90,8 +90,11 @@ def test_plans_are_safe_and_respect_rules_and_budgets(case: Any) -> None:
 def test_same_input_same_plan(hosts: int, vms: int, seed: int) -> None:
     s = skewed_snapshot(hosts, vms, seed, anti_affinity_groups=1)
     pol = policy(limits={"max_per_cycle": 50, "max_concurrent": 4})
-    a = make_plan(s, pol, now=0.0, time_limit_s=1.0, seed=7).to_dict()
-    b = make_plan(s, pol, now=0.0, time_limit_s=1.0, seed=7).to_dict()
+    a = make_plan(s, pol, now=0.0, time_limit_s=3.0, seed=7).to_dict()
+    b = make_plan(s, pol, now=0.0, time_limit_s=3.0, seed=7).to_dict()
+    # Deterministic limits bind first; if the wall-clock safety net fired (an overloaded
+    # machine), the plan says so and may legitimately differ: such examples are discarded.
+    assume(not any("wall-clock" in n for n in a["stats"]["notes"] + b["stats"]["notes"]))
     a["stats"].pop("wall_s")
     b["stats"].pop("wall_s")
     assert a == b
