@@ -569,13 +569,19 @@ def polish(ctx: Ctx) -> None:
 
 # -- phase 4b: consolidate ---------------------------------------------------------------------
 def consolidate(ctx: Ctx) -> None:
+    """Empty the least loaded powered-on hosts, each VM to the fullest powered-on host that
+    stays under the high watermark (first fit over hosts ranked fullest first), keeping
+    min_active_hosts and spare capacity; an emptying is kept only if it saves power."""
     p, s = ctx.p, ctx.s
     active = [h for h in range(p.n_hosts) if p.receive[h] and p.empty_reason[h] is None]
     tot_c = sum(s.cpu[h] for h in active)
     tot_m = sum(s.mem[h] for h in active)
     keep = 1.0 - p.spare_capacity
     on = {h for h in active if s.on[h]}
+    cap_on_c = sum(p.cap_cpu[h] for h in on)
+    cap_on_m = sum(p.cap_mem[h] for h in on)
     order = sorted(on, key=lambda h: (_wload(p, s, h), h))
+    ranked = sorted(on, key=lambda h: (-_peak(p, s, h), h))
     fails = 0
     for a in order:
         if fails >= CONSOLIDATE_FAIL_LIMIT or s.n_moves_cached >= p.max_moves:
@@ -584,74 +590,78 @@ def consolidate(ctx: Ctx) -> None:
             continue
         if len(on) - 1 < max(1, p.min_active_hosts):
             break
-        rest = on - {a}
-        cap_c = sum(p.cap_cpu[h] for h in rest) * keep
-        cap_m = sum(p.cap_mem[h] for h in rest) * keep
-        if tot_c > cap_c or tot_m > cap_m:
+        if tot_c > (cap_on_c - p.cap_cpu[a]) * keep or tot_m > (cap_on_m - p.cap_mem[a]) * keep:
             fails += 1
             continue
         vms = sorted(s.on[a], key=lambda v: (-p.mem[v], v))
         if any(not p.movable[v] for v in vms):
             fails += 1
             continue
-        trial = Ctx(
-            p, GState(p, s.where), ctx.moved_mib, {}, set(ctx.touched), [], set(ctx.received)
-        )
         power_before = obj.host_power(p, s, a)
+        log: list[tuple[int, int]] = []
+        pw: dict[int, float] = {}
         ok = True
-        targets: dict[int, int] = {}
+        room_moves = p.max_moves - s.n_moves_cached
+        room_mib = None if p.max_mib is None else p.max_mib - ctx.moved_mib
         for v in vms:
-            if trial.s.where[v] != a:
+            if s.where[v] != a:
                 continue
-            unit = unit_of(trial, v)
-            if unit is None or not trial.can_spend(unit):
+            unit = unit_of(ctx, v)
+            if unit is None or len(log) + len(unit) > room_moves:
                 ok = False
                 break
-            t = _pack_target(trial, unit, rest)
-            if t is None:
+            if room_mib is not None:
+                spent = sum(p.move_mib[m] for m, _ in log) + sum(p.move_mib[m] for m in unit)
+                if spent > room_mib:
+                    ok = False
+                    break
+            tgt = _pack_target(ctx, unit, ranked, on, a)
+            if tgt is None:
                 ok = False
                 break
-            trial.apply(unit, t)
+            if tgt not in pw:
+                pw[tgt] = obj.host_power(p, s, tgt)
             for m in unit:
-                targets[m] = t
-        if not ok:
-            fails += 1
-            continue
-        delta = sum(
-            obj.host_power(p, trial.s, t) - obj.host_power(p, s, t) for t in set(targets.values())
-        )
-        if power_before - delta <= 0:
+                log.append((m, s.where[m]))
+                s.move(m, tgt)
+        saved = 0.0
+        if ok:
+            saved = power_before - sum(obj.host_power(p, s, x) - w for x, w in pw.items())
+        targets = {m: s.where[m] for m, _ in log}
+        for m, frm in reversed(log):
+            s.move(m, frm)
+        if not ok or saved <= 0:
             fails += 1
             continue
         fails = 0
-        saved = power_before - delta
-        for v, t in sorted(targets.items()):
+        for v, tgt in sorted(targets.items()):
             ctx.apply(
                 [v],
-                t,
+                tgt,
                 Mandatory(
                     ReasonKind.ENERGY,
                     f"empty {p.hosts[a].name} so it can be switched off (saves {saved:.0f} W)",
                 ),
             )
         on.discard(a)
+        cap_on_c -= p.cap_cpu[a]
+        cap_on_m -= p.cap_mem[a]
+        ranked = sorted(on, key=lambda h: (-_peak(p, s, h), h))
 
 
-def _pack_target(ctx: Ctx, unit: list[int], on: set[int]) -> int | None:
+def _pack_target(
+    ctx: Ctx, unit: list[int], ranked: list[int], on: set[int], source: int
+) -> int | None:
+    """First host, fullest first, that takes the unit and stays under the high watermark."""
     p, s = ctx.p, ctx.s
     c = sum(p.cpu[m] for m in unit)
     mm = sum(p.mem[m] for m in unit)
-    best: int | None = None
-    best_key = -1.0
-    for h in on:
-        if not unit_fits(ctx, unit, h):
+    for h in ranked:
+        if h == source or h not in on:
             continue
-        after = _peak(p, s, h, c, mm)
-        if after <= p.high and (
-            after > best_key or (after == best_key and best is not None and h < best)
-        ):
-            best, best_key = h, after
-    return best
+        if _peak(p, s, h, c, mm) <= p.high and unit_fits(ctx, unit, h):
+            return h
+    return None
 
 
 def run_greedy(p: Problem) -> Ctx:
