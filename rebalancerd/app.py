@@ -261,6 +261,7 @@ class Daemon:
         self._brain: asyncio.Task[None] | None = None
         self._bg: set[asyncio.Task[Any]] = set()
         self._watchdog_ok = True
+        self.watchdog_ticks = 0
 
     # -- start-up ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -564,8 +565,10 @@ class Daemon:
         """Is the control loop doing its job? Drives WATCHDOG=1 (never a free-running timer).
 
         Unhealthy when the loop task died, or when no cycle finished without error for
-        ``watchdog_grace_cycles`` planning intervals (plus the planner's time limit), except
-        while migrations are in flight within their time budget (the executor bounds those).
+        ``watchdog_grace_cycles + 1`` planning intervals plus twice the planner's time limit,
+        except while migrations are in flight within their time budget (the executor bounds
+        those). A stale-telemetry cycle is a healthy cycle: the broker being down is not a
+        reason to restart the daemon.
         """
         if self.loop is None or self.executor is None:
             return False, "not started"
@@ -575,11 +578,8 @@ class Daemon:
         if self.phase == "reconciling":
             return True, "reconciling"
         now = self.clock.monotonic()
-        allowed = (
-            self.cfg.intervals.plan_s * self.cfg.intervals.watchdog_grace_cycles
-            + self.cfg.planner.time_limit_s * 2
-            + 10.0
-        )
+        iv = self.cfg.intervals
+        allowed = iv.plan_s * (iv.watchdog_grace_cycles + 1) + self.cfg.planner.time_limit_s * 2
         flights = self.executor.in_flight()
         if flights:
             wall = self.clock.now()
@@ -592,6 +592,8 @@ class Daemon:
         ref = last if last is not None else self._loop_started
         if ref is None:
             return True, "starting"
+        if last is None:
+            allowed += 30.0  # the first cycle also imports and warms up the planner
         if self.loop.busy and self._cycle_started is not None:
             ref = max(ref, self._cycle_started)
         age = now - ref
@@ -604,6 +606,7 @@ class Daemon:
         period = self.watchdog_s / 2 if self.watchdog_s else 5.0
         period = max(0.05, min(period, 30.0))
         while True:
+            self.watchdog_ticks += 1
             ok, why = self.health()
             if ok:
                 if self.watchdog_s:

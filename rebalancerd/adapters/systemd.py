@@ -9,7 +9,9 @@ A notification is one datagram of ``KEY=VALUE`` lines sent to the AF_UNIX socket
 - ``RELOADING=1`` + ``MONOTONIC_USEC=`` when a reload starts, ``READY=1`` when it ends;
 - ``STOPPING=1`` when shutting down.
 
-Sending never raises: a service manager that went away must not take the daemon down.
+Sending never raises and never blocks (the socket is non-blocking: if the manager's queue is
+full the datagram is dropped and logged): a service manager that went away or stalls must not
+take the daemon down or freeze its event loop.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ class SystemdNotifier:
         self.socket_path = socket_path
         self._addr = _address(socket_path)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        # Never block the event loop: a manager whose queue is full loses this datagram.
+        self._sock.setblocking(False)
         self._failed = False
         self.sent = 0
 

@@ -248,9 +248,7 @@ def test_sigkill_mid_wave_then_restart_reconciles(
             e["vm"]
             for e in events
             if e.get("event") == "migration_succeeded" and e.get("source") == src
-        ] + [
-            interrupted[mid] for mid, r in reconciled.items() if r == "succeeded"
-        ]
+        ] + [interrupted[mid] for mid, r in reconciled.items() if r == "succeeded"]
         assert sorted(left) == sorted(vms), left
         for vm in vms:
             assert len(lab.running_on(vm)) == 1
@@ -281,9 +279,7 @@ def test_broker_restart_and_silent_agent(lab: Any, mosquitto_broker: Any, workdi
         wait_for(lambda: _vms_seen(d, 2), 60, "telemetry from all agents")
 
         mosquitto_broker.stop()
-        wait_for(
-            lambda: all(h["state"] == "stale" for h in d.status()["hosts"]), 30, "hosts stale"
-        )
+        wait_for(lambda: all(h["state"] == "stale" for h in d.status()["hosts"]), 30, "hosts stale")
         wait_for(
             lambda: any(dec["status"] == "stale" for dec in d.status()["decisions"]),
             30,

@@ -291,3 +291,88 @@ def test_second_daemon_on_the_same_socket_refuses_to_start(workdir: Path) -> Non
         assert d.control("ping")["pong"] is True
     finally:
         d.stop()
+
+
+def _big_vm_snapshot(path: Path, memory_mib: int) -> None:
+    from rebalancerd.domain.model import ClusterSnapshot, Host, Vm
+    from rebalancerd.snapshot import dump
+
+    hosts = tuple(Host(f"big{i}", cores=32, memory_mib=256 * 1024) for i in (1, 2, 3))
+    vms = (
+        Vm("huge", "big1", vcpus=4, memory_mib=memory_mib, cpu_used_mc=500),
+        Vm("small", "big2", vcpus=1, memory_mib=1024, cpu_used_mc=100),
+    )
+    dump(ClusterSnapshot(hosts, vms), path)
+
+
+def _events_in_order(d: DaemonProc, *names: str) -> list[dict[str, Any]]:
+    return [e for e in d.log_events() if e.get("event") in names]
+
+
+def test_sigterm_lets_an_in_flight_migration_finish(workdir: Path) -> None:
+    snap = workdir / "snap.json"
+    _big_vm_snapshot(snap, 20 * 1024)  # ~17 simulated seconds at 1180 MiB/s
+    d = _daemon(
+        workdir,
+        sim={"snapshot": str(snap), "speed": 5.0},
+        shutdown_deadline_s=60.0,
+    )
+    d.start()
+    try:
+        d.wait_ready()
+        d.control("drain", host="big1")
+        wait_for(lambda: d.status()["in_flight"], 30, "migration in flight")
+        d.signal(signal.SIGTERM)
+        assert d.wait_exit(60) == 0
+        seq = [
+            e["event"]
+            for e in _events_in_order(
+                d,
+                "daemon_stopping",
+                "migration_succeeded",
+                "daemon_stopped",
+                "shutdown_deadline_reached",
+            )
+        ]
+        assert seq == ["daemon_stopping", "migration_succeeded", "daemon_stopped"], seq
+    finally:
+        d.stop()
+
+
+@pytest.mark.fault
+def test_sigterm_deadline_aborts_migrations_vm_stays_on_source(workdir: Path) -> None:
+    snap = workdir / "snap.json"
+    _big_vm_snapshot(snap, 200 * 1024)  # ~170 simulated seconds
+    d = _daemon(workdir, sim={"snapshot": str(snap), "speed": 1.0}, shutdown_deadline_s=1.0)
+    d.start()
+    try:
+        d.wait_ready()
+        d.control("drain", host="big1")
+        flight = wait_for(lambda: d.status()["in_flight"], 30, "migration in flight")[0]
+        assert flight["vm"] == "huge" and flight["source"] == "big1"
+        wait_for(lambda: d.status()["in_flight"][0].get("progress", 0) > 0, 30, "progress")
+        d.signal(signal.SIGTERM)
+        assert d.wait_exit(60) == 0
+        seq = [
+            e["event"]
+            for e in _events_in_order(
+                d,
+                "daemon_stopping",
+                "shutdown_deadline_reached",
+                "migration_abort_requested",
+                "migration_aborted",
+                "migration_succeeded",
+                "daemon_stopped",
+            )
+        ]
+        assert seq == [
+            "daemon_stopping",
+            "shutdown_deadline_reached",
+            "migration_abort_requested",
+            "migration_aborted",
+            "daemon_stopped",
+        ], seq
+        aborted = d.events("migration_aborted")[0]
+        assert aborted["vm"] == "huge" and aborted["migration_id"] == flight["migration_id"]
+    finally:
+        d.stop()

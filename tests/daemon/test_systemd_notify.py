@@ -90,3 +90,18 @@ def test_watchdog_interval() -> None:
     other = {"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": str(os.getpid() + 1)}
     assert watchdog_interval_s(other) is None
     assert watchdog_interval_s({"WATCHDOG_USEC": "junk"}) is None
+
+
+def test_a_stalled_manager_never_blocks(tmp_path: Path) -> None:
+    """The receiver never reads: its queue fills up; sending must drop, not block."""
+    path = str(tmp_path / "stalled.sock")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(path)
+    try:
+        n = SystemdNotifier(path)
+        for _ in range(5000):
+            n.watchdog()  # would hang here with a blocking socket
+        assert 0 < n.sent < 5000
+        assert _fields(s.recv(4096)) == {"WATCHDOG": "1"}
+    finally:
+        s.close()
