@@ -18,8 +18,9 @@ from rebalancerd.control.protocol import MAX_RESPONSE_BYTES
 DEFAULT_TIMEOUT_S = 30.0
 
 
-class ControlError(Exception):
-    """The control request failed; the message is one line."""
+class ControlError(OSError):
+    """The control request failed; the message is one line. (An OSError, so callers that treat
+    'cannot reach the daemon' as an OS error catch it too.)"""
 
 
 def default_socket() -> str:

@@ -5,6 +5,7 @@ unusable state directory)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -106,6 +107,17 @@ def test_lifecycle_notify_metrics_drain_reload_stop(workdir: Path) -> None:
         assert d.metric("rebalancerd_drained_hosts") == 1
         with pytest.raises(Exception, match="unknown host"):
             d.control("drain", host="nope")
+
+        # `rebalancerd snapshot` dumps the live model through the control API
+        from tests.daemon.helpers import REBALANCERD
+
+        r = subprocess.run(
+            [REBALANCERD, "snapshot", "--socket", d.socket], capture_output=True, text=True
+        )
+        assert r.returncode == 0, r.stderr
+        dumped = json.loads(r.stdout)
+        assert len(dumped["hosts"]) == 4 and len(dumped["vms"]) == 12
+        assert {h["name"]: h["state"] for h in dumped["hosts"]}["sim02"] == "maintenance"
 
         # SIGHUP: RELOADING=1 with MONOTONIC_USEC, then READY=1; the new policy is in force
         (workdir / "policies" / "main.yaml").write_text(POLICY.format(name="reloaded"))
@@ -374,5 +386,61 @@ def test_sigterm_deadline_aborts_migrations_vm_stays_on_source(workdir: Path) ->
         ], seq
         aborted = d.events("migration_aborted")[0]
         assert aborted["vm"] == "huge" and aborted["migration_id"] == flight["migration_id"]
+    finally:
+        d.stop()
+
+
+@pytest.mark.fault
+@pytest.mark.skipif(
+    not _can_mount() or shutil.which("nsenter") is None, reason="needs unshare, mount, nsenter"
+)
+def test_state_directory_becomes_full_refuses_to_act(workdir: Path) -> None:
+    """The state directory is a small tmpfs (private mount namespace) that fills up while the
+    daemon runs: it notices at the next wave and starts no migration."""
+    state = workdir / "state"
+    state.mkdir()
+    wrapper = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        f'mount -t tmpfs -o size=512k tmpfs "{state}" && exec "$0" "$@"',
+    ]
+    (workdir / "policies").mkdir()
+    (workdir / "policies" / "main.yaml").write_text(POLICY.format(name="p"))
+    d = DaemonProc(workdir, sim_config(), wrapper=wrapper)
+    d.start()
+    try:
+        d.wait_ready()
+        assert d.metric("rebalancerd_journal_writable") == 1
+        assert d.proc is not None
+        ns = f"/proc/{d.proc.pid}/ns/mnt"
+        fill = subprocess.run(
+            ["nsenter", f"--mount={ns}", "dd", "if=/dev/zero", f"of={state}/fill", "bs=4k"],
+            capture_output=True,
+            text=True,
+        )
+        assert "No space left" in fill.stderr, fill.stderr
+        d.control("drain", host="sim01")
+        wait_for(
+            lambda: any(
+                r["reason"] == "journal_unwritable"
+                for dec in d.status()["decisions"]
+                for r in (dec.get("execution") or {}).get("skipped", [])
+            ),
+            60,
+            "moves skipped for journal_unwritable",
+        )
+        assert d.hosts()["sim01"]["vms"] == 3
+        assert d.metric("rebalancerd_journal_writable") == 0
+        assert (d.metric("rebalancerd_migrations_started_total", reason="drain") or 0) == 0
+        # space comes back: the next wave acts again
+        subprocess.run(["nsenter", f"--mount={ns}", "rm", "-f", f"{state}/fill"], check=True)
+        wait_for(lambda: d.hosts()["sim01"]["vms"] == 0, 60, "drain proceeds after cleanup")
+        assert d.metric("rebalancerd_journal_writable") == 1
+        d.signal(signal.SIGTERM)
+        assert d.wait_exit() == 0
     finally:
         d.stop()
