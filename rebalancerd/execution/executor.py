@@ -404,10 +404,14 @@ class Executor:
         block = window_block(wave.policy.limits, now)
         if block is not None:
             return block
-        if self.breaker.is_open(m.source, self.clock.monotonic()) or self.breaker.is_open(
-            m.target, self.clock.monotonic()
-        ):
-            return "circuit_open"
+        mono = self.clock.monotonic()
+        for host in (m.source, m.target):
+            if self.breaker.is_open(host, mono):
+                return "circuit_open"
+            if self.breaker.tripped(host) and any(
+                host in (r.rec.source, r.rec.target) for r in self._running.values()
+            ):
+                return "circuit_half_open"  # one trial move at a time on a recovering host
         return None
 
     def _incoming(self, host: str) -> list[_Running]:

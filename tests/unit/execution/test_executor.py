@@ -253,9 +253,12 @@ async def test_failure_keeps_vm_on_source_and_breaker_opens() -> None:
     assert [r.reason for r in rep.skipped] == ["circuit_open"]
     rep = await ex.execute(plan([mig("vm2-0", "h2", "h3")]), cluster(), pol)
     assert len(rep.succeeded) == 1  # other hosts unaffected
-    clock.advance(601)  # half-open: one trial, success closes
-    rep = await ex.execute(plan([mig("vm0-2", "h0", "h2")]), cluster(), pol)
-    assert len(rep.succeeded) == 1
+    clock.advance(601)  # half-open: one trial at a time, success closes
+    rep = await ex.execute(
+        plan([mig("vm0-2", "h0", "h2"), mig("vm0-1", "h0", "h3")]), cluster(), pol
+    )
+    assert [r.vm for r in rep.succeeded] == ["vm0-2"]
+    assert {r.vm: r.reason for r in rep.skipped} == {"vm0-1": "circuit_half_open"}
     assert metrics.gauge("host_circuit_open", host="h0") == 0.0
     assert {e.state for e in journal.moves()} == {"failed", "succeeded"}
 
