@@ -128,3 +128,15 @@ def test_grafana_dashboard_uses_declared_metrics() -> None:
 @pytest.mark.parametrize("path", sorted(PROM.glob("*.yml")), ids=lambda p: p.name)
 def test_prometheus_files_are_yaml(path: Path) -> None:
     assert yaml.safe_load(path.read_text())
+
+
+def test_example_prometheus_config_loads_the_rules(tmp_path: Path) -> None:
+    text = (PROM / "prometheus.example.yml").read_text()
+    assert "/etc/prometheus/rebalancerd-alerts.yml" in text
+    cfg = tmp_path / "prometheus.yml"
+    cfg.write_text(text.replace("/etc/prometheus/rebalancerd-alerts.yml", str(PROM / "alerts.yml")))
+    r = subprocess.run(
+        [_promtool(), "check", "config", str(cfg)], capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "rules found" in r.stdout + r.stderr
