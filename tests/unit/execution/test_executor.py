@@ -396,3 +396,32 @@ async def test_in_flight_and_frozen_during_a_move() -> None:
     await watcher
     assert seen == [("vm0-0", 512.0), ("frozen", 1.0)]
     assert metrics.gauge("migrations_in_flight") == 0.0
+
+
+async def test_adapter_bug_during_verification_leaves_move_open_for_reconcile() -> None:
+    ex, hv, _, metrics, journal = make()
+    orig = hv.domains
+    broken = {"on": False}
+
+    async def domains(host: str):  # type: ignore[no-untyped-def]
+        if broken["on"]:
+            raise RuntimeError("adapter bug")
+        return await orig(host)
+
+    orig_migrate = hv.migrate
+
+    async def migrate(*a, **kw):  # type: ignore[no-untyped-def]
+        res = await orig_migrate(*a, **kw)
+        broken["on"] = True
+        return res
+
+    hv.domains = domains  # type: ignore[method-assign]
+    hv.migrate = migrate  # type: ignore[method-assign]
+    rep = await ex.execute(plan([mig("vm0-0", "h0", "h1")]), cluster(), policy())
+    assert [r.reason for r in rep.failed] == ["unverified"]
+    assert metrics.total("errors_total", where="executor_verify") == 1
+    assert [e.state for e in journal.open_moves()] == ["unverified"]
+    assert "vm0-0" in ex.frozen_vms()
+    broken["on"] = False
+    rec = await ex.reconcile()
+    assert len(rec.succeeded) == 1 and journal.open_moves() == []
