@@ -218,3 +218,22 @@ def test_dry_run_copy_of_each_example_plans_the_same(name: str) -> None:
 def test_minimal_policy_plans() -> None:
     pol = load_policy_text("apiVersion: rebalancerd/v1\nkind: Policy\nmode: balance\n")
     assert net_moves(plan(skewed(), pol))
+
+
+def _paris(iso: str) -> float:
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    return datetime.fromisoformat(iso).replace(tzinfo=ZoneInfo("Europe/Paris")).timestamp()
+
+
+def test_consolidate_nightly_window_and_balance_blackout_as_the_executor_reads_them() -> None:
+    from rebalancerd.execution.windows import window_block
+
+    night = example("consolidate-nightly.yaml").limits
+    assert window_block(night, _paris("2026-03-04T23:30:00")) is None
+    assert window_block(night, _paris("2026-03-05T05:59:00")) is None  # wraps past midnight
+    assert window_block(night, _paris("2026-03-05T12:00:00")) == "outside_window"
+    day = example("balance.yaml").limits
+    assert window_block(day, _paris("2026-03-02T02:00:00")) == "blackout"  # a Monday
+    assert window_block(day, _paris("2026-03-03T02:00:00")) is None  # Tuesday
