@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from rebalancerd.policy.load import _FIELD_PATHS, MAX_NODES, Parsed, parse_policy_text
 from rebalancerd.policy.schema import Policy
 
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 KEYS = sorted(_FIELD_PATHS)
 
 
