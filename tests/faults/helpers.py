@@ -12,10 +12,12 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -202,11 +204,36 @@ def at_most_once(lab: Lab, vms: list[str]) -> None:
 # the journal, read behind the daemon's back
 
 
+_READ_MOVES = """
+import json, sqlite3, sys
+conn = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True, timeout=5)
+conn.row_factory = sqlite3.Row
+print(json.dumps([dict(r) for r in conn.execute("SELECT * FROM moves ORDER BY started, id")]))
+"""
+
+
 class JournalReader:
-    def __init__(self, state_dir: Path) -> None:
+    """The daemon's journal, opened read-only. `ns_pid`: read it inside that process's mount
+    namespace (a daemon whose state directory is a mount only it can see)."""
+
+    def __init__(self, state_dir: Path, ns_pid: int | None = None) -> None:
         self.path = state_dir / "journal.sqlite3"
+        self.ns_pid = ns_pid
 
     def moves(self) -> list[dict[str, Any]]:
+        if self.ns_pid is not None:
+            r = subprocess.run(
+                [
+                    *("nsenter", "--target", str(self.ns_pid), "--mount", "--"),
+                    *(sys.executable, "-c", _READ_MOVES, str(self.path)),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert r.returncode == 0, r.stderr
+            rows: list[dict[str, Any]] = json.loads(r.stdout)
+            return rows
         conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=5)
         try:
             conn.row_factory = sqlite3.Row
