@@ -84,6 +84,7 @@ def test_lifecycle_notify_metrics_drain_reload_stop(workdir: Path) -> None:
         assert before["sim02"]["vms"] == 3
         res = d.control("drain", host="sim02")
         assert res["drained"] is True and len(res["vms"]) == 3
+        vms_before = res["vms"]
         wait_for(lambda: d.hosts()["sim02"]["vms"] == 0, 60, "sim02 emptied")
         hosts = d.hosts()
         assert hosts["sim02"]["state"] == "maintenance" and hosts["sim02"]["drained"]
@@ -128,10 +129,29 @@ def test_lifecycle_notify_metrics_drain_reload_stop(workdir: Path) -> None:
         d.notify.wait("READY", "1", since=i + 1)
         wait_for(lambda: d.status()["policy"]["name"] == "reloaded", 10, "new policy")
 
-        # undrain: the host receives again
+        # undrain --move-back: the host receives again and its former VMs come home
         res = d.control("undrain", host="sim02", move_back=True)
-        assert res["drained"] is False and len(res["move_back"]) == 3
+        assert res["drained"] is False and sorted(res["move_back"]) == sorted(vms_before)
         assert d.hosts()["sim02"]["state"] == "active"
+
+        def on_sim02() -> set[str]:
+            snap = d.control("snapshot")["snapshot"]
+            return {v["name"] for v in snap["vms"] if v["host"] == "sim02"}
+
+        wait_for(lambda: on_sim02() >= set(vms_before), 60, "VMs moved back home")
+        assert sum(h["vms"] for h in d.hosts().values()) == 12
+
+        # the human status output and its --json twin
+        r = subprocess.run(
+            [REBALANCERD, "status", "--socket", d.socket], capture_output=True, text=True
+        )
+        assert r.returncode == 0, r.stderr
+        assert "healthy" in r.stdout and "policy: reloaded" in r.stdout
+        assert all(f"sim0{i}" in r.stdout for i in range(1, 5))
+        r = subprocess.run(
+            [REBALANCERD, "status", "--json", "--socket", d.socket], capture_output=True, text=True
+        )
+        assert json.loads(r.stdout)["policy"]["name"] == "reloaded"
 
         # SIGTERM: STOPPING=1 and exit 0
         mark = len(d.notify.snapshot())
