@@ -86,7 +86,9 @@ def main() -> int:
     ap.add_argument("days", nargs="*", type=Path)
     ap.add_argument("--policy", type=Path, help="policy file (default: the replay's default)")
     ap.add_argument("--no-thr", action="store_true", help="skip the THR-MMT cross-check")
-    ap.add_argument("--time-limit", type=float, default=0.25, help="planner seconds per cycle")
+    ap.add_argument(
+        "--time-limit", type=float, default=1.0, help="planner wall-clock limit per cycle (s)"
+    )
     args = ap.parse_args()
     days = args.days or default_days()
     if args.policy:

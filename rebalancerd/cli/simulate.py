@@ -40,7 +40,9 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--report", metavar="FILE.html", help="write a self-contained HTML report")
     p.add_argument("--seed", type=int, default=0, help="planner seed (default 0)")
-    p.add_argument("--time-limit", type=float, default=0.25, help="planner seconds per cycle")
+    p.add_argument(
+        "--time-limit", type=float, default=1.0, help="planner wall-clock limit per cycle (s)"
+    )
     p.add_argument("--hosts", type=int, default=800, help="hosts (default 800, as CloudSim)")
     p.add_argument("--hours", type=float, help="replay only the first H hours")
     p.add_argument("--max-vms", type=int, help="replay only the first N VMs (name order)")

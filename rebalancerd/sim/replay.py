@@ -118,7 +118,7 @@ def snapshot_of(view: View, hosts: tuple[Host, ...], window: int) -> ClusterSnap
 class PlannerDecider:
     """The daemon's decision code: `rebalancerd.planner.make_plan` on a snapshot each cycle."""
 
-    def __init__(self, policy: Policy, *, time_limit_s: float = 0.25, seed: int = 0) -> None:
+    def __init__(self, policy: Policy, *, time_limit_s: float = 1.0, seed: int = 0) -> None:
         from rebalancerd.planner import make_plan
 
         self._make_plan = make_plan
@@ -131,6 +131,8 @@ class PlannerDecider:
         self._vm_index: dict[str, int] = {}
         self.statuses: dict[str, int] = {}
         self.plan_wall_s = 0.0
+        self.wall_limited = 0
+        """Cycles where the planner hit its wall-clock limit (its result may then vary)."""
 
     def decide(self, view: View) -> Sequence[Sequence[Move]]:
         if self._hosts is None:
@@ -152,6 +154,8 @@ class PlannerDecider:
         )
         self.plan_wall_s += time.perf_counter() - t0
         self.statuses[plan.stats.status] = self.statuses.get(plan.stats.status, 0) + 1
+        if any("wall-clock" in n or "stopped at the time limit" in n for n in plan.stats.notes):
+            self.wall_limited += 1
         steps: list[list[Move]] = []
         for step in plan.steps:
             moves = []
@@ -468,6 +472,12 @@ class Replay:
         statuses = getattr(self.decider, "statuses", None)
         if statuses:
             notes.append("planner status: " + ", ".join(f"{k}={v}" for k, v in statuses.items()))
+        limited = getattr(self.decider, "wall_limited", 0)
+        if limited:
+            notes.append(
+                f"planner hit its wall-clock limit in {limited} cycles: "
+                "this run may not repeat exactly (raise --time-limit)"
+            )
         return ReplayResult(
             decider=self.decider.name,
             trace=self.trace.name,
