@@ -88,6 +88,7 @@ def make_plan(
         key=lambda v: (
             _PRIORITY.get(mandatory[v].kind, 3) if v in mandatory else 3,
             -max(ext[p.origin[v]], ext[s.where[v]]),
+            min(p.groups[p.aff_of[v]].vms) if v in p.aff_of else v,  # affinity mates adjacent
             v,
         ),
     )
