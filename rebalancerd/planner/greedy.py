@@ -13,6 +13,7 @@ VMs of one hard affinity group that share a host move together (a "unit").
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from dataclasses import dataclass, field
 from typing import Any
@@ -581,7 +582,9 @@ def consolidate(ctx: Ctx) -> None:
     cap_on_c = sum(p.cap_cpu[h] for h in on)
     cap_on_m = sum(p.cap_mem[h] for h in on)
     order = sorted(on, key=lambda h: (_wload(p, s, h), h))
-    ranked = sorted(on, key=lambda h: (-_peak(p, s, h), h))
+    rank_key = {h: (-_peak(p, s, h), h) for h in on}
+    ranked_keys = sorted(rank_key.values())
+    ranked = [h for _, h in ranked_keys]
     fails = 0
     for a in order:
         if fails >= CONSOLIDATE_FAIL_LIMIT or s.n_moves_cached >= p.max_moves:
@@ -646,7 +649,12 @@ def consolidate(ctx: Ctx) -> None:
         on.discard(a)
         cap_on_c -= p.cap_cpu[a]
         cap_on_m -= p.cap_mem[a]
-        ranked = sorted(on, key=lambda h: (-_peak(p, s, h), h))
+        for x in {a, *targets.values()}:
+            ranked_keys.pop(bisect.bisect_left(ranked_keys, rank_key[x]))
+            if x in on:
+                rank_key[x] = (-_peak(p, s, x), x)
+                bisect.insort(ranked_keys, rank_key[x])
+        ranked = [h for _, h in ranked_keys]
 
 
 def _pack_target(
