@@ -56,6 +56,7 @@ def _daemon(workdir: Path, policy_name: str = "steady", **extra: Any) -> DaemonP
     return DaemonProc(workdir, sim_config(**extra))
 
 
+@pytest.mark.slow
 def test_lifecycle_notify_metrics_drain_reload_stop(workdir: Path) -> None:
     d = _daemon(workdir)
     d.start()
@@ -163,6 +164,7 @@ def test_lifecycle_notify_metrics_drain_reload_stop(workdir: Path) -> None:
         d.stop()
 
 
+@pytest.mark.slow
 def test_drain_survives_a_restart(workdir: Path) -> None:
     d = _daemon(workdir)
     d.start()
@@ -249,6 +251,7 @@ def _can_mount() -> bool:
     return shutil.which("unshare") is not None and shutil.which("mount") is not None
 
 
+@pytest.mark.slow
 @pytest.mark.fault
 @pytest.mark.skipif(not _can_mount(), reason="needs unshare and mount")
 def test_read_only_state_directory_refuses_to_act(workdir: Path) -> None:
@@ -341,6 +344,7 @@ def _events_in_order(d: DaemonProc, *names: str) -> list[dict[str, Any]]:
     return [e for e in d.log_events() if e.get("event") in names]
 
 
+@pytest.mark.slow
 def test_sigterm_lets_an_in_flight_migration_finish(workdir: Path) -> None:
     snap = workdir / "snap.json"
     _big_vm_snapshot(snap, 20 * 1024)  # ~17 simulated seconds at 1180 MiB/s
@@ -371,6 +375,7 @@ def test_sigterm_lets_an_in_flight_migration_finish(workdir: Path) -> None:
         d.stop()
 
 
+@pytest.mark.slow
 @pytest.mark.fault
 def test_sigterm_deadline_aborts_migrations_vm_stays_on_source(workdir: Path) -> None:
     snap = workdir / "snap.json"
