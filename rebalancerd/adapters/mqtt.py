@@ -169,6 +169,7 @@ class MqttStream:
         max_queued: int = 20_000,
         backoff: Backoff | None = None,
         session_expiry_s: int = 0,
+        fast_path: bool = True,
     ) -> None:
         """session_expiry_s > 0 keeps an MQTT v5 session (needs broker.client_id): reports sent
         while the collector is away are delivered when it comes back (old ones are then
@@ -176,6 +177,9 @@ class MqttStream:
         if session_expiry_s and not broker.client_id:
             raise MqttConfigError("a persistent MQTT session needs a client_id")
         self.session_expiry_s = session_expiry_s
+        self.fast_path = fast_path
+        """Hook paho's on_message directly (aiomqtt 2.x internals) instead of aiomqtt's
+        per-message queue; falls back to the public API when the internals differ."""
         self.broker = broker
         self.topics = topics
         self.metrics = metrics or NullMetrics()
@@ -184,6 +188,60 @@ class MqttStream:
         self.backoff = backoff or Backoff(0.2, 10.0)
         self.connected = asyncio.Event()
         self.connections = 0
+
+    def _fast_callback(self, inbox: list[Message], wake: asyncio.Event) -> Any:
+        """paho on_message that only appends ``(topic, payload)``: no aiomqtt Message/Topic
+        objects and no task per message. Bounded by ``max_queued`` (excess counted)."""
+        limit = self.max_queued
+        metrics = self.metrics
+
+        def on_message(_client: Any, _userdata: Any, m: Any) -> None:
+            if len(inbox) >= limit:
+                metrics.inc("telemetry_rejected_total", reason="queue_full")
+                return
+            try:
+                inbox.append((m.topic, m.payload))
+            except UnicodeDecodeError:
+                inbox.append(("<invalid utf-8>", b""))
+            if not wake.is_set():
+                wake.set()
+
+        return on_message
+
+    async def _fast_batches(
+        self, client: aiomqtt.Client, inbox: list[Message], wake: asyncio.Event
+    ) -> AsyncIterator[list[Message]]:
+        async def watch() -> None:
+            # nothing reaches aiomqtt's queue any more: this only raises MqttError on disconnect
+            async for _ in client.messages:
+                pass
+
+        watcher = asyncio.create_task(watch())
+        waiter: asyncio.Task[bool] | None = None
+        try:
+            while True:
+                if not inbox:
+                    wake.clear()
+                    waiter = asyncio.create_task(wake.wait())
+                    done, _ = await asyncio.wait(
+                        {waiter, watcher}, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    if watcher in done:
+                        watcher.result()
+                        raise aiomqtt.MqttError("disconnected")
+                    continue
+                batch = inbox[: self.max_batch]
+                del inbox[: self.max_batch]
+                yield batch
+        finally:
+            for t in (waiter, watcher):
+                if t is not None and not t.done():
+                    t.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                await watcher
+            if waiter is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await waiter
 
     def _session_kwargs(self) -> dict[str, Any]:
         if not self.session_expiry_s:
@@ -203,6 +261,13 @@ class MqttStream:
                     max_queued_incoming_messages=self.max_queued,
                     **self._session_kwargs(),
                 ) as client:
+                    paho_client = getattr(client, "_client", None) if self.fast_path else None
+                    inbox: list[Message] = []
+                    wake = asyncio.Event()
+                    if paho_client is not None and hasattr(paho_client, "on_message"):
+                        paho_client.on_message = self._fast_callback(inbox, wake)
+                    else:
+                        paho_client = None
                     for t in self.topics:
                         await client.subscribe(t, qos=1)
                     self.connections += 1
@@ -210,6 +275,10 @@ class MqttStream:
                     self.metrics.set("telemetry_connected", 1)
                     self.connected.set()
                     log.info("mqtt_subscribed", broker=self.broker.url, topics=self.topics)
+                    if paho_client is not None:
+                        async for fast_batch in self._fast_batches(client, inbox, wake):
+                            yield fast_batch
+                        continue
                     queue = holder[0]
                     async for first in client.messages:
                         batch: list[Message] = [(first.topic.value, _payload_bytes(first.payload))]

@@ -368,23 +368,25 @@ class Collector:
         if len(r.vms) > s.max_vms_per_host:
             return self._reject(RejectReason.OVER_CAPACITY, f"{inv.name}: {len(r.vms)} VMs")
         tol = s.capacity_tolerance
-        host_cap = inv.cores * 1000 * tol
+        cores = inv.cores
+        vm_cap_mem = inv.memory_mib
         total = 0.0
         for vm in r.vms:
-            total += vm.cpu_mc
-            if vm.cpu_mc > min(vm.vcpus, inv.cores) * 1000 * tol:
+            cpu = vm.cpu_mc
+            total += cpu
+            if cpu > (vm.vcpus if vm.vcpus < cores else cores) * 1000 * tol:
                 return self._reject(
-                    RejectReason.OVER_CAPACITY, f"{inv.name}/{vm.name}: cpu {vm.cpu_mc:.0f} mc"
+                    RejectReason.OVER_CAPACITY, f"{inv.name}/{vm.name}: cpu {cpu:.0f} mc"
                 )
-            if vm.memory_mib > inv.memory_mib or vm.memory_used_mib > vm.memory_mib * tol + 1024:
+            if vm.memory_mib > vm_cap_mem or vm.memory_used_mib > vm.memory_mib * tol + 1024:
                 return self._reject(RejectReason.OVER_CAPACITY, f"{inv.name}/{vm.name}: memory")
-        if total > host_cap:
+        if total > cores * 1000 * tol:
             return self._reject(RejectReason.OVER_CAPACITY, f"{inv.name}: cpu {total:.0f} mc")
 
         # accepted: update state
         hs.boot, hs.seq = key
         hs.recv_mono = now_mono
-        hs.lag = max(0.0, -skew)
+        hs.lag = -skew if skew < 0 else 0.0
         hs.offline = False
         hs.libvirt_ok = r.libvirt_ok
         hs.degraded = r.health.degraded
@@ -392,11 +394,12 @@ class Collector:
         old = hs.vms
         new: dict[str, _VmState] = {}
         speed = inv.speed
+        hist, alpha = s.history_len, s.ewma_alpha
         for vm in r.vms:
             vs = old.get(vm.name)
             if vs is None:
-                vs = _VmState(s.history_len, s.ewma_alpha)
-            vs.cpu.add(round(vm.cpu_mc * speed))
+                vs = _VmState(hist, alpha)
+            vs.cpu.add(int(vm.cpu_mc * speed + 0.5))
             vs.vcpus = vm.vcpus
             vs.memory_mib = vm.memory_mib
             vs.memory_used_mib = vm.memory_used_mib

@@ -10,7 +10,7 @@ Units on the wire: CPU of a VM in millicores of the *host's own* cores (1000 = o
 memory in MiB, throughput in bytes/s, pressure in percent (avg10), temperatures in degrees C.
 The collector converts CPU to reference millicores with the inventory's ``speed``.
 
-Pure: pydantic and the stdlib only, no I/O. ``decode_report`` never raises: it returns either a
+Pure: msgspec and the stdlib only, no I/O. ``decode_report`` never raises: it returns either a
 ``TelemetryV1`` or a ``Rejection`` naming one ``RejectReason``.
 """
 
@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+import msgspec
+from msgspec import Meta, Struct
 
 SCHEMA_VERSION = 1
 TOPIC_ROOT = "rebalancer/v1"
@@ -51,6 +52,8 @@ class RejectReason(StrEnum):
     SEQ_REPLAYED = "seq_replayed"
     SEQ_OUT_OF_ORDER = "seq_out_of_order"
     CLOCK_SKEW = "clock_skew"
+    QUEUE_FULL = "queue_full"
+    """Dropped by the MQTT adapter because the collector fell behind (bounded inbox)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,19 +63,18 @@ class Rejection:
 
 
 # ---------------------------------------------------------------------------------------------
-# Models
+# Models (msgspec: decoding + validation in C, about twice as fast as pydantic on a report; the
+# JSON Schema shipped in rebalancerd/schemas/telemetry-v1.json is generated from these)
 
 
-class _M(BaseModel):
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, frozen=True)
+Name = Annotated[str, Meta(pattern=NAME_PATTERN, max_length=MAX_NAME_LEN)]
+NonNeg = Annotated[float, Meta(ge=0, le=1e15)]
+Pct = Annotated[float, Meta(ge=0, le=100.0)]
+Count = Annotated[int, Meta(ge=0, le=1 << 62)]
+Mib = Annotated[int, Meta(gt=0, le=1 << 40)]
 
 
-Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=MAX_NAME_LEN)]
-NonNeg = Annotated[float, Field(ge=0, le=1e15)]
-Pct = Annotated[float, Field(ge=0, le=100.0)]
-
-
-class Pressure(_M):
+class Pressure(Struct, frozen=True, kw_only=True):
     """Linux pressure stall information, ``avg10`` percentages (absent when not available)."""
 
     cpu_some: Pct | None = None
@@ -82,46 +84,40 @@ class Pressure(_M):
     io_full: Pct | None = None
 
 
-class HostStats(_M):
-    cores: Annotated[int, Field(gt=0, le=MAX_CORES)]
+class HostStats(Struct, frozen=True, kw_only=True):
+    cores: Annotated[int, Meta(gt=0, le=MAX_CORES)]
     cpu_pct: Pct
-    cpu_per_core_pct: Annotated[list[Pct], Field(max_length=MAX_CORES)] = Field(
-        default_factory=list
-    )
-    load: Annotated[list[NonNeg], Field(max_length=3)] = Field(default_factory=list)
+    cpu_per_core_pct: Annotated[tuple[Pct, ...], Meta(max_length=MAX_CORES)] = ()
+    load: Annotated[tuple[NonNeg, ...], Meta(max_length=3)] = ()
     """1, 5 and 15 minute load averages."""
-    mem_total_mib: Annotated[int, Field(gt=0, le=1 << 40)]
-    mem_available_mib: Annotated[int, Field(ge=0, le=1 << 40)]
+    mem_total_mib: Mib
+    mem_available_mib: Annotated[int, Meta(ge=0, le=1 << 40)]
     net_rx_bytes_s: NonNeg = 0.0
     net_tx_bytes_s: NonNeg = 0.0
     disk_read_bytes_s: NonNeg = 0.0
     disk_write_bytes_s: NonNeg = 0.0
-    pressure: Pressure = Field(default_factory=Pressure)
-    temp_max_c: Annotated[float, Field(ge=-100, le=300)] | None = None
+    pressure: Pressure = Pressure()
+    temp_max_c: Annotated[float, Meta(ge=-100, le=300)] | None = None
 
-    @model_validator(mode="after")
-    def _mem(self) -> HostStats:
+    def __post_init__(self) -> None:
         if self.mem_available_mib > self.mem_total_mib:
             raise ValueError("mem_available_mib exceeds mem_total_mib")
-        return self
 
 
-class Health(_M):
+class Health(Struct, frozen=True, kw_only=True):
     degraded: bool = False
-    reasons: Annotated[list[Annotated[str, Field(max_length=200)]], Field(max_length=16)] = Field(
-        default_factory=list
-    )
+    reasons: Annotated[tuple[Annotated[str, Meta(max_length=200)], ...], Meta(max_length=16)] = ()
 
 
-class VmStats(_M):
+class VmStats(Struct, frozen=True, kw_only=True):
     name: Name
     state: Literal["running", "paused", "other"] = "running"
-    vcpus: Annotated[int, Field(gt=0, le=MAX_CORES)]
-    memory_mib: Annotated[int, Field(gt=0, le=1 << 40)]
+    vcpus: Annotated[int, Meta(gt=0, le=MAX_CORES)]
+    memory_mib: Mib
     """Memory the guest may use (current balloon target / max memory)."""
-    cpu_mc: Annotated[float, Field(ge=0, le=MAX_CORES * 1000 * 2)]
+    cpu_mc: Annotated[float, Meta(ge=0, le=MAX_CORES * 1000 * 2)]
     """CPU use over the last interval, millicores of host cores (from cpu.time deltas)."""
-    memory_used_mib: Annotated[int, Field(ge=0, le=1 << 40)] = 0
+    memory_used_mib: Annotated[int, Meta(ge=0, le=1 << 40)] = 0
     """Memory actually used (RSS of the QEMU process, else balloon current)."""
     block_rd_bytes_s: NonNeg = 0.0
     block_wr_bytes_s: NonNeg = 0.0
@@ -131,30 +127,32 @@ class VmStats(_M):
     """Guest memory dirty rate when QEMU measured it, else null."""
 
 
-class TelemetryV1(_M):
+class TelemetryV1(Struct, frozen=True, kw_only=True):
     v: Literal[1]
     kind: Literal["telemetry"] = "telemetry"
     cluster: Name
     host: Name
-    boot: Annotated[int, Field(ge=0, le=1 << 62)]
+    boot: Count
     """Agent start time in ms since the epoch; (boot, seq) orders the reports of one host."""
-    seq: Annotated[int, Field(ge=0, le=1 << 62)]
-    ts: Annotated[float, Field(gt=0, le=1e11)]
+    seq: Count
+    ts: Annotated[float, Meta(gt=0, le=1e11)]
     """Wall-clock seconds since the epoch when the sample was taken."""
-    interval_s: Annotated[float, Field(gt=0, le=86400)]
+    interval_s: Annotated[float, Meta(gt=0, le=86400)]
     libvirt_ok: bool = True
     host_stats: HostStats
-    health: Health = Field(default_factory=Health)
-    vms: Annotated[list[VmStats], Field(max_length=MAX_VMS_PER_REPORT)] = Field(
-        default_factory=list
-    )
+    health: Health = Health()
+    vms: Annotated[tuple[VmStats, ...], Meta(max_length=MAX_VMS_PER_REPORT)] = ()
 
 
-class StatusV1(_M):
+class StatusV1(Struct, frozen=True, kw_only=True):
     v: Literal[1]
     kind: Literal["status"] = "status"
     host: Name
     status: Literal["online", "offline"]
+
+
+_REPORT = msgspec.json.Decoder(TelemetryV1)
+_STATUS = msgspec.json.Decoder(StatusV1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,64 +188,64 @@ def parse_topic(topic: str) -> tuple[str, str, str] | None:
 # ---------------------------------------------------------------------------------------------
 # Decoding
 
+_AT = re.compile(r" - at `\$(.*)`$")
 
-def _classify(err: ValidationError) -> Rejection:
-    errors = err.errors(include_url=False, include_input=False, include_context=False)
-    types = [(e["type"], e["loc"]) for e in errors]
-    first = errors[0]
-    detail = f"{'.'.join(str(p) for p in first['loc']) or '<root>'}: {first['msg']}"
-    for _t, loc in types:
-        if loc[:1] == ("v",):
-            return Rejection(RejectReason.SCHEMA_VERSION, detail)
-    for t, loc in types:
-        if t.startswith("json_") or (t in ("model_type", "model_attributes_type") and loc == ()):
-            return Rejection(RejectReason.MALFORMED_JSON, detail)
-    for t, _ in types:
-        if t == "string_pattern_mismatch":
-            return Rejection(RejectReason.BAD_NAME, detail)
-    for t, _ in types:
-        if t == "missing":
-            return Rejection(RejectReason.MISSING_FIELD, detail)
+
+def _classify(err: Exception, payload: bytes | str) -> Rejection:
+    msg = str(err)
+    detail = msg[:200]
+    if isinstance(err, msgspec.DecodeError) and not isinstance(err, msgspec.ValidationError):
+        raw = payload.encode() if isinstance(payload, str) else payload
+        if b"NaN" in raw or b"Infinity" in raw:
+            return Rejection(RejectReason.INVALID_VALUE, "NaN/Infinity is not a number here")
+        return Rejection(RejectReason.MALFORMED_JSON, detail)
+    m = _AT.search(msg)
+    path = m.group(1) if m else ""
+    if path == ".v" or (msg.startswith("Object missing required field `v`") and not path):
+        return Rejection(RejectReason.SCHEMA_VERSION, detail)
+    if not path and msg.startswith("Expected `object`"):
+        return Rejection(RejectReason.MALFORMED_JSON, detail)
+    if "matching regex" in msg:
+        return Rejection(RejectReason.BAD_NAME, detail)
+    if msg.startswith("Object missing required field"):
+        return Rejection(RejectReason.MISSING_FIELD, detail)
     return Rejection(RejectReason.INVALID_VALUE, detail)
 
 
 def decode_report(payload: bytes | str) -> TelemetryV1 | Rejection:
     """Validate one telemetry payload. Never raises."""
     try:
-        report = TelemetryV1.model_validate_json(payload)
-    except ValidationError as e:
-        rej = _classify(e)
-        if rej.reason is RejectReason.MISSING_FIELD and rej.detail.startswith("v:"):
-            return Rejection(RejectReason.SCHEMA_VERSION, "field v (schema version) missing")
-        return rej
+        report = _REPORT.decode(payload)
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        return _classify(e, payload)
     except (ValueError, RecursionError, TypeError) as e:  # pragma: no cover - defensive
         return Rejection(RejectReason.MALFORMED_JSON, str(e)[:200])
-    names = [vm.name for vm in report.vms]
-    if len(set(names)) != len(names):
+    vms = report.vms
+    if len(vms) > 1 and len({vm.name for vm in vms}) != len(vms):
         return Rejection(RejectReason.DUPLICATE_VM, "a VM name appears twice in one report")
     return report
 
 
 def decode_status(payload: bytes | str) -> StatusV1 | Rejection:
     try:
-        return StatusV1.model_validate_json(payload)
-    except ValidationError as e:
-        return _classify(e)
+        return _STATUS.decode(payload)
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        return _classify(e, payload)
     except (ValueError, RecursionError, TypeError) as e:  # pragma: no cover - defensive
         return Rejection(RejectReason.MALFORMED_JSON, str(e)[:200])
 
 
 def json_schema() -> dict[str, Any]:
     """The JSON Schema of a telemetry report (shipped as rebalancerd/schemas/telemetry-v1.json)."""
-    schema = TelemetryV1.model_json_schema()
+    schema: dict[str, Any] = msgspec.json.schema(TelemetryV1)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["$id"] = "https://rebalancerd.example/schemas/telemetry-v1.json"
     schema["title"] = "rebalancerd telemetry report v1"
     return schema
 
 
-def encode(doc: BaseModel) -> bytes:
-    return doc.model_dump_json(exclude_none=False).encode()
+def encode(doc: Struct) -> bytes:
+    return msgspec.json.encode(doc)
 
 
 __all__ = [

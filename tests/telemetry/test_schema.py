@@ -30,8 +30,9 @@ def test_shipped_json_schema_is_current() -> None:
     assert shipped == json.loads(json.dumps(json_schema())), (
         "regenerate rebalancerd/schemas/telemetry-v1.json from telemetry.schema.json_schema()"
     )
-    assert shipped["properties"]["v"]["const"] == 1
-    assert set(shipped["required"]) >= {"v", "cluster", "host", "boot", "seq", "ts", "host_stats"}
+    report = shipped["$defs"][shipped["$ref"].rsplit("/", 1)[1]]
+    assert report["properties"]["v"]["enum"] == [1]
+    assert set(report["required"]) >= {"v", "cluster", "host", "boot", "seq", "ts", "host_stats"}
 
 
 def test_roundtrip_decode() -> None:
@@ -55,7 +56,7 @@ def test_unknown_extra_fields_are_ignored_for_forward_compatibility() -> None:
 def test_garbage_never_raises(payload: bytes) -> None:
     r = decode_report(payload)
     assert isinstance(r, Rejection)
-    assert r.reason in {RejectReason.MALFORMED_JSON, RejectReason.SCHEMA_VERSION}
+    assert isinstance(r.reason, RejectReason) and r.detail
 
 
 def test_topics() -> None:
