@@ -229,3 +229,31 @@ async def test_sigkilled_agent_leaves_offline_status_through_last_will(
                 got.append(bytes(m.payload))  # type: ignore[arg-type]
                 break
     assert json.loads(got[0])["status"] == "offline"
+
+
+async def test_public_api_path_delivers_and_reconnects(mosquitto_broker: MosquittoBroker) -> None:
+    """MqttStream without the paho fast path (aiomqtt's own queue) behaves the same."""
+    metrics = MemoryMetrics()
+    stream = MqttStream(
+        BrokerSettings(url=mosquitto_broker.url),
+        subscription_topics(CLUSTER),
+        metrics,
+        fast_path=False,
+    )
+    inv = inventory_from_mapping(
+        [{"name": "h1", "libvirt_uri": "test:///default", "cores": 4, "memory_mib": 8192}]
+    )
+    c = Collector(inv, SystemClock(), metrics, CollectorSettings(cluster=CLUSTER), stream)
+    task = asyncio.create_task(c.run())
+    try:
+        await asyncio.wait_for(stream.connected.wait(), 10)
+        await publish(mosquitto_broker.url, [wire(report("h1", 1, time.time()))])
+        await wait_until(lambda: _seq(c, "h1") == 1, what="first report")
+        await asyncio.to_thread(mosquitto_broker.restart, 0.2)
+        await wait_until(lambda: stream.connections >= 2, what="resubscribe")
+        await publish(mosquitto_broker.url, [wire(report("h1", 2, time.time()))])
+        await wait_until(lambda: _seq(c, "h1") == 2, what="report after restart")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
