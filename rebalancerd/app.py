@@ -54,7 +54,7 @@ from rebalancerd.domain.load import host_loads
 from rebalancerd.domain.model import ClusterRules, ClusterSnapshot, Host, HostState, Pin
 from rebalancerd.execution.executor import Executor
 from rebalancerd.execution.journal import Journal, JournalError
-from rebalancerd.loop import ControlLoop, CycleReport
+from rebalancerd.loop import ControlLoop, CycleReport, policy_weights
 from rebalancerd.policy.store import PolicyStore
 from rebalancerd.policy.watch import PolicyWatcher, make_store
 from rebalancerd.ports import Clock, Hypervisor, HypervisorError, TelemetrySource
@@ -358,6 +358,7 @@ class Daemon:
                     tg.create_task(self.telemetry.run(), name="telemetry"),
                     tg.create_task(self.watcher.run(), name="policy-watch"),
                     tg.create_task(self._watchdog(), name="watchdog"),
+                    tg.create_task(self._hotspot_watch(), name="hotspot-watch"),
                 ]
                 tg.create_task(self.control.serve_until(self._closing), name="control")
                 self._brain = tg.create_task(self._run_brain(), name="control-loop")
@@ -618,6 +619,41 @@ class Daemon:
                 self.notifier.status(f"unhealthy: {why}")
             self._watchdog_ok = ok
             await asyncio.sleep(period)
+
+    def hot_hosts(self) -> set[str]:
+        """Active hosts above the policy's high watermark right now (weighted load)."""
+        assert self.telemetry is not None and self.store is not None
+        policy = self.store.current()
+        snap = self.overlay(self.telemetry.current())
+        w = policy_weights(policy)
+        high = policy.targets.high_watermark
+        states = {h.name: h.state for h in snap.hosts}
+        return {
+            name
+            for name, hl in host_loads(snap).items()
+            if states.get(name) is HostState.ACTIVE and hl.weighted(w) > high
+        }
+
+    async def _hotspot_watch(self) -> None:
+        """Plan early when a host becomes a hotspot (between planning intervals)."""
+        period = max(1.0, min(10.0, self.cfg.intervals.plan_s / 4))
+        seen: set[str] = set()
+        while True:
+            await self.clock.sleep(period)
+            if self.loop is None or self.phase != "running":
+                continue
+            try:
+                hot = self.hot_hosts()
+            except Exception as e:  # a bad snapshot must not kill the daemon
+                self.metrics.inc("errors_total", where="hotspot_watch")
+                log.error("hotspot_watch_failed", error=f"{type(e).__name__}: {e}")
+                continue
+            new = hot - seen
+            if new:
+                for h in sorted(new):
+                    log.info("hotspot_detected", host=h)
+                self.loop.wake()
+            seen = hot
 
     # -- cycles -----------------------------------------------------------------------------
     def _on_cycle(self, report: CycleReport) -> None:
