@@ -311,6 +311,13 @@ def test_config_errors_are_one_line(workdir: Path) -> None:
         text=True,
     )
     assert r.returncode == 2 and "no such file" in r.stderr
+    r = subprocess.run(
+        [REBALANCERD, "status", "--socket", str(workdir / "nobody-here.sock")],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "is rebalancerd running" in r.stderr
 
 
 def test_second_daemon_on_the_same_socket_refuses_to_start(workdir: Path) -> None:
