@@ -106,7 +106,7 @@ def test_daemon_sigkilled_mid_wave_reconciles_and_never_migrates_twice(
     lab.define_guest(h1, HOT, 128, dirty=True)
     for vm in IDLE:
         lab.define_guest(h1, vm, 64)
-    lab.wait_dirtying(h1, HOT)
+    lab.wait_dirtying(h1, HOT, timeout=90)  # SeaBIOS is slow on a loaded machine
     events = LibvirtEvents(lab)
     agents = LabAgents(workdir, lab, mosquitto_broker.url)
     d = lab_daemon(workdir, lab, mosquitto_broker.url, POLICY)

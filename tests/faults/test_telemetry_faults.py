@@ -49,6 +49,7 @@ pytestmark = [pytest.mark.lab, pytest.mark.fault, pytest.mark.mqtt]
 ON_H1 = ["tel-a", "tel-b"]
 ON_H2 = ["tel-s"]
 STALE_AFTER_S = 4.0
+PLAN_S = 1.0
 
 POLICY = """\
 apiVersion: rebalancerd/v1
@@ -124,7 +125,9 @@ def test_broker_restart_and_silent_agent(lab: Any, mosquitto_broker: Any, workdi
         lab.define_guest(h2, vm, 64)
     events = LibvirtEvents(lab)
     agents = LabAgents(workdir, lab, mosquitto_broker.url)
-    d = lab_daemon(workdir, lab, mosquitto_broker.url, POLICY, stale_after_s=STALE_AFTER_S)
+    d = lab_daemon(
+        workdir, lab, mosquitto_broker.url, POLICY, stale_after_s=STALE_AFTER_S, plan_s=PLAN_S
+    )
     journal = JournalReader(workdir / "state")
     recorder: Recorder | None = None
     d.start()
@@ -246,7 +249,9 @@ def test_staleness_gauges_keep_growing_while_the_broker_is_down(
     watches: it must keep growing when no report arrives at all (broker down, every agent
     gone), and `rebalancerd_telemetry_data_age_seconds` must say -1 (nothing fresh)."""
     agents = LabAgents(workdir, lab, mosquitto_broker.url)
-    d = lab_daemon(workdir, lab, mosquitto_broker.url, POLICY, stale_after_s=STALE_AFTER_S)
+    d = lab_daemon(
+        workdir, lab, mosquitto_broker.url, POLICY, stale_after_s=STALE_AFTER_S, plan_s=PLAN_S
+    )
     d.start()
     try:
         d.wait_ready()
@@ -254,7 +259,7 @@ def test_staleness_gauges_keep_growing_while_the_broker_is_down(
         wait_for(lambda: metric(d, "rebalancerd_telemetry_data_age_seconds") >= 0, 30, "data age")
         mosquitto_broker.stop()
         wait_for(lambda: set(_states(d).values()) == {"stale"}, 30, "every host stale")
-        wait_cycles(d, 4)  # > STALE_AFTER_S + the gauges' refresh period
+        wait_cycles(d, 7)  # 7 s: more than the gauges' 5 s refresh period
         ages = {h: metric(d, "rebalancerd_telemetry_staleness_seconds", host=h) for h in d.hosts()}
         assert all(a > STALE_AFTER_S for a in ages.values()), ages
         assert metric(d, "rebalancerd_telemetry_data_age_seconds") == -1
@@ -273,7 +278,9 @@ def test_a_host_turning_stale_is_logged(lab: Any, mosquitto_broker: Any, workdir
     to or from it, so the journal of the daemon (its log) must say so, with the host's name."""
     h2 = lab.hosts[1].name
     agents = LabAgents(workdir, lab, mosquitto_broker.url)
-    d = lab_daemon(workdir, lab, mosquitto_broker.url, POLICY, stale_after_s=STALE_AFTER_S)
+    d = lab_daemon(
+        workdir, lab, mosquitto_broker.url, POLICY, stale_after_s=STALE_AFTER_S, plan_s=PLAN_S
+    )
     d.start()
     try:
         d.wait_ready()
