@@ -225,9 +225,13 @@ class Daemon:
         config_path: str | None = None,
         notifier: SystemdNotifier | NullNotifier | None = None,
         env: dict[str, str] | None = None,
+        overrides: dict[str, Any] | None = None,
     ) -> None:
+        """`overrides`: top-level config fields set on the command line (--dry-run...); they
+        stay in force across reloads of the config file."""
         self.cfg = cfg
         self.config_path = config_path
+        self.overrides = dict(overrides or {})
         self.notifier = notifier if notifier is not None else from_env(env)
         self.watchdog_s = watchdog_interval_s(env)
         self.metrics = PrometheusMetrics()
@@ -511,6 +515,8 @@ class Daemon:
         assert self.config_path is not None
         try:
             new = load(self.config_path)
+            if self.overrides:
+                new = new.model_copy(update=self.overrides)
         except ConfigError as e:
             log.error("config_reload_failed", error=str(e), kept="previous config")
             return {"ok": False, "error": str(e)}

@@ -68,7 +68,7 @@ async def _run(args: argparse.Namespace) -> int:
             print(f"{args.config}: ok" + (f" ({hosts} inventory hosts)" if hosts else ""))
         return 0
     rlog.configure(cfg.log.level, cfg.log.format)
-    daemon = Daemon(cfg, config_path=args.config)
+    daemon = Daemon(cfg, config_path=args.config, overrides=updates)
     try:
         return await daemon.run()
     except StartupError as e:
