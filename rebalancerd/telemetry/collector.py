@@ -367,20 +367,23 @@ class Collector:
             return self._reject(RejectReason.SEQ_OUT_OF_ORDER, f"{inv.name}: seq {r.seq}")
         if len(r.vms) > s.max_vms_per_host:
             return self._reject(RejectReason.OVER_CAPACITY, f"{inv.name}: {len(r.vms)} VMs")
+        tol1000 = s.capacity_tolerance * 1000
         tol = s.capacity_tolerance
         cores = inv.cores
-        vm_cap_mem = inv.memory_mib
+        host_mem = inv.memory_mib
         total = 0.0
         for vm in r.vms:
             cpu = vm.cpu_mc
             total += cpu
-            if cpu > (vm.vcpus if vm.vcpus < cores else cores) * 1000 * tol:
+            vcpus = vm.vcpus
+            if cpu > (vcpus if vcpus < cores else cores) * tol1000:
                 return self._reject(
                     RejectReason.OVER_CAPACITY, f"{inv.name}/{vm.name}: cpu {cpu:.0f} mc"
                 )
-            if vm.memory_mib > vm_cap_mem or vm.memory_used_mib > vm.memory_mib * tol + 1024:
+            mem = vm.memory_mib
+            if mem > host_mem or vm.memory_used_mib > mem * tol + 1024:
                 return self._reject(RejectReason.OVER_CAPACITY, f"{inv.name}/{vm.name}: memory")
-        if total > cores * 1000 * tol:
+        if total > cores * tol1000:
             return self._reject(RejectReason.OVER_CAPACITY, f"{inv.name}: cpu {total:.0f} mc")
 
         # accepted: update state
@@ -394,18 +397,18 @@ class Collector:
         old = hs.vms
         new: dict[str, _VmState] = {}
         speed = inv.speed
-        hist, alpha = s.history_len, s.ewma_alpha
         for vm in r.vms:
-            vs = old.get(vm.name)
+            name = vm.name
+            vs = old.get(name)
             if vs is None:
-                vs = _VmState(hist, alpha)
+                vs = _VmState(s.history_len, s.ewma_alpha)
             vs.cpu.add(int(vm.cpu_mc * speed + 0.5))
             vs.vcpus = vm.vcpus
             vs.memory_mib = vm.memory_mib
             vs.memory_used_mib = vm.memory_used_mib
             vs.dirty = vm.dirty_rate_mib_s or 0.0
             vs.running = vm.state == "running"
-            new[vm.name] = vs
+            new[name] = vs
         hs.vms = new
         return None
 

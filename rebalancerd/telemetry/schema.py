@@ -74,7 +74,7 @@ Count = Annotated[int, Meta(ge=0, le=1 << 62)]
 Mib = Annotated[int, Meta(gt=0, le=1 << 40)]
 
 
-class Pressure(Struct, frozen=True, kw_only=True):
+class Pressure(Struct, frozen=True, kw_only=True, gc=False):
     """Linux pressure stall information, ``avg10`` percentages (absent when not available)."""
 
     cpu_some: Pct | None = None
@@ -84,7 +84,7 @@ class Pressure(Struct, frozen=True, kw_only=True):
     io_full: Pct | None = None
 
 
-class HostStats(Struct, frozen=True, kw_only=True):
+class HostStats(Struct, frozen=True, kw_only=True, gc=False):
     cores: Annotated[int, Meta(gt=0, le=MAX_CORES)]
     cpu_pct: Pct
     cpu_per_core_pct: Annotated[tuple[Pct, ...], Meta(max_length=MAX_CORES)] = ()
@@ -104,12 +104,12 @@ class HostStats(Struct, frozen=True, kw_only=True):
             raise ValueError("mem_available_mib exceeds mem_total_mib")
 
 
-class Health(Struct, frozen=True, kw_only=True):
+class Health(Struct, frozen=True, kw_only=True, gc=False):
     degraded: bool = False
     reasons: Annotated[tuple[Annotated[str, Meta(max_length=200)], ...], Meta(max_length=16)] = ()
 
 
-class VmStats(Struct, frozen=True, kw_only=True):
+class VmStats(Struct, frozen=True, kw_only=True, gc=False):
     name: Name
     state: Literal["running", "paused", "other"] = "running"
     vcpus: Annotated[int, Meta(gt=0, le=MAX_CORES)]
@@ -127,7 +127,7 @@ class VmStats(Struct, frozen=True, kw_only=True):
     """Guest memory dirty rate when QEMU measured it, else null."""
 
 
-class TelemetryV1(Struct, frozen=True, kw_only=True):
+class TelemetryV1(Struct, frozen=True, kw_only=True, gc=False):
     v: Literal[1]
     kind: Literal["telemetry"] = "telemetry"
     cluster: Name
@@ -144,7 +144,7 @@ class TelemetryV1(Struct, frozen=True, kw_only=True):
     vms: Annotated[tuple[VmStats, ...], Meta(max_length=MAX_VMS_PER_REPORT)] = ()
 
 
-class StatusV1(Struct, frozen=True, kw_only=True):
+class StatusV1(Struct, frozen=True, kw_only=True, gc=False):
     v: Literal[1]
     kind: Literal["status"] = "status"
     host: Name
