@@ -20,6 +20,7 @@ doubles, where 0.9 x r / 0.9 may come out a hair below r; we do not count that r
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,8 +42,8 @@ def _under(alloc: FloatArray, req: FloatArray) -> BoolArray:
 class MetricsAccumulator:
     """Feed it one record per event time, in time order; read `summary()` at the end."""
 
-    power_of: Any
-    """Callable(host utilisation array 0..1) -> watts array."""
+    power_of: Callable[[FloatArray], FloatArray]
+    """Host utilisation array (0..1) -> watts array."""
     total_mips: FloatArray
     energy_j: float = 0.0
     active_time_s: float = 0.0
@@ -73,7 +74,7 @@ class MetricsAccumulator:
     ) -> FloatArray:
         """Close the span since the previous record and open a new one. Returns host watts."""
         util = np.clip(host_used_mips / self.total_mips, 0.0, 1.0)
-        power = np.asarray(self.power_of(util), dtype=np.float64)
+        power: FloatArray = np.asarray(self.power_of(util), dtype=np.float64)
         if self._t is not None and t < self._t:
             raise ValueError(f"records must be in time order ({t} < {self._t})")
         if self._t is not None and t > self._t:

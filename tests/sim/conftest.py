@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import pytest
 
-WriteDay = Callable[[dict[str, Sequence[int]]], Path]
+WriteDay = Callable[[Mapping[str, Sequence[int]]], Path]
 
 
 @pytest.fixture
 def write_day(tmp_path: Path) -> WriteDay:
-    def write(vms: dict[str, Sequence[int]], name: str = "20110303") -> Path:
+    def write(vms: Mapping[str, Sequence[int]], name: str = "20110303") -> Path:
         d = tmp_path / name
         d.mkdir(exist_ok=True)
         for vm, samples in vms.items():
