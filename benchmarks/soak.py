@@ -203,13 +203,15 @@ async def soak(args: argparse.Namespace, port: int) -> dict[str, object]:
         await task
     hours = rounds * args.interval / 3600
     rss_end = rss_mib()
-    # memory after the first simulated hours is the steady state to compare against
-    steady = rss[1][1] if len(rss) > 1 else rss0
+    # steady state: once every VM's fixed-size CPU ring is full (history_len reports)
+    warm_h = settings.history_len * args.interval / 3600
+    steady = next((v for h, v in rss if h >= warm_h), rss[-1][1] if rss else rss0)
     return {
         "rss_start_mib": round(rss0, 1),
         "rss_steady_mib": round(steady, 1),
         "rss_end_mib": round(rss_end, 1),
         "rss_growth_after_warmup_mib": round(rss_end - steady, 1),
+        "warmup_hours": round(warm_h, 2),
         "exceptions": exceptions,
         "simulated_hours": round(hours, 2),
         "hosts": args.hosts,

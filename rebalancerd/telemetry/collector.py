@@ -190,8 +190,10 @@ class Collector:
         hosts: list[Host] = []
         chosen: dict[str, tuple[bool, float, Vm]] = {}
         ages: list[float] = []
+        set_gauge = self.metrics.set
         for name, hs in self._hosts.items():
             state, age = self._state(hs, now)
+            set_gauge("telemetry_staleness_seconds", min(age, 1e9), host=name)
             hosts.append(hs.inv.to_host(state))
             if state is HostState.STALE:
                 continue
@@ -213,6 +215,7 @@ class Collector:
                 key = (vs.running, recv)
                 if prev is None or key > (prev[0], prev[1]):
                     chosen[vm_name] = (vs.running, recv, vm)
+        set_gauge("telemetry_data_age_seconds", max(ages) if ages else -1.0)
         taken = self.clock.now() - (max(ages) if ages else 0.0)
         return ClusterSnapshot(
             hosts=tuple(hosts),

@@ -270,3 +270,13 @@ def test_settings_validation() -> None:
         CollectorSettings(cluster="a/b")
     with pytest.raises(ValueError):
         CollectorSettings(stale_after_s=0)
+
+
+def test_current_refreshes_staleness_gauges_without_traffic(env) -> None:
+    c, clock, metrics = env
+    c.ingest(*msg(report("h1", 1, clock.now())))
+    clock.advance(12)
+    c.current()
+    assert metrics.gauge("telemetry_staleness_seconds", host="h1") == pytest.approx(12)
+    assert metrics.gauge("telemetry_staleness_seconds", host="h2") == 1e9  # never heard from
+    assert metrics.gauge("telemetry_data_age_seconds") == pytest.approx(12)
