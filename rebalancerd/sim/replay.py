@@ -503,8 +503,12 @@ class ThresholdMmt:
     Written from the published algorithm (Beloglazov & Buyya 2012) to check this replay against
     the reference table; not a rebalancerd policy. Each interval: hosts whose requested MIPS
     exceed `threshold` of their capacity give up their smallest-RAM VMs until they are below it;
-    those VMs go by PABFD (CloudSim's power increase) to hosts that stay below the threshold;
-    then the least utilised hosts are emptied the same way while every VM finds a place.
+    those VMs go by PABFD to hosts that stay below the threshold; then hosts are taken from the
+    least utilised up and emptied when every VM on them finds a place. As in CloudSim's code:
+    a host's power increase is its power after the round's planned VMs minus its power at the
+    interval start (`host.getPower()` is not updated while planning); underloaded hosts are
+    ranked by their utilisation at the start; hosts off at the start are neither candidates nor
+    targets of the underload phase; hosts already processed are not targets.
     Replay it with a policy without limits (CloudSim has none).
     """
 
@@ -517,6 +521,8 @@ class ThresholdMmt:
         thr = self.threshold
         req = view.demand_mips
         load = np.bincount(view.host_of, req, minlength=dc.n_hosts).astype(np.float64)
+        start_load = load.copy()
+        start_power = power_w(dc.watts, load / dc.total_mips)
         count = np.bincount(view.host_of, minlength=dc.n_hosts)
         members: list[list[int]] = [[] for _ in range(dc.n_hosts)]
         for v in range(dc.n_vms):
@@ -534,9 +540,9 @@ class ThresholdMmt:
             )
             if not ok.any():
                 return -1
-            diff = power_w(dc.watts, after / dc.total_mips) - power_w(
-                dc.watts, load / dc.total_mips
-            )
+            # CloudSim: power after (with this round's planned VMs) minus the host's power at
+            # the interval start (host.getPower() is not updated while planning)
+            diff = power_w(dc.watts, after / dc.total_mips) - start_power
             return int(np.argmin(np.where(ok, diff, np.inf)))
 
         over = load > thr * dc.total_mips
@@ -564,12 +570,12 @@ class ThresholdMmt:
             count[th] += 1
             target_of[v] = th
             moves.append(Move(v, int(view.host_of[v]), th, "overload"))
-        # underloaded hosts
-        util = load / dc.total_mips
-        skip_under = excluded | (count == 0)
-        for m in moves:
-            skip_under[m.target] = True
-        place_excl = excluded | (count == 0)
+        # underloaded hosts, ranked by their utilisation at the interval start; hosts off at the
+        # start are neither candidates nor targets (CloudSim's switched-off hosts)
+        util = start_load / dc.total_mips
+        off = start_load <= 0
+        skip_under = excluded | off
+        place_excl = excluded | off
         while True:
             cand = np.where(skip_under | (util <= 0), np.inf, util)
             h = int(np.argmin(cand))
@@ -599,7 +605,6 @@ class ThresholdMmt:
                 target_of[v] = t
                 moves.append(Move(v, h, t, "underload"))
                 skip_under[t] = True
-            util = load / dc.total_mips
         return [moves] if moves else []
 
 
