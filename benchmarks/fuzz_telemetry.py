@@ -36,6 +36,9 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=20)
     args = ap.parse_args()
 
+    import structlog
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
     clock = ManualClock()
     metrics = MemoryMetrics()
     collector = Collector(inventory(3), clock, metrics, CollectorSettings(cluster=CLUSTER))

@@ -90,7 +90,7 @@ async def soak(args: argparse.Namespace, port: int) -> dict[str, object]:
     base: dict[str, float] = {}
     phase: dict[str, float] = {}
     for i, h in enumerate(hosts):
-        skew = 1.6 if i % 7 == 0 else 1.0  # some hot hosts so the planner has work
+        skew = 2.5 if i % 100 == 0 else 1.0  # a few hot hosts so the planner has work
         for j in range(args.vms):
             vm = f"{h}-vm{j}"
             placement[vm] = h
