@@ -24,7 +24,7 @@ from rebalancerd.domain.model import HostState
 from rebalancerd.observability import MemoryMetrics
 from rebalancerd.telemetry.collector import Collector, CollectorSettings
 from rebalancerd.telemetry.inventory import inventory_from_mapping
-from rebalancerd.telemetry.schema import subscription_topics, telemetry_topic
+from rebalancerd.telemetry.schema import RejectReason, subscription_topics, telemetry_topic
 from tests.fixtures.mqtt import MosquittoBroker
 
 from .helpers import CLUSTER, report, vm
@@ -257,3 +257,30 @@ async def test_public_api_path_delivers_and_reconnects(mosquitto_broker: Mosquit
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def test_agent_and_collector_both_survive_broker_restart(
+    running: Running, mosquitto_broker: MosquittoBroker
+) -> None:
+    cfg = AgentConfig(
+        host="h1",
+        cluster=CLUSTER,
+        interval_s=0.2,
+        libvirt_uri="test:///default",
+        broker=BrokerSettings(url=mosquitto_broker.url),
+    )
+    agent_task = asyncio.create_task(Agent(cfg).run())
+    c = running.collector
+    try:
+        await wait_until(lambda: _seq(c, "h1") >= 2, what="reports before the restart")
+        await asyncio.to_thread(mosquitto_broker.restart, 0.5)
+        before = _seq(c, "h1")
+        # the agent reconnects (jittered backoff) and keeps its seq; the collector resubscribes
+        await wait_until(lambda: _seq(c, "h1") >= before + 3, 30, "reports after the restart")
+        assert running.stream.connections >= 2
+        assert c.current().host("h1").state is HostState.ACTIVE
+        assert c.rejected.get(RejectReason.SEQ_OUT_OF_ORDER, 0) == 0
+    finally:
+        agent_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await agent_task
