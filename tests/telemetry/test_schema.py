@@ -94,3 +94,24 @@ def test_inventory_validation(tmp_path: Path) -> None:
         load_inventory(f)
     with pytest.raises(InventoryError):
         load_inventory(tmp_path / "missing.yaml")
+
+
+def test_telemetry_package_cannot_reach_the_network() -> None:
+    """The decoding/collector layer has no way to contact an address or run a command: it
+    imports no socket, MQTT, libvirt, subprocess or HTTP module (the MQTT edge is adapters/)."""
+    import ast
+
+    forbidden = {"socket", "aiomqtt", "paho", "libvirt", "subprocess", "urllib", "http", "os"}
+    pkg = Path(__file__).resolve().parents[2] / "rebalancerd" / "telemetry"
+    files = sorted(pkg.glob("*.py"))
+    assert len(files) >= 4
+    for f in files:
+        tree = ast.parse(f.read_text())
+        for node in ast.walk(tree):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for n in names:
+                assert n.split(".")[0] not in forbidden, f"{f.name} imports {n}"
