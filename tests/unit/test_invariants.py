@@ -15,6 +15,7 @@ Invariants (issue 9):
 from __future__ import annotations
 
 import asyncio
+import random
 from dataclasses import dataclass, field
 
 import structlog
@@ -30,6 +31,7 @@ from rebalancerd.domain.model import (
     Host,
     HostState,
     Pin,
+    Placement,
     Vm,
 )
 from rebalancerd.domain.plan import Migration, MigrationPlan, PlanStep, Reason, ReasonKind
@@ -61,8 +63,10 @@ class Case:
 
 
 @st.composite
-def cases(draw: st.DrawFn) -> Case:
-    messy = draw(st.booleans())  # messy: unhealthy hosts and more rules; else a healthy fleet
+def cases(draw: st.DrawFn, messiness: st.SearchStrategy[bool] | None = None) -> Case:
+    messy = draw(
+        messiness if messiness is not None else st.booleans()
+    )  # messy: unhealthy hosts and more rules; else a healthy fleet
     n_hosts = draw(st.integers(2, 6))
     hosts = []
     for i in range(n_hosts):
@@ -389,3 +393,107 @@ def test_generated_cases_exercise_real_moves() -> None:
 
     collect()
     assert sum(1 for m in moved if m >= 1) >= 15 and max(moved) >= 3, str(moved)
+
+
+def random_plan(
+    rnd: random.Random, snap: ClusterSnapshot, back: dict[str, str] | None = None
+) -> MigrationPlan:
+    """Random moves from where the VMs are now (sometimes a stale source); first, if given,
+    ping-pong moves sending recently moved VMs back where they came from."""
+    hosts = [h.name for h in snap.hosts]
+    vms = list(snap.vms)
+    rnd.shuffle(vms)
+    steps = []
+    here = {v.name: v.host for v in snap.vms}
+    pingpong = [
+        Migration(vm, here[vm], src, Reason(ReasonKind.BALANCE, "back"), memory_mib=1)
+        for vm, src in (back or {}).items()
+        if here.get(vm) not in (None, src)
+    ]
+    if pingpong:
+        steps.append(PlanStep(tuple(pingpong)))
+        vms = [v for v in vms if v.name not in (back or {})]
+    for _ in range(rnd.randint(1, 3)):
+        moves = []
+        for v in vms[: rnd.randint(1, 4)]:
+            src = v.host if rnd.random() < 0.9 else rnd.choice(hosts)
+            tgt = rnd.choice([h for h in hosts if h != src] or hosts)
+            kind = rnd.choice(list(ReasonKind))
+            moves.append(Migration(v.name, src, tgt, Reason(kind, "prop"), memory_mib=1))
+        vms = vms[4:]
+        if moves:
+            steps.append(PlanStep(tuple(moves)))
+    return MigrationPlan(tuple(steps))
+
+
+@settings(
+    max_examples=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    case=cases(st.sampled_from([False, False, True])),
+    rnd=st.randoms(use_true_random=False),
+    gaps=st.lists(st.sampled_from([0.0, 30.0, 400.0, 700.0, 3000.0]), min_size=2, max_size=4),
+)
+def test_invariants_over_cycles(case: Case, rnd: random.Random, gaps: list[float]) -> None:
+    """Several cycles with time passing: cooldowns and the sliding MiB-per-hour budget hold
+    across cycles, frozen VMs are never moved, nothing is lost or duplicated."""
+
+    async def go() -> tuple[list[tuple[float, str, int, int]], CheckingHypervisor, Journal]:
+        clock = VirtualClock()
+        hv = CheckingHypervisor.for_snapshot(clock, case.snap)
+        assert isinstance(hv, CheckingHypervisor)
+        hv.bind(case.snap)
+        hv.behaviour.update(case.behaviour)
+        journal = Journal.open(":memory:")
+        ex = Executor(hv, clock, MemoryMetrics(), journal, dry_run=case.dry, watchdog_grace_s=5)
+        timeline: list[tuple[float, str, int, int]] = []  # (time, vm, MiB, cycle)
+        cycle = [0]
+        inner = hv.migrate
+
+        async def migrate(vm, source, target, settings, progress=None):  # type: ignore[no-untyped-def]
+            timeline.append((clock.now(), vm, case.snap.vm(vm).memory_mib, cycle[0]))
+            return await inner(vm, source, target, settings, progress)
+
+        hv.migrate = migrate  # type: ignore[method-assign]
+        plan = case.plan
+        back: dict[str, str] = {}
+        for i, gap in enumerate([0.0, *gaps]):
+            clock.advance(gap)
+            cycle[0] = i
+            where = {v.name: hv.where(v.name)[0] for v in case.snap.vms}
+            snap = case.snap.with_placement(Placement(where))
+            if i:
+                plan = random_plan(rnd, snap, back)
+            frozen = ex.frozen_vms()
+            before = len(timeline)
+            with structlog.testing.capture_logs():
+                report = await ex.execute(plan, snap, case.policy)
+            back = {r.vm: r.source for r in report.succeeded}
+            this_cycle = timeline[before:]
+            assert len(this_cycle) <= case.policy.limits.max_per_cycle
+            assert not {vm for _, vm, _, _ in this_cycle} & frozen
+            assert report.started + len(report.skipped) == len(plan.migrations)
+        return timeline, hv, journal
+
+    timeline, hv, journal = asyncio.run(go())
+    lim = case.policy.limits
+    if case.dry or case.policy.dry_run or case.policy.mode.value == "advisory":
+        assert timeline == [] and hv.domain_calls == 0
+        return
+    # cooldown across cycles (a hop inside one plan is not a second move: same cycle)
+    last: dict[str, tuple[float, int]] = {}
+    for t, vm, _, c in timeline:
+        if vm in last and last[vm][1] != c:
+            assert t - last[vm][0] >= lim.cooldown_s
+        last[vm] = (t, c)
+    # sliding hour budget
+    if lim.max_mib_per_hour is not None:
+        for t, _, _, _ in timeline:
+            window = sum(m for t2, _, m, _ in timeline if t - 3600.0 < t2 <= t)
+            assert window <= lim.max_mib_per_hour
+    assert hv.violations == []
+    for v in case.snap.vms:
+        assert len(hv.where(v.name)) == 1
+    assert journal.open_moves() == []
