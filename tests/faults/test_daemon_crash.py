@@ -1,6 +1,6 @@
 """Issue 9 fault: the daemon dies in the middle of a migration wave and is restarted.
 
-`rebalancerd run` drains lab host h1 two moves at a time: a memory-dirtying guest that cannot
+`rebalancerd run` drains lab host h1, two moves at a time: a memory-dirtying guest that cannot
 converge under its class's 16 MiB/s cap and an idle guest move side by side. The daemon is
 frozen (SIGSTOP, as a hung process) right after it started the idle guest's move, libvirtd
 finishes that move while the daemon cannot record it, and the daemon is SIGKILLed (as systemd's
@@ -9,9 +9,9 @@ watchdog would).
 After the restart its journal holds two open intents and reconcile must resolve them against
 libvirt without migrating anything itself: the idle move is found done and recorded as
 succeeded; the dirty move, still running in libvirtd past its time budget, is awaited, then
-aborted, and the guest keeps running on its source. The drain then finishes the remaining idle
-guests. Witnesses: every libvirtd (placement), the journal file, libvirt lifecycle events,
-/metrics and the JSON log.
+aborted, and the guest keeps running on its source. Two more idle guests, started on the drained
+host while the daemon was dead, are drained after the restart. Witnesses: every libvirtd
+(placement), the journal file, libvirt lifecycle events, /metrics and the JSON log.
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ pytestmark = [pytest.mark.lab, pytest.mark.fault, pytest.mark.mqtt]
 
 HOT = "crash-hot"
 IDLE = ["crash-idle0", "crash-idle1", "crash-idle2"]
-HOT_BUDGET_S = 4.0
+HOT_BUDGET_S = 12.0
+"""Longer than the daemon stays frozen: its adapter must not abort the move before the kill."""
 
 POLICY = f"""\
 apiVersion: rebalancerd/v1
@@ -104,8 +105,7 @@ def test_daemon_sigkilled_mid_wave_reconciles_and_never_migrates_twice(
     h1, h2, h3 = (h.name for h in lab.hosts[:3])
     vms = [HOT, *IDLE]
     lab.define_guest(h1, HOT, 128, dirty=True)
-    for vm in IDLE:
-        lab.define_guest(h1, vm, 64)
+    lab.define_guest(h1, IDLE[0], 64)  # the wave: exactly these two, side by side
     lab.wait_dirtying(h1, HOT, timeout=90)  # SeaBIOS is slow on a loaded machine
     events = LibvirtEvents(lab)
     agents = LabAgents(workdir, lab, mosquitto_broker.url)
@@ -114,7 +114,7 @@ def test_daemon_sigkilled_mid_wave_reconciles_and_never_migrates_twice(
     d.start()
     try:
         d.wait_ready()
-        wait_for(lambda: sees_vms(d, 4), 60, "telemetry from all agents")
+        wait_for(lambda: sees_vms(d, 2), 60, "telemetry from all agents")
 
         # -- the wave: h1 drained, the dirty guest and an idle one move side by side --------
         d.control("drain", host=h1)
@@ -145,13 +145,18 @@ def test_daemon_sigkilled_mid_wave_reconciles_and_never_migrates_twice(
             f"libvirtd finishing {idle_vm} -> {idle_target} while the daemon is frozen",
             interval=0.1,
         )
-        assert _source_job_active(lab, h1, HOT), "the dirty move should still be running"
+        assert _source_job_active(lab, h1, HOT), (
+            "the dirty move should still be running: "
+            f"{placement(lab, [HOT])}, {[e for e in d.log_events() if e.get('vm') == HOT]}"
+        )
         d.proc.send_signal(signal.SIGKILL)
         assert d.wait_exit(30) == -signal.SIGKILL
         killed_at = len(d.log_events())
 
         # -- while it is dead: intents are on disk, nothing runs twice ---------------------
-        at_most_once(lab, vms)
+        at_most_once(lab, vms[:2])
+        for vm in IDLE[1:]:  # more guests land on the drained host meanwhile
+            lab.define_guest(h1, vm, 64)
         rows = journal.by_id()
         for start in (hot_start, idle_start):
             assert rows[start["migration_id"]]["state"] == "intent", rows
