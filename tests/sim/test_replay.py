@@ -161,3 +161,24 @@ def test_enforce_memory_refuses_a_target_without_ram(write_day: WriteDay) -> Non
     # CloudSim's setup: a running VM requests no RAM, so the move goes ahead
     loose = Replay(tr, Scripted(script), policy(), hosts=4, initial_placement=start).run()
     assert loose.summary["migrations"] == 1
+
+
+class Hop:
+    """A plan with a temporary hop: vm3 goes to host 0, then (next step) on to host 2."""
+
+    name = "hop"
+
+    def decide(self, view: View) -> Sequence[Sequence[Move]]:
+        if view.sample != 1:
+            return ()
+        return [[Move(3, int(view.host_of[3]), 0)], [Move(3, 0, 2)]]
+
+
+def test_a_temporary_hop_runs_in_step_order(write_day: WriteDay) -> None:
+    tr = constant_day(write_day)
+    rp = Replay(tr, Hop(), policy(cooldown_s=3600), hosts=4)
+    r = rp.run()
+    assert r.summary["migrations"] == 2
+    assert rp.host_of[3] == 2
+    assert r.summary["peak_concurrent_migrations"] == 1
+    assert r.timeline.migrations[1] == 2
