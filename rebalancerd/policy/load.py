@@ -670,8 +670,16 @@ def _pin_conflicts(srcs: list[_Src]) -> Iterator[Problem]:
             if not g.hard:
                 continue
             members = [(vm, effective[vm]) for vm in dict.fromkeys(g.vms) if vm in effective]
-            for _vm, hs in members:
-                inside = [m for m, mh in members if mh <= hs]
+            # every distinct pin set S: do more members fit only inside S than S has hosts?
+            # (quadratic, so bounded; beyond the bound only identical pin sets are compared)
+            by_set: dict[frozenset[str], list[str]] = {}
+            for vm, hs in members:
+                by_set.setdefault(hs, []).append(vm)
+            full = len(by_set) <= 200
+            for hs in by_set:
+                inside = (
+                    [m for t, ms in by_set.items() if t <= hs for m in ms] if full else by_set[hs]
+                )
                 if len(inside) > len(hs):
                     yield s.problem(
                         ("rules", "anti_affinity", i, "vms"),
@@ -751,9 +759,13 @@ def _to_windows(intervals: list[Interval]) -> list[TimeWindow]:
 
 
 def _dedup(items: Iterable[Any]) -> list[Any]:
+    """Items in order, repeats dropped (linear: models are compared by their JSON)."""
+    seen: set[Any] = set()
     out: list[Any] = []
     for x in items:
-        if x not in out:
+        key = x.model_dump_json() if isinstance(x, BaseModel) else x
+        if key not in seen:
+            seen.add(key)
             out.append(x)
     return out
 
