@@ -235,6 +235,8 @@ def test_daemon_sigkilled_mid_wave_reconciles_and_never_migrates_twice(
         d.signal(signal.SIGTERM)
         assert d.wait_exit(60) == 0, d.log_tail()
     finally:
+        if d.proc is not None and d.proc.poll() is None:
+            d.proc.send_signal(signal.SIGCONT)  # a failure while frozen: let it stop cleanly
         d.stop()
         agents.stop()
         events.close()
