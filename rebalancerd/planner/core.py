@@ -64,7 +64,10 @@ def make_plan(
     planner = "greedy"
     status = "GREEDY"
     bound: float | None = None
-    if p.mode is not Mode.DRAIN and p.max_moves > 0 and time.perf_counter() < deadline - 0.05:
+    # consolidate: whole-host greedy only (planner/consolidate.py); CP-SAT's partial moves
+    # would save little and fill hosts past the packing band
+    skip_cp = p.mode in (Mode.DRAIN, Mode.CONSOLIDATE)
+    if not skip_cp and p.max_moves > 0 and time.perf_counter() < deadline - 0.05:
         info = cpsat.improve(p, s, time_limit_s=time_limit_s, seed=seed, deadline=deadline)
         if info.status != "SKIPPED":
             planner = "greedy+cp-sat"
@@ -136,8 +139,8 @@ def _extremeness(p: Problem, s: State) -> list[float]:
 def _hysteresis(p: Problem, s: State, mandatory: dict[int, Mandatory], notes: list[str]) -> State:
     """Drop the optional moves when they improve the objective by less than the hysteresis."""
     optional = [v for v, _, _ in s.moves() if v not in mandatory]
-    if not optional:
-        return s
+    if not optional or p.mode is Mode.CONSOLIDATE:
+        return s  # consolidate applies it per emptied host (planner/consolidate.py)
     base_where = list(p.origin)
     for v, m in mandatory.items():
         _ = m
@@ -145,13 +148,8 @@ def _hysteresis(p: Problem, s: State, mandatory: dict[int, Mandatory], notes: li
     base = State(p, base_where)
     if any(base.over_capacity(h) and not State(p).over_capacity(h) for h in range(p.n_hosts)):
         return s  # the mandatory moves need room the optional ones make
-    if p.mode is Mode.CONSOLIDATE:
-        pb = obj.power(p, base)
-        gain = (pb - obj.power(p, s)) / pb if pb > 0 else 0.0
-        what = "power"
-    else:
-        gain = obj.spread(p, base) - obj.spread(p, s)
-        what = "spread"
+    gain = obj.spread(p, base) - obj.spread(p, s)
+    what = "spread"
     if gain < p.hysteresis:
         notes.append(
             f"{len(optional)} optional moves improve {what} by {gain:.3f} < hysteresis "

@@ -682,8 +682,9 @@ def run_greedy(p: Problem) -> Ctx:
     if p.mode is Mode.DRAIN:
         return ctx
     if pack:
-        relieve(ctx, pack, p.high)
-        consolidate(ctx)
+        from rebalancerd.planner.consolidate import consolidate_mode
+
+        consolidate_mode(ctx)  # hotspot relief into a band, then whole-host emptying
     else:
         balance(ctx)  # hosts above capacity with headroom go first
         polish(ctx)

@@ -80,6 +80,9 @@ class Problem:
     min_active_hosts: int
     spare_capacity: float
     notes: list[str] = field(default_factory=list)
+    percentile: float = 95.0
+    """The policy's prediction percentile and window (consolidate predicts per host)."""
+    window: int = 12
 
     @property
     def n_hosts(self) -> int:
@@ -209,7 +212,12 @@ def build_problem(
                 else:
                     aff_of.setdefault(m, gi)
 
-    cpu = [v.cpu_demand_mc(percentile=pct, window=win) for v in vms]
+    if policy.mode == Mode.CONSOLIDATE:
+        # Current use: what capacity with headroom must hold at every step. Consolidate
+        # predicts per host from the summed history of the VMs on it (planner/consolidate.py).
+        cpu = [v.cpu_used_mc for v in vms]
+    else:
+        cpu = [v.cpu_demand_mc(percentile=pct, window=win) for v in vms]
     mem = [v.memory_mib for v in vms]
     cost = [v.memory_mib + v.local_disk_mib + v.dirty_rate_mib_s * DIRTY_SECONDS for v in vms]
     move_mib = [v.memory_mib + v.local_disk_mib for v in vms]
@@ -256,4 +264,6 @@ def build_problem(
         max_per_target=policy.limits.max_per_target,
         min_active_hosts=policy.energy.min_active_hosts,
         spare_capacity=policy.energy.spare_capacity,
+        percentile=pct,
+        window=win,
     )

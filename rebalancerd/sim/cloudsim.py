@@ -208,14 +208,17 @@ def pabfd(
 def default_replay_policy() -> Policy:
     """The policy `rebalancerd simulate` uses without --policy.
 
-    The schema's defaults (watermarks 0.85 / 0.20, headroom 0.10, 95th percentile of the last
-    12 samples, at most 10 migrations per cycle, 2 at a time, one per source and target, a VM
+    The schema's defaults (watermarks 0.85 / 0.20, headroom 0.10, hysteresis 0.05, 95th
+    percentile of the last 12 samples, one migration per source and per target at a time, a VM
     moves at most once an hour) with three deviations, none fitted to a trace:
     - mode consolidate (the benchmark is about energy);
     - CPU only in the load weights: in CloudSim's setup a running VM requests no RAM;
-    - hysteresis 0: the planner measures a consolidate plan's gain as a fraction of the whole
-      cluster's power, which a plan capped at 10 moves can never raise above a few tenths of a
-      percent on hundreds of hosts, so any positive hysteresis blocks all consolidation there.
+    - limits sized to an 800-host cluster instead of a handful of hosts: at most 100
+      migrations at once (one per source and per target still holds, so each host's 1 Gbit/s
+      link carries at most one migration each way) and up to 1,000 per cycle. The daemon's
+      defaults (2 at a time, 10 per cycle) would need most of a day to consolidate the
+      RAM-bound initial placement (~364 hosts) once; what keeps migrations rare afterwards is
+      the planner (packing band, whole hosts only, cooldown), not the per-cycle cap.
     """
     return Policy.model_validate(
         {
@@ -223,6 +226,7 @@ def default_replay_policy() -> Policy:
             "kind": "Policy",
             "name": "simulate-default",
             "mode": "consolidate",
-            "targets": {"weights": {"cpu": 1.0, "memory": 0.0}, "hysteresis": 0.0},
+            "targets": {"weights": {"cpu": 1.0, "memory": 0.0}},
+            "limits": {"max_per_cycle": 1000, "max_concurrent": 100},
         }
     )

@@ -170,7 +170,10 @@ def _independent_replay(s: Any, pol: Any, plan: Any, frozen: frozenset[str]) -> 
         for target, incoming in arriving.items():
             present = [n for n, h in where.items() if h == target]
             names = present + incoming
-            cpu = sum(vms[n].cpu_demand_mc(percentile=pct, window=win) for n in names)
+            if pol.mode == "consolidate":  # per-VM: current use; per host: planner/consolidate
+                cpu = sum(vms[n].cpu_used_mc for n in names)
+            else:
+                cpu = sum(vms[n].cpu_demand_mc(percentile=pct, window=win) for n in names)
             mem = sum(vms[n].memory_mib for n in names)
             h = hosts[target]
             assert cpu <= int(keep * h.cpu_capacity_mc), (target, cpu)
