@@ -905,7 +905,9 @@ class Daemon:
             flights.append(item)
         policy = self.store.current()
         plan = self.loop.current_plan
-        w = self.journal is not None and self.journal_error is None
+        journal_error = self.journal_error
+        if journal_error is None and self.journal is not None:
+            journal_error = self.journal.probe_error()
         return {
             "daemon": {
                 "version": __version__,
@@ -917,8 +919,8 @@ class Daemon:
                 "dry_run": self.cfg.dry_run,
                 "healthy": self.health()[0],
                 "health": self.health()[1],
-                "journal_writable": bool(w and self.journal is not None and self.journal.probe()),
-                "journal_error": self.journal_error,
+                "journal_writable": journal_error is None,
+                "journal_error": journal_error,
                 "cycles": self.loop.state.cycles,
                 "reconcile": self.reconcile_report,
             },

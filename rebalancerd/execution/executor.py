@@ -317,8 +317,9 @@ class Executor:
             for m in plan.migrations:
                 self._dry(report, wave, m, mode_reason)
             return report
-        if not self.journal.probe():
-            self._journal_down("probe failed")
+        journal_err = self.journal.probe_error()
+        if journal_err is not None:
+            self._journal_down(journal_err)
             for m in plan.migrations:
                 self._skip(report, m, "journal_unwritable")
             return report

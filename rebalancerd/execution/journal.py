@@ -174,14 +174,18 @@ class Journal:
     def _tx(self) -> Journal._Tx:
         return Journal._Tx(self)
 
-    def probe(self) -> bool:
-        """True if a write can be committed right now."""
+    def probe_error(self) -> str | None:
+        """None if a write can be committed right now, else why not (one line naming the file)."""
         try:
             with self._tx() as c:
                 c.execute("INSERT OR REPLACE INTO meta(k, v) VALUES ('probe', '1')")
-        except JournalError:
-            return False
-        return True
+        except JournalError as e:
+            return str(e)
+        return None
+
+    def probe(self) -> bool:
+        """True if a write can be committed right now."""
+        return self.probe_error() is None
 
     # -- moves --------------------------------------------------------------------------------
     def record_intent(

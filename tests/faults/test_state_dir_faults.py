@@ -206,11 +206,6 @@ def test_full_then_read_only_state_dir_refuses_to_act(
 SIM_POLICY = POLICY.replace("name: state-dir", "name: state-dir-sim")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="executor.Executor.execute logs journal_unwritable with error='probe failed' only: "
-    "Journal.probe() swallows the JournalError that says why (disk full / read-only) and where",
-)
 def test_journal_refusal_log_line_says_why_and_where(workdir: Path) -> None:
     """Same full tmpfs state directory, against the simulated cluster (no lab needed): the
     refusal must be a clear log line an operator can act on: what (the journal path) and why
