@@ -162,6 +162,10 @@ class ControlLoop:
                 )
             if not any(h.state is HostState.ACTIVE for h in snap.hosts):
                 return self._finish(CycleReport(n, at, "no_hosts", "no active host", imbalance=imb))
+            # Judge the last wave on every fresh snapshot, not only when the next plan has moves.
+            observe = getattr(self.executor, "observe_snapshot", None)
+            if observe is not None:
+                observe(snap, policy)
             wait = self.backoff() if self.backoff is not None else 0.0
             if wait > 0:
                 log.info("plan_backoff", cycle=n, wait_s=wait)

@@ -161,3 +161,29 @@ async def test_run_cycles_on_interval_wakes_early_and_stops() -> None:
     stop.set()
     await asyncio.wait_for(t_loop, 1)
     t_tel.cancel()
+
+
+async def test_every_fresh_cycle_lets_the_executor_judge_the_last_wave() -> None:
+    clock = VirtualClock()
+
+    class Judging(FakeExecutor):
+        def __init__(self) -> None:
+            super().__init__()
+            self.observed: list[int] = []
+
+        def observe_snapshot(self, snap: ClusterSnapshot, policy: Policy) -> None:
+            self.observed.append(len(snap.vms))
+
+    def nothing(snap: ClusterSnapshot, policy: Policy, **kw: Any) -> MigrationPlan:
+        return MigrationPlan(stats=PlanStats(status="NOTHING_TO_DO"))
+
+    ex = Judging()
+    tel = SimTelemetry(cluster(clock))
+    loop = ControlLoop(
+        tel, default_policy, ex, clock, MemoryMetrics(), planner=nothing, max_data_age_s=120
+    )
+    assert (await loop.cycle()).status == "nothing_to_do"
+    assert ex.observed == [2] and not ex.plans
+    clock.advance(500)  # stale: nothing is judged on old data
+    assert (await loop.cycle()).status == "stale"
+    assert ex.observed == [2]
