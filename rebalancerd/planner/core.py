@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import heapq
 import time
 
 from rebalancerd.domain.load import Weights, imbalance
@@ -96,6 +97,8 @@ def make_plan(
         ),
     )
     dest = {v: h for v, _, h in moves}
+    if p.mode in (Mode.BALANCE, Mode.ADVISORY):
+        order = _descent_order(p, order, dest, mandatory)
     steps, blocked = sequence(p, dest, order, budget_moves=p.max_moves, budget_mib=p.max_mib)
     plan_steps, final = _explain(p, start, steps, mandatory, ctx.mandatory)
     unsequenced = tuple(
@@ -123,6 +126,89 @@ def make_plan(
         notes=tuple(notes),
     )
     return MigrationPlan(steps=tuple(plan_steps), stats=stats, unsequenced=unsequenced)
+
+
+def _descent_order(
+    p: Problem, order: list[int], dest: dict[int, int], mandatory: dict[int, Mandatory]
+) -> list[int]:
+    """Order the balance and capacity-relief moves as a steepest descent on the spread:
+    replaying from the current placement (after drains and rule fixes), always serve the host
+    furthest from the mean (weighted CPU or memory, either side) with the one of its planned
+    moves that pulls it in the most (the biggest effective VM first), among moves whose target
+    has room right now.
+    So every prefix of the plan has already cut the gap as far as it can: a plan cut short
+    (budget, next cycle, operator) keeps its most useful part."""
+
+    def first(v: int) -> bool:  # drains and rule fixes keep their place at the head
+        return v in mandatory and mandatory[v].kind is not ReasonKind.HOTSPOT
+
+    head = [v for v in order if first(v)]
+    optional = [v for v in order if not first(v) and v not in p.aff_of]
+    if len(optional) < 2:
+        return order
+    hs = obj.balancing(p)
+    hset = set(hs)
+    if len(hs) < 2:
+        return order
+    cur = State(p)
+    for v in head:
+        cur.move(v, dest[v])
+    wc, wm = obj.weights(p)
+    wc, wm = wc / max(wc, wm), wm / max(wc, wm)
+    final = cur.copy()
+    for v in optional:
+        final.move(v, dest[v])
+    mc = sum(final.cpu[h] for h in hs) / sum(p.raw_cpu[h] for h in hs)
+    mm = sum(final.mem[h] for h in hs) / sum(p.raw_mem[h] for h in hs)
+
+    def dev(h: int, dc: int = 0, dm: int = 0) -> tuple[float, float]:
+        return (
+            wc * ((cur.cpu[h] + dc) / p.raw_cpu[h] - mc),
+            wm * ((cur.mem[h] + dm) / p.raw_mem[h] - mm),
+        )
+
+    def key(h: int, dc: int = 0, dm: int = 0) -> float:
+        c, m = dev(h, dc, dm)
+        return max(abs(c), abs(m))
+
+    out_of: dict[int, list[int]] = {}
+    into: dict[int, list[int]] = {}
+    for v in optional:
+        out_of.setdefault(p.origin[v], []).append(v)
+        into.setdefault(dest[v], []).append(v)
+    ver = dict.fromkeys(hs, 0)
+    heap = [(-key(h), h, 0) for h in hs]
+    heapq.heapify(heap)
+    placed: set[int] = set()
+    out: list[int] = []
+    while heap:
+        k, h, ver_h = heapq.heappop(heap)
+        if ver_h != ver[h]:
+            continue
+        c, m = dev(h)
+        hot = (c if abs(c) >= abs(m) else m) > 0
+        best: tuple[float, int, int] | None = None  # (key after, -size, vm)
+        for v in out_of.get(h, []) if hot else into.get(h, []):
+            if v in placed or not cur.fits(v, dest[v]):
+                continue
+            sign = -1 if hot else 1
+            after = key(h, sign * p.cpu[v], sign * p.mem[v])
+            cand = (after, -(p.cpu[v] + p.mem[v]), v)
+            if best is None or cand < best:
+                best = cand
+        if best is None or best[0] >= -k:
+            continue  # nothing here pulls the host in now
+        v = best[2]
+        a, b = cur.where[v], dest[v]
+        cur.move(v, b)
+        placed.add(v)
+        out.append(v)
+        for x in (a, b):
+            if x in hset:
+                ver[x] += 1
+                heapq.heappush(heap, (-key(x), x, ver[x]))
+    rest = [v for v in order if not first(v) and v not in placed]
+    return head + out + rest
 
 
 def _extremeness(p: Problem, s: State) -> list[float]:

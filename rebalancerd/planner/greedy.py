@@ -27,6 +27,8 @@ from rebalancerd.planner.state import State
 
 COLD_CANDIDATES = 6
 CONSOLIDATE_FAIL_LIMIT = 12
+BALANCE_COST_FACTOR = 0.5
+"""A balance move must cut the sum of squared deviations by this many times its cost."""
 
 
 @dataclass(slots=True)
@@ -390,7 +392,7 @@ def balance(ctx: Ctx) -> None:
             if not ctx.can_spend([v]):
                 continue
             sc_a, sm_a = p.cpu[v] / ra_c, p.mem[v] / ra_m
-            threshold = 2.0 * obj.move_cost(p, v, mean_mem)
+            threshold = BALANCE_COST_FACTOR * obj.move_cost(p, v, mean_mem)
             for b in cands:
                 if not s.can_move(v, b):
                     continue
@@ -421,78 +423,147 @@ def balance(ctx: Ctx) -> None:
 
 
 # -- phase 4a': minimax polish ----------------------------------------------------------------
-POLISH_SHARE = 0.25
+POLISH_SHARE = 1.0
 """Polish moves allowed, as a share of the moves made so far (plus POLISH_MIN)."""
 POLISH_MIN = 8
+POLISH_STALL_MIN = 40
+"""Stop after this many polish actions (or half the host count) without a better score."""
+POLISH_STALL_SHARE = 0.25
 SOURCES_PER_PULL = 24
+POLISH_VM_MOVES = 6
+"""A VM moves at most this many times in the polish (it stays one migration in the plan)."""
+SWAPS = True
+SWAP_KEEP = 3
+"""Best swap candidates kept per VM of the attacked host (checked in order for rules)."""
+SWAP_HOSTS = 64
+"""Partner hosts searched first per swap (then, if none fits, every host)."""
+EPS = 1e-12
+TOL = 1e-9
+
+
+class _Env:
+    """Per-host loads of the balancing hosts as arrays, and the score of a candidate change.
+
+    The score is lexicographic: first the *worst* weighted resource gap (minimax over CPU and
+    memory, so neither resource is left far behind), then the weighted spread (the policy's
+    objective). A move is acceptable when it lowers the score, or when it pulls the attacked
+    extreme host in without raising the worst gap (sideways moves through ties: when 40 hosts
+    share the maximum, the gap falls only after the last one is fixed)."""
+
+    def __init__(self, ctx: Ctx, hs: list[int]) -> None:
+        p, s = ctx.p, ctx.s
+        self.hs = hs
+        self.pos = {h: i for i, h in enumerate(hs)}
+        wc, wm = obj.weights(p)
+        self.weight = (wc, wm)
+        self.wsum = wc + wm
+        self.wmax = max(wc, wm)
+        self.raw = (
+            np.array([p.raw_cpu[h] for h in hs], dtype=np.float64),
+            np.array([p.raw_mem[h] for h in hs], dtype=np.float64),
+        )
+        self.cap = (
+            np.array([p.cap_cpu[h] for h in hs], dtype=np.int64),
+            np.array([p.cap_mem[h] for h in hs], dtype=np.int64),
+        )
+        self.used = (
+            np.array([s.cpu[h] for h in hs], dtype=np.int64),
+            np.array([s.mem[h] for h in hs], dtype=np.int64),
+        )
+        self.refresh()
+
+    def refresh(self) -> None:
+        self.load = (self.used[0] / self.raw[0], self.used[1] / self.raw[1])
+        self.top = [np.argsort(-self.load[q], kind="stable")[:3] for q in (0, 1)]
+        self.bot = [np.argsort(self.load[q], kind="stable")[:3] for q in (0, 1)]
+        self.hi = tuple(float(self.load[q][self.top[q][0]]) for q in (0, 1))
+        self.lo = tuple(float(self.load[q][self.bot[q][0]]) for q in (0, 1))
+        g = [self.weight[q] * (self.hi[q] - self.lo[q]) for q in (0, 1)]
+        self.primary = max(g) / self.wmax
+        self.spread = (g[0] + g[1]) / self.wsum
+
+    def excl(self, q: int, skip: tuple[int, ...], high: bool) -> float:
+        """Highest (lowest) load of resource q over hosts not in skip (skip has <= 2)."""
+        for j in self.top[q] if high else self.bot[q]:
+            if int(j) not in skip:
+                return float(self.load[q][j])
+        return float(self.load[q][self.top[q][0] if high else self.bot[q][0]])
+
+    def score(self, hq: list[Any], lq: list[Any]) -> tuple[Any, Any]:
+        g0 = self.weight[0] * (hq[0] - lq[0])
+        g1 = self.weight[1] * (hq[1] - lq[1])
+        return np.maximum(g0, g1) / self.wmax, (g0 + g1) / self.wsum
+
+    def acceptable(self, prim: Any, spr: Any, ext_better: Any, r: int) -> Any:
+        """Lower score, or the attacked host pulled in without a worse worst gap (and, when
+        r is not the worst resource, without a worse spread)."""
+        not_worse = prim <= self.primary + EPS
+        lower = (prim < self.primary - TOL) | (not_worse & (spr < self.spread - TOL))
+        gr = self.weight[r] * (self.hi[r] - self.lo[r]) / self.wmax
+        sideways = not_worse & ext_better
+        if gr < self.primary - TOL:
+            sideways = sideways & (spr <= self.spread + EPS)
+        return lower | sideways
+
+    def move(self, a: int, b: int, cpu: int, mem: int) -> None:
+        for q, amount in ((0, cpu), (1, mem)):
+            self.used[q][self.pos[a]] -= amount
+            self.used[q][self.pos[b]] += amount
 
 
 def polish(ctx: Ctx) -> None:
-    """Attack the extremes directly: take the host furthest out on either side and make the
-    one move that lowers the weighted spread (max - min of CPU and memory) the most, or that
-    pulls the extreme host in without widening either resource's range. The sum-of-squares pass
-    leaves such hosts when CPU and memory disagree; this pass trades along the spread itself."""
+    """Attack the extremes directly: take the host furthest out on either side of the worst
+    resource and make the single move, or failing that the swap of two VMs, that lowers the
+    score (worst resource gap, then weighted spread) the most, or that pulls the extreme host
+    in without a worse worst gap. The sum-of-squares pass leaves such hosts when CPU and memory
+    disagree; this pass trades along the gaps themselves. Each VM moves at most POLISH_VM_MOVES
+    times here (no endless cycles); the actions since the best score are undone at the end."""
     p, s = ctx.p, ctx.s
     hs = obj.balancing(p)
     if len(hs) < 3:
         return
-    pos = {h: i for i, h in enumerate(hs)}
-    wc, wm = obj.weights(p)
-    wsum = wc + wm
-    raw = (
-        np.array([p.raw_cpu[h] for h in hs], dtype=np.float64),
-        np.array([p.raw_mem[h] for h in hs], dtype=np.float64),
-    )
-    cap = (
-        np.array([p.cap_cpu[h] for h in hs], dtype=np.int64),
-        np.array([p.cap_mem[h] for h in hs], dtype=np.int64),
-    )
-    used = (
-        np.array([s.cpu[h] for h in hs], dtype=np.int64),
-        np.array([s.mem[h] for h in hs], dtype=np.int64),
-    )
-    weight = (wc, wm)
-    limit = s.n_moves_cached + int(POLISH_SHARE * s.n_moves_cached) + POLISH_MIN
+    env = _Env(ctx, hs)
+    pos = env.pos
+    weight = env.weight
+    raw, cap, used = env.raw, env.cap, env.used
+    actions_left = int(POLISH_SHARE * s.n_moves_cached) + POLISH_MIN
+    stall_limit = max(POLISH_STALL_MIN, int(POLISH_STALL_SHARE * len(hs)))
+    log: list[tuple[int, int]] = []  # (vm, host before) per applied move, to undo a stall
+    best_score = (float("inf"), float("inf"))
+    best_at = 0
+    best_primary_at = 0
+    moved: dict[int, int] = {}  # times moved by this pass (bounded: no endless cycles)
     mean_mem = obj.mean_host_mem(p)
     done: set[tuple[int, int, int]] = set()
     hsarr = np.array(hs, dtype=np.int64)
-    eps = 1e-12
+    swaps = _Swaps(ctx, env) if SWAPS else None
 
-    while s.n_moves_cached < min(p.max_moves, limit):
-        load = (used[0] / raw[0], used[1] / raw[1])
-        top = [np.argsort(-load[q], kind="stable")[:3] for q in (0, 1)]
-        bot = [np.argsort(load[q], kind="stable")[:3] for q in (0, 1)]
-        hi = (float(load[0][top[0][0]]), float(load[1][top[1][0]]))
-        lo = (float(load[0][bot[0][0]]), float(load[1][bot[1][0]]))
-        spread = sum(weight[q] * (hi[q] - lo[q]) for q in (0, 1)) / wsum
-
-        def excl(
-            q: int,
-            skip: set[int],
-            high: bool,
-            top: list[Any] = top,
-            bot: list[Any] = bot,
-            load: tuple[Any, Any] = load,
-        ) -> float:
-            """Highest (lowest) load of resource q over hosts not in skip."""
-            for j in top[q] if high else bot[q]:
-                if int(j) not in skip:
-                    return float(load[q][j])
-            return float(load[q][top[q][0] if high else bot[q][0]])
-
+    while actions_left > 0 and s.n_moves_cached < p.max_moves:
+        env.refresh()
+        load = env.load
+        sc = (env.primary, env.spread)
+        if sc[0] < best_score[0] - TOL:
+            best_primary_at = len(log)
+        if sc[0] < best_score[0] - TOL or (
+            sc[0] <= best_score[0] + TOL and sc[1] < best_score[1] - TOL
+        ):
+            best_score, best_at = sc, len(log)
+        if len(log) - best_primary_at > stall_limit:
+            break  # sideways moves that no longer pay off
         cands: list[tuple[float, int, int, int]] = []
         for r in (0, 1):
             if weight[r] <= 0:
                 continue
-            for side, i in ((1, int(top[r][0])), (-1, int(bot[r][0]))):
+            for side, i in ((1, int(env.top[r][0])), (-1, int(env.bot[r][0]))):
                 if (hs[i], r, side) not in done:
-                    cands.append((weight[r] * (hi[r] - lo[r]), r, side, i))
+                    cands.append((weight[r] * (env.hi[r] - env.lo[r]), r, side, i))
         if not cands:
             break
         cands.sort(key=lambda c: (-c[0], c[1], c[2]))
         _, r, side, i = cands[0]
         h = hs[i]
-        best: tuple[float, float, int, int] | None = None  # (spread', extreme', vm, target)
+        cur = float(load[r][i])
+        best: tuple[float, float, float, int, int] | None = None  # (prim, spr+cost, ext, v, b)
         if side == 1:
             sources = [i]
         else:
@@ -501,8 +572,13 @@ def polish(ctx: Ctx) -> None:
         for si in sources:
             a = hs[si]
             for v in sorted(s.on[a]):
-                if not p.movable[v] or v in p.aff_of or v in ctx.mandatory:
+                if not p.movable[v] or v in p.aff_of or moved.get(v, 0) >= POLISH_VM_MOVES:
                     continue
+                home = -1  # a VM moved for a must-do reason may move on, never back home
+                if v in ctx.mandatory:
+                    home = pos.get(p.origin[v], -1)
+                    if side == -1 and home == i:
+                        continue
                 if not ctx.can_spend([v]):
                     continue
                 sz = (p.cpu[v], p.mem[v])
@@ -510,62 +586,295 @@ def polish(ctx: Ctx) -> None:
                 cost = obj.move_cost(p, v, mean_mem) * 0.01
                 if side == 1:
                     nb = [(used[q] + sz[q]) / raw[q] for q in (0, 1)]
-                    new_spread = np.zeros(len(hs))
-                    for q in (0, 1):
-                        hq = np.maximum(np.maximum(excl(q, {si}, True), a_after[q]), nb[q])
-                        lq = np.minimum(np.minimum(excl(q, {si}, False), a_after[q]), nb[q])
-                        new_spread = new_spread + weight[q] * (hq - lq)
-                    new_spread = new_spread / wsum
+                    hq = [
+                        np.maximum(max(env.excl(q, (si,), True), a_after[q]), nb[q]) for q in (0, 1)
+                    ]
+                    lq = [
+                        np.minimum(min(env.excl(q, (si,), False), a_after[q]), nb[q])
+                        for q in (0, 1)
+                    ]
+                    prim, spr = env.score(hq, lq)
                     ext = np.maximum(nb[r], a_after[r])
                     ok = (
                         (used[0] + sz[0] <= cap[0])
                         & (used[1] + sz[1] <= cap[1])
-                        & (
-                            (new_spread < spread - 1e-9)
-                            | ((new_spread <= spread + eps) & (ext < load[r][i] - eps))
-                        )
+                        & env.acceptable(prim, spr, ext < cur - EPS, r)
                     )
                     ok[si] = False
+                    if home >= 0:
+                        ok[home] = False
                     idx = np.nonzero(ok)[0]
                     if idx.size == 0:
                         continue
-                    keyv = new_spread[idx] * 1000.0 + ext[idx]
+                    keyv = prim[idx] * 1e6 + spr[idx] * 1000.0 + ext[idx]
                     for j in idx[np.argsort(keyv, kind="stable")][:4]:
                         b = int(hsarr[j])
                         if s.can_move(v, b):
-                            cand = (float(new_spread[j]) + cost, float(ext[j]), v, b)
-                            if best is None or cand[:2] < best[:2]:
+                            cand = (float(prim[j]), float(spr[j]) + cost, float(ext[j]), v, b)
+                            if best is None or cand[:3] < best[:3]:
                                 best = cand
                             break
                 else:
                     if not s.can_move(v, h):
                         continue
                     nb_s = [(used[q][i] + sz[q]) / raw[q][i] for q in (0, 1)]
-                    new_spread_f = 0.0
-                    for q in (0, 1):
-                        hq = max(excl(q, {si, i}, True), a_after[q], nb_s[q])
-                        lq = min(excl(q, {si, i}, False), a_after[q], nb_s[q])
-                        new_spread_f += weight[q] * (hq - lq)
-                    new_spread_f /= wsum
+                    hq_f = [max(env.excl(q, (si, i), True), a_after[q], nb_s[q]) for q in (0, 1)]
+                    lq_f = [min(env.excl(q, (si, i), False), a_after[q], nb_s[q]) for q in (0, 1)]
+                    prim_f, spr_f = env.score(hq_f, lq_f)
                     ext_f = -min(nb_s[r], a_after[r])
-                    if not (
-                        new_spread_f < spread - 1e-9
-                        or (new_spread_f <= spread + eps and -ext_f > load[r][i] + eps)
-                    ):
+                    if not env.acceptable(prim_f, spr_f, -ext_f > cur + EPS, r):
                         continue
-                    cand = (new_spread_f + cost, ext_f, v, h)
-                    if best is None or cand[:2] < best[:2]:
+                    cand = (float(prim_f), float(spr_f) + cost, ext_f, v, h)
+                    if best is None or cand[:3] < best[:3]:
                         best = cand
-        if best is None:
+        pairs: list[tuple[int, int]] = []
+        if best is not None:
+            pairs = [(best[3], best[4])]
+        elif swaps is not None:
+            pairs = swaps.best(ctx, i, r, side)
+        if not pairs:
             done.add((h, r, side))
             continue
-        _, _, v, b = best
-        a = s.where[v]
-        ctx.apply([v], b)
-        for q, amount in ((0, p.cpu[v]), (1, p.mem[v])):
-            used[q][pos[a]] -= amount
-            used[q][pos[b]] += amount
-        done = {d for d in done if d[0] not in (a, b)}
+        touched_hosts: set[int] = set()
+        actions_left -= 1
+        for v, b in pairs:
+            a = s.where[v]
+            log.append((v, a))
+            ctx.apply([v], b)
+            moved[v] = moved.get(v, 0) + 1
+            env.move(a, b, p.cpu[v], p.mem[v])
+            if swaps is not None:
+                swaps.ok[v] = moved[v] < POLISH_VM_MOVES
+                swaps.pos[v] = pos[b]
+            touched_hosts.update((a, b))
+        done = {d for d in done if d[0] not in touched_hosts}
+    env.refresh()
+    better = env.primary < best_score[0] - TOL or (
+        env.primary <= best_score[0] + TOL and env.spread < best_score[1] - TOL
+    )
+    if not better:
+        # Undo the sideways moves made since the best score (they bought nothing).
+        for v, a in reversed(log[best_at:]):
+            ctx.apply([v], a)
+
+
+class _Swaps:
+    """Two-move exchanges for the minimax polish: when no single move pulls an extreme host in
+    (CPU and memory disagree: a host high in memory but low in CPU can give nothing away
+    without leaving the CPU range), swap one of its VMs with a VM on another host so that the
+    score does not get worse and the attacked extreme improves. Vectorised over the partner
+    VMs: first those on the hosts furthest on the other side of the attacked resource and the
+    most complementary hosts, then, if none fits, every VM of the cluster."""
+
+    def __init__(self, ctx: Ctx, env: _Env) -> None:
+        p, s = ctx.p, ctx.s
+        self.env = env
+        pos = env.pos
+        self.size = (np.array(p.cpu, dtype=np.int64), np.array(p.mem, dtype=np.int64))
+        self.pos = np.array([pos.get(s.where[v], -1) for v in range(p.n_vms)], dtype=np.int64)
+        self.ok = np.array([p.movable[v] and v not in p.aff_of for v in range(p.n_vms)], dtype=bool)
+        # A VM moved for a must-do reason (drain, rule, capacity) never goes back home.
+        self.home = np.array(
+            [pos.get(p.origin[v], -1) if v in ctx.mandatory else -2 for v in range(p.n_vms)],
+            dtype=np.int64,
+        )
+        mean_mem = obj.mean_host_mem(p)
+        self.cost = np.array([obj.move_cost(p, v, mean_mem) for v in range(p.n_vms)]) * 0.01
+
+    def best(self, ctx: Ctx, i: int, r: int, side: int) -> list[tuple[int, int]]:
+        """[(u, b), (w, a)]: u leaves the attacked host a (position i) for b, w comes back."""
+        s = ctx.s
+        env = self.env
+        a = env.hs[i]
+        us = [u for u in sorted(s.on[a]) if self.ok[u]]
+        if not us or not ctx.can_spend(us[:1]):
+            return []
+        load = env.load
+        o = 1 - r
+        sel: set[int] = set()
+        keys = [load[r] * side]
+        if env.weight[o] > 0:
+            keys.append((load[r] - load[o]) * side)
+        for key in keys:
+            order = np.argsort(key, kind="stable")
+            sel.update(int(j) for j in order[: SWAP_HOSTS + 1])
+        sel.discard(i)
+        ws = np.array(sorted(v for j in sel for v in s.on[env.hs[j]] if self.ok[v]), dtype=np.int64)
+        found = self._search(ctx, i, r, side, us, ws)
+        if not found:
+            found = self._chain(ctx, i, r, side, us, ws)
+        if not found:
+            wall = np.nonzero(self.ok & (self.pos >= 0) & (self.pos != i))[0]
+            found = self._search(ctx, i, r, side, us, wall)
+        return found
+
+    def _chain(
+        self, ctx: Ctx, i: int, r: int, side: int, us: list[int], ws: Any
+    ) -> list[tuple[int, int]]:
+        """u leaves a for the host b that takes it best, and w comes to a from a third host
+        c: the attacked host may dip past the other resource's range after u leaves, as long
+        as w brings it back."""
+        p, s = ctx.p, ctx.s
+        env = self.env
+        a = env.hs[i]
+        if ws.size == 0:
+            return []
+        mean = [float(env.load[q].mean()) for q in (0, 1)]
+        hi_a = [env.excl(q, (i,), True) for q in (0, 1)]
+        found: list[tuple[float, float, float, int, int, int]] = []
+        cur = float(env.load[r][i])
+        for u in us:
+            # b: stays inside the current range on both resources, as central as possible.
+            nb = [(env.used[q] + self.size[q][u]) / env.raw[q] for q in (0, 1)]
+            fit = (env.used[0] + self.size[0][u] <= env.cap[0]) & (
+                env.used[1] + self.size[1][u] <= env.cap[1]
+            )
+            fit &= (nb[0] <= hi_a[0]) & (nb[1] <= hi_a[1])
+            fit[i] = False
+            if self.home[u] >= 0:
+                fit[self.home[u]] = False
+            cand_b = np.nonzero(fit)[0]
+            if cand_b.size == 0:
+                continue
+            key = np.maximum(
+                env.weight[0] * (nb[0][cand_b] - mean[0]), env.weight[1] * (nb[1][cand_b] - mean[1])
+            )
+            bi = -1
+            for j in cand_b[np.argsort(key, kind="stable")][:4]:
+                if s.can_move(u, env.hs[int(j)]):
+                    bi = int(j)
+                    break
+            if bi < 0:
+                continue
+            sel = ws[(self.pos[ws] != bi) & (self.home[ws] != i)]
+            if sel.size == 0:
+                continue
+            cpos = self.pos[sel]
+            b_new = [float(nb[q][bi]) for q in (0, 1)]
+            hq: list[Any] = []
+            lq: list[Any] = []
+            a_l: list[Any] = []
+            c_l: list[Any] = []
+            ok = np.ones(sel.size, dtype=bool)
+            for q in (0, 1):
+                t = [int(j) for j in env.top[q] if int(j) != i][:2]
+                lo = [int(j) for j in env.bot[q] if int(j) != i][:2]
+                ex_hi = np.where(cpos == t[0], env.load[q][t[1]], env.load[q][t[0]])
+                ex_lo = np.where(cpos == lo[0], env.load[q][lo[1]], env.load[q][lo[0]])
+                an = env.used[q][i] - self.size[q][u] + self.size[q][sel]
+                cn = env.used[q][cpos] - self.size[q][sel]
+                ok &= an <= env.cap[q][i]
+                al = an / env.raw[q][i]
+                cl = cn / env.raw[q][cpos]
+                a_l.append(al)
+                c_l.append(cl)
+                hq.append(np.maximum(np.maximum(np.maximum(ex_hi, al), cl), b_new[q]))
+                lq.append(np.minimum(np.minimum(np.minimum(ex_lo, al), cl), b_new[q]))
+            prim, spr = env.score(hq, lq)
+            if side == 1:
+                ext = np.maximum(np.maximum(a_l[r], c_l[r]), b_new[r])
+                better = ext < cur - EPS
+            else:
+                ext = -np.minimum(np.minimum(a_l[r], c_l[r]), b_new[r])
+                better = -ext > cur + EPS
+            ok &= env.acceptable(prim, spr, better, r)
+            idx = np.nonzero(ok)[0]
+            if idx.size == 0:
+                continue
+            cost = spr[idx] + self.cost[sel[idx]] + self.cost[u]
+            order = np.argsort(prim[idx] * 1e6 + cost * 1000.0 + ext[idx], kind="stable")
+            for k in order[:SWAP_KEEP]:
+                j = idx[k]
+                found.append(
+                    (float(prim[j]), float(cost[k]), float(ext[j]), u, env.hs[bi], int(sel[j]))
+                )
+        found.sort()
+        for *_, u, b, w in found:
+            if not ctx.can_spend([u, w]) or not p.may_host(w, a):
+                continue
+            if not s.can_move(u, b):
+                continue
+            s.move(u, b)
+            good = s.can_move(w, a)
+            s.move(u, a)
+            if good:
+                return [(u, b), (w, a)]
+        return []
+
+    def _search(
+        self, ctx: Ctx, i: int, r: int, side: int, us: list[int], ws: Any
+    ) -> list[tuple[int, int]]:
+        p, s = ctx.p, ctx.s
+        env = self.env
+        a = env.hs[i]
+        if ws.size == 0:
+            return []
+        bpos = self.pos[ws]
+        wsize = (self.size[0][ws], self.size[1][ws])
+        excl_hi: list[Any] = []
+        excl_lo: list[Any] = []
+        for q in (0, 1):
+            t = [int(j) for j in env.top[q] if int(j) != i][:2]
+            lo = [int(j) for j in env.bot[q] if int(j) != i][:2]
+            excl_hi.append(np.where(bpos == t[0], env.load[q][t[1]], env.load[q][t[0]]))
+            excl_lo.append(np.where(bpos == lo[0], env.load[q][lo[1]], env.load[q][lo[0]]))
+        b_used = (env.used[0][bpos], env.used[1][bpos])
+        b_raw = (env.raw[0][bpos], env.raw[1][bpos])
+        b_cap = (env.cap[0][bpos], env.cap[1][bpos])
+        cur = float(env.load[r][i])
+        ok0 = self.home[ws] != i
+        found: list[tuple[float, float, float, int, int]] = []
+        for u in us:
+            d = (wsize[0] - p.cpu[u], wsize[1] - p.mem[u])  # a gains w - u, b loses it
+            ok = ok0 & (bpos != self.home[u])
+            a_l: list[Any] = []
+            b_l: list[Any] = []
+            hq: list[Any] = []
+            lq: list[Any] = []
+            for q in (0, 1):
+                an = env.used[q][i] + d[q]
+                bn = b_used[q] - d[q]
+                ok &= (an <= env.cap[q][i]) & (bn <= b_cap[q])
+                al = an / env.raw[q][i]
+                bl = bn / b_raw[q]
+                a_l.append(al)
+                b_l.append(bl)
+                hq.append(np.maximum(np.maximum(excl_hi[q], al), bl))
+                lq.append(np.minimum(np.minimum(excl_lo[q], al), bl))
+            prim, spr = env.score(hq, lq)
+            if side == 1:
+                ext = np.maximum(a_l[r], b_l[r])
+                better = ext < cur - EPS
+            else:
+                ext = -np.minimum(a_l[r], b_l[r])
+                better = -ext > cur + EPS
+            ok &= env.acceptable(prim, spr, better, r)
+            idx = np.nonzero(ok)[0]
+            if idx.size == 0:
+                continue
+            cost = spr[idx] + self.cost[ws[idx]] + self.cost[u]
+            order = np.argsort(prim[idx] * 1e6 + cost * 1000.0 + ext[idx], kind="stable")
+            for k in order[:SWAP_KEEP]:
+                j = idx[k]
+                found.append((float(prim[j]), float(cost[k]), float(ext[j]), u, int(ws[j])))
+        found.sort()
+        for *_, u, w in found:
+            b = s.where[w]
+            if not ctx.can_spend([u, w]):
+                continue
+            if not (p.may_host(u, b) and p.may_host(w, a)):
+                continue
+            # One order of the two moves must be feasible on its own (no temporary hop).
+            for first, second in (((u, b), (w, a)), ((w, a), (u, b))):
+                if not s.can_move(*first):
+                    continue
+                src = s.where[first[0]]
+                s.move(*first)
+                good = s.can_move(*second)
+                s.move(first[0], src)
+                if good:
+                    return [first, second]
+        return []
 
 
 # -- phase 4b: consolidate ---------------------------------------------------------------------

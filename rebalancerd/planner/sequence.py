@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from rebalancerd.planner.problem import Problem
 from rebalancerd.planner.state import State
 
+LOOKAHEAD = 1.0
+"""How far (in multiples of max_concurrent) a step may reach down the pending order."""
+
 
 @dataclass(frozen=True, slots=True)
 class Hop:
@@ -87,6 +90,9 @@ def sequence(
     max_c = max(1, p.max_concurrent)
     max_s = max(1, p.max_per_source)
     max_t = max(1, p.max_per_target)
+    # A step looks only this far down the priority order, so the plan keeps its order (the
+    # most useful moves first) instead of filling steps with moves from far behind.
+    window = max(1, int(LOOKAHEAD * max_c))
     steps: list[list[Hop]] = []
     blocked: list[Blocked] = []
     hopped: set[int] = set()
@@ -99,7 +105,7 @@ def sequence(
         inc_a: dict[tuple[int, int], int] = {}
         taken: list[int] = []
         for i, v in enumerate(pending):
-            if len(step) >= max_c:
+            if len(step) >= max_c or i >= window:
                 break
             a, b = cur.where[v], dest[v]
             if src_n.get(a, 0) >= max_s or dst_n.get(b, 0) >= max_t:
