@@ -28,7 +28,7 @@ off), the least efficient first among equals.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from rebalancerd.domain.model import percentile_of
 from rebalancerd.domain.plan import ReasonKind
@@ -246,7 +246,11 @@ class Consolidator:
                 # powered-on hosts would still be, on aggregate, a band below the pack limit
                 agg = sum(self.pred(h) for h in self.key)  # a's load included
                 room = sum(p.raw_cpu[h] for h in self.key if h != a)
-                if agg > (self.limit - self.band) * room:
+                if (
+                    agg
+                    > (self.limit - self.band * float(__import__("os").environ.get("XB", "1")))
+                    * room
+                ):
                     continue
             if n_on - 1 < max(1, p.min_active_hosts):
                 break
@@ -295,6 +299,34 @@ class Consolidator:
             n_on -= 1
             cap_c -= p.cap_cpu[a]
             cap_m -= p.cap_mem[a]
+
+
+def interleave_targets(
+    order: list[int], dest: dict[int, int], level: Callable[[int], int]
+) -> list[int]:
+    """Within each priority level (in order), take the moves round-robin over their targets:
+    a consolidation sends many VMs to each of a few hosts, and with one migration per target
+    at a time, consecutive moves to one target would make a step per move."""
+    out: list[int] = []
+    i = 0
+    while i < len(order):
+        j = i
+        lv = level(order[i])
+        by_target: dict[int, list[int]] = {}
+        while j < len(order) and level(order[j]) == lv:
+            by_target.setdefault(dest[order[j]], []).append(order[j])
+            j += 1
+        queues = list(by_target.values())
+        k = 0
+        while queues:
+            k = 0 if k >= len(queues) else k
+            out.append(queues[k].pop(0))
+            if queues[k]:
+                k += 1
+            else:
+                queues.pop(k)
+        i = j
+    return out
 
 
 def consolidate_mode(ctx: Ctx) -> None:

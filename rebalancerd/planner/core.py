@@ -19,6 +19,7 @@ from rebalancerd.domain.plan import (
 )
 from rebalancerd.planner import cpsat
 from rebalancerd.planner import objective as obj
+from rebalancerd.planner.consolidate import interleave_targets
 from rebalancerd.planner.greedy import Mandatory, run_greedy
 from rebalancerd.planner.problem import Problem, build_problem
 from rebalancerd.planner.sequence import Hop, sequence
@@ -99,6 +100,10 @@ def make_plan(
     dest = {v: h for v, _, h in moves}
     if p.mode in (Mode.BALANCE, Mode.ADVISORY):
         order = _descent_order(p, order, dest, mandatory)
+    elif p.mode is Mode.CONSOLIDATE:
+        order = interleave_targets(
+            order, dest, lambda v: _PRIORITY.get(mandatory[v].kind, 3) if v in mandatory else 3
+        )
     steps, blocked = sequence(p, dest, order, budget_moves=p.max_moves, budget_mib=p.max_mib)
     plan_steps, final = _explain(p, start, steps, mandatory, ctx.mandatory)
     unsequenced = tuple(
