@@ -706,6 +706,8 @@ class _Swaps:
         if not found:
             wall = np.nonzero(self.ok & (self.pos >= 0) & (self.pos != i))[0]
             found = self._search(ctx, i, r, side, us, wall)
+            if not found:
+                found = self._chain(ctx, i, r, side, us, wall)
         return found
 
     def _chain(
