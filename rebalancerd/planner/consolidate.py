@@ -8,10 +8,11 @@ Three rules keep consolidation from churning (packing a host and relieving it ag
   percentiles would reserve room for a peak that never happens. Capacity with headroom is
   checked on current use (the problem's per-VM CPU in this mode).
 - **A band between packing and relief.** A host is a hotspot when its predicted load is above
-  the high watermark, or it is above capacity with headroom. Packing, and relief targets,
-  fill hosts only up to ``pack_limit = high - band`` with ``band = max(hysteresis,
-  MIN_BAND)``, and a hotspot is relieved down to that limit, not just under the watermark; so
-  demand has to rise by the band before a packed host needs a move again.
+  the relief line ``min(high watermark, 1 - headroom)``, or its current use is above capacity
+  with headroom. Packing, and relief targets, fill hosts only up to ``pack_limit = relief line
+  - band`` with ``band = max(hysteresis, MIN_BAND)``, and a hotspot is relieved down to that
+  limit, not just under the line; so demand has to rise by the band before a packed host
+  needs a move again.
 - **Whole hosts only.** An energy move is planned only as part of emptying a host (all its VMs
   find room under the pack limit), because a host that keeps one VM keeps drawing its idle power.
 - **Size-independent hysteresis.** Emptying a host is kept only if it saves at least
@@ -40,9 +41,16 @@ MIN_BAND = 0.05
 """Smallest band between the pack limit and the high watermark (fraction of a host)."""
 
 
+def relief_line(p: Problem) -> float:
+    """Predicted load (fraction of the raw host) above which a host is a hotspot: the high
+    watermark, or capacity with headroom when that is lower."""
+    return min(p.high, 1.0 - p.headroom)
+
+
 def pack_limit(p: Problem) -> float:
-    """Predicted load (fraction of the raw host) up to which packing and relief fill a host."""
-    return max(p.low, p.high - max(p.hysteresis, MIN_BAND))
+    """Predicted load (fraction of the raw host) up to which packing and relief fill a host:
+    a band below the relief line."""
+    return max(p.low, relief_line(p) - max(p.hysteresis, MIN_BAND))
 
 
 def efficiency_key(p: Problem, h: int) -> tuple[float, int]:
@@ -65,17 +73,16 @@ class Consolidator:
         p, s = ctx.p, ctx.s
         self.p, self.s = p, s
         self.limit = pack_limit(p)
-        self.band = p.high - self.limit
+        self.band = relief_line(p) - self.limit
         self.w = max(1, p.window)
         self.vec = [vm_history(p, v) for v in range(p.n_vms)]
         self.low = [min(min(x), p.cpu[v]) for v, x in enumerate(self.vec)]
         self.hvec = [[0] * self.w for _ in range(p.n_hosts)]
         for v, h in enumerate(s.where):
             self._add_vec(v, h, 1)
-        fill = min(self.limit, 1.0 - p.headroom)
-        self.lim_c = [int(fill * c) for c in p.raw_cpu]
-        self.lim_m = [int(fill * m) for m in p.raw_mem]
-        self.hot_c = [int(p.high * c) for c in p.raw_cpu]
+        self.lim_c = [int(self.limit * c) for c in p.raw_cpu]
+        self.lim_m = [int(self.limit * m) for m in p.raw_mem]
+        self.hot_c = [int(relief_line(p) * c) for c in p.raw_cpu]
         self.usable = [h for h in range(p.n_hosts) if p.receive[h] and p.empty_reason[h] is None]
         self.key: dict[int, tuple[int, int]] = {}
         self.keys: list[tuple[int, int]] = []
@@ -181,7 +188,7 @@ class Consolidator:
             what = (
                 "over capacity with headroom"
                 if s.over_capacity(h)
-                else f"above high watermark {p.high:.2f}"
+                else f"above the relief line {relief_line(p):.2f}"
             )
             detail = (
                 f"host {p.hosts[h].name} predicted load {before:.2f} {what}; "
@@ -246,11 +253,7 @@ class Consolidator:
                 # powered-on hosts would still be, on aggregate, a band below the pack limit
                 agg = sum(self.pred(h) for h in self.key)  # a's load included
                 room = sum(p.raw_cpu[h] for h in self.key if h != a)
-                if (
-                    agg
-                    > (self.limit - self.band * float(__import__("os").environ.get("XB", "1")))
-                    * room
-                ):
+                if agg > (self.limit - self.band) * room:
                     continue
             if n_on - 1 < max(1, p.min_active_hosts):
                 break

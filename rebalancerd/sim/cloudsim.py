@@ -208,11 +208,16 @@ def pabfd(
 def default_replay_policy() -> Policy:
     """The policy `rebalancerd simulate` uses without --policy.
 
-    The schema's defaults (watermarks 0.85 / 0.20, headroom 0.10, hysteresis 0.05, 95th
-    percentile of the last 12 samples, one migration per source and per target at a time, a VM
-    moves at most once an hour) with three deviations, none fitted to a trace:
+    The schema's defaults (low watermark 0.20, hysteresis 0.05, 95th percentile of the last
+    12 samples, one migration per source and per target at a time, a VM moves at most once an
+    hour) with these deviations, none fitted to a trace:
     - mode consolidate (the benchmark is about energy);
     - CPU only in the load weights: in CloudSim's setup a running VM requests no RAM;
+    - relief at the hosts' real capacity (high watermark 1.0, headroom 0): in consolidate mode a
+      host's predicted load is already its highest summed sample of the last hour, CloudSim's
+      hosts serve up to 100 % of their MIPS and its SLA metric counts the time a host spends
+      at 100 %; so a host is relieved when it was (or is) saturated, and packing stops the
+      planner's band (5 %) below that;
     - limits sized to an 800-host cluster instead of a handful of hosts: at most 100
       migrations at once (one per source and per target still holds, so each host's 1 Gbit/s
       link carries at most one migration each way) and up to 1,000 per cycle. The daemon's
@@ -226,7 +231,11 @@ def default_replay_policy() -> Policy:
             "kind": "Policy",
             "name": "simulate-default",
             "mode": "consolidate",
-            "targets": {"weights": {"cpu": 1.0, "memory": 0.0}},
+            "targets": {
+                "weights": {"cpu": 1.0, "memory": 0.0},
+                "high_watermark": 1.0,
+                "headroom": 0.0,
+            },
             "limits": {"max_per_cycle": 1000, "max_concurrent": 100},
         }
     )

@@ -34,6 +34,9 @@ def test_pack_limit_is_a_band_below_the_high_watermark() -> None:
     assert abs(pack_limit(p) - 0.80) < 1e-9  # band at least MIN_BAND (0.05)
     p2 = build_problem(s, cons(targets={"high_watermark": 0.85, "hysteresis": 0.15}))
     assert abs(pack_limit(p2) - 0.70) < 1e-9
+    # a watermark above capacity with headroom: the band sits below the headroom line instead
+    p3 = build_problem(s, cons(targets={"high_watermark": 0.95, "headroom": 0.10}))
+    assert abs(pack_limit(p3) - 0.85) < 1e-9
 
 
 def test_vms_peaking_at_different_times_share_a_host() -> None:
