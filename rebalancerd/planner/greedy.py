@@ -658,6 +658,226 @@ def polish(ctx: Ctx) -> None:
             ctx.apply([v], a)
 
 
+# -- phase 4a'': band tightening ------------------------------------------------------------
+BAND_SHRINK = 0.005
+"""Each band pass asks every host to sit within (worst gap / 2 - this) of the mean."""
+BAND_PASSES = 12
+BAND_VM_MOVES = 2
+"""A VM moves at most this many times across the band passes."""
+
+
+def band(ctx: Ctx) -> None:
+    """Tighten the gaps with a per-host potential instead of the global max - min: each pass
+    sets a band around the mean, a little narrower than the worst gap, and repairs the hosts
+    outside it worst first (single moves out or in, then swaps), each action lowering the sum
+    of squared excursions outside the band. Hosts tied at an extreme no longer block each
+    other (every host that gets inside counts at once), and one stuck host does not end the
+    pass. A pass is kept only if the score (worst gap, then weighted spread) improves."""
+    p, s = ctx.p, ctx.s
+    hs = obj.balancing(p)
+    if len(hs) < 3:
+        return
+    env = _Env(ctx, hs)
+    pos = env.pos
+    w_n = (env.weight[0] / env.wmax, env.weight[1] / env.wmax)
+    size = (np.array(p.cpu, dtype=np.int64), np.array(p.mem, dtype=np.int64))
+    vpos = np.array([pos.get(s.where[v], -1) for v in range(p.n_vms)], dtype=np.int64)
+    okv = np.array([p.movable[v] and v not in p.aff_of for v in range(p.n_vms)], dtype=bool)
+    home = np.array(
+        [pos.get(p.origin[v], -1) if v in ctx.mandatory else -2 for v in range(p.n_vms)],
+        dtype=np.int64,
+    )
+    times = np.zeros(p.n_vms, dtype=np.int64)
+    mean = [float(env.used[q].sum() / env.raw[q].sum()) for q in (0, 1)]
+
+    def phi(c: Any, m: Any, rc: Any, rm: Any, t: float) -> Any:
+        out = 0.0
+        for q, used_q, raw_q in ((0, c, rc), (1, m, rm)):
+            if w_n[q] > 0:
+                x = np.maximum(np.abs(used_q / raw_q - mean[q]) - t, 0.0)
+                out = out + w_n[q] * x * x
+        return out
+
+    env.refresh()
+    for _ in range(BAND_PASSES):
+        t = env.primary / 2 - BAND_SHRINK
+        if t <= 0:
+            break
+        start = (env.primary, env.spread)
+        log: list[tuple[int, int]] = []
+        used, raw, cap = env.used, env.raw, env.cap
+        cur_phi = phi(used[0], used[1], raw[0], raw[1], t)
+        stuck: set[int] = set()
+        while s.n_moves_cached < p.max_moves:
+            order = np.argsort(-cur_phi, kind="stable")
+            i = next((int(j) for j in order[:64] if int(j) not in stuck), -1)
+            if i < 0 or cur_phi[i] <= 0:
+                break
+            a = hs[i]
+            best: tuple[float, list[tuple[int, int]]] | None = None
+            # single moves out of a
+            for v in sorted(s.on[a]):
+                if not okv[v] or times[v] >= BAND_VM_MOVES or not ctx.can_spend([v]):
+                    continue
+                na = phi(used[0][i] - size[0][v], used[1][i] - size[1][v], raw[0][i], raw[1][i], t)
+                nb = phi(used[0] + size[0][v], used[1] + size[1][v], raw[0], raw[1], t)
+                d = na - cur_phi[i] + nb - cur_phi
+                fit = (used[0] + size[0][v] <= cap[0]) & (used[1] + size[1][v] <= cap[1])
+                d = np.where(fit, d, np.inf)
+                d[i] = np.inf
+                if home[v] >= 0:
+                    d[home[v]] = np.inf
+                for j in np.argsort(d, kind="stable")[:3]:
+                    if d[j] >= -1e-12:
+                        break
+                    if s.can_move(v, hs[int(j)]):
+                        if best is None or d[j] < best[0]:
+                            best = (float(d[j]), [(v, hs[int(j)])])
+                        break
+            # single moves into a from anywhere
+            ws = np.nonzero(
+                okv & (vpos >= 0) & (vpos != i) & (home != i) & (times < BAND_VM_MOVES)
+            )[0]
+            if ws.size:
+                cp = vpos[ws]
+                na = phi(
+                    used[0][i] + size[0][ws], used[1][i] + size[1][ws], raw[0][i], raw[1][i], t
+                )
+                nc = phi(
+                    used[0][cp] - size[0][ws], used[1][cp] - size[1][ws], raw[0][cp], raw[1][cp], t
+                )
+                d = na - cur_phi[i] + nc - cur_phi[cp]
+                fit = (used[0][i] + size[0][ws] <= cap[0][i]) & (
+                    used[1][i] + size[1][ws] <= cap[1][i]
+                )
+                d = np.where(fit, d, np.inf)
+                for k in np.argsort(d, kind="stable")[:6]:
+                    if d[k] >= -1e-12 or (best is not None and d[k] >= best[0]):
+                        break
+                    w = int(ws[k])
+                    if ctx.can_spend([w]) and s.can_move(w, a):
+                        best = (float(d[k]), [(w, a)])
+                        break
+            # swaps: one of a's VMs for one elsewhere (half the gain per move counts)
+            if best is None and ws.size:
+                cp = vpos[ws]
+                for u in sorted(s.on[a]):
+                    if not okv[u] or times[u] >= BAND_VM_MOVES:
+                        continue
+                    dc = size[0][ws] - size[0][u]
+                    dm = size[1][ws] - size[1][u]
+                    an = (used[0][i] + dc, used[1][i] + dm)
+                    bn = (used[0][cp] - dc, used[1][cp] - dm)
+                    na = phi(an[0], an[1], raw[0][i], raw[1][i], t)
+                    nb = phi(bn[0], bn[1], raw[0][cp], raw[1][cp], t)
+                    d = na - cur_phi[i] + nb - cur_phi[cp]
+                    fit = (an[0] <= cap[0][i]) & (an[1] <= cap[1][i])
+                    fit &= (bn[0] <= cap[0][cp]) & (bn[1] <= cap[1][cp])
+                    fit &= cp != home[u]
+                    d = np.where(fit, d, np.inf)
+                    for k in np.argsort(d, kind="stable")[:3]:
+                        if d[k] >= -1e-12 or (best is not None and d[k] >= best[0]):
+                            break
+                        w = int(ws[k])
+                        b = hs[int(cp[k])]
+                        if not (ctx.can_spend([u, w]) and p.may_host(u, b) and p.may_host(w, a)):
+                            continue
+                        pair = _feasible_pair(s, (u, b), (w, a))
+                        if pair:
+                            best = (float(d[k]), pair)
+                            break
+            # chains: one of a's VMs to the host that minds it least, one VM from a third host in
+            if best is None and ws.size:
+                for u in sorted(s.on[a]):
+                    if not okv[u] or times[u] >= BAND_VM_MOVES or not ctx.can_spend([u]):
+                        continue
+                    nb = phi(used[0] + size[0][u], used[1] + size[1][u], raw[0], raw[1], t)
+                    db = nb - cur_phi
+                    fit = (used[0] + size[0][u] <= cap[0]) & (used[1] + size[1][u] <= cap[1])
+                    db = np.where(fit, db, np.inf)
+                    db[i] = np.inf
+                    if home[u] >= 0:
+                        db[home[u]] = np.inf
+                    bi = -1
+                    for j in np.argsort(db, kind="stable")[:3]:
+                        if np.isfinite(db[j]) and s.can_move(u, hs[int(j)]):
+                            bi = int(j)
+                            break
+                    if bi < 0:
+                        continue
+                    sel = (vpos[ws] != bi) & (ws != u)
+                    wsel = ws[sel]
+                    cp = vpos[wsel]
+                    an = (
+                        used[0][i] - size[0][u] + size[0][wsel],
+                        used[1][i] - size[1][u] + size[1][wsel],
+                    )
+                    na = phi(an[0], an[1], raw[0][i], raw[1][i], t)
+                    nc = phi(
+                        used[0][cp] - size[0][wsel],
+                        used[1][cp] - size[1][wsel],
+                        raw[0][cp],
+                        raw[1][cp],
+                        t,
+                    )
+                    d = na - cur_phi[i] + nc - cur_phi[cp] + db[bi]
+                    fit = (an[0] <= cap[0][i]) & (an[1] <= cap[1][i])
+                    d = np.where(fit, d, np.inf)
+                    for k in np.argsort(d, kind="stable")[:3]:
+                        if d[k] >= -1e-12 or (best is not None and d[k] >= best[0]):
+                            break
+                        w = int(wsel[k])
+                        b = hs[bi]
+                        if not (ctx.can_spend([u, w]) and p.may_host(w, a)):
+                            continue
+                        s.move(u, b)
+                        good = s.can_move(w, a)
+                        s.move(u, a)
+                        if good:
+                            best = (float(d[k]), [(u, b), (w, a)])
+                            break
+            if best is None:
+                stuck.add(i)
+                continue
+            for v, b in best[1]:
+                x = s.where[v]
+                log.append((v, x))
+                ctx.apply([v], b)
+                times[v] += 1
+                env.move(x, b, p.cpu[v], p.mem[v])
+                vpos[v] = pos[b]
+                for y in (pos[x], pos[b]):
+                    stuck.discard(y)
+                    cur_phi[y] = phi(used[0][y], used[1][y], raw[0][y], raw[1][y], t)
+        env.refresh()
+        after = (env.primary, env.spread)
+        if not (
+            after[0] < start[0] - TOL or (after[0] <= start[0] + TOL and after[1] < start[1] - TOL)
+        ):
+            for v, x in reversed(log):
+                b = s.where[v]
+                ctx.apply([v], x)
+                times[v] -= 1
+                env.move(b, x, p.cpu[v], p.mem[v])
+                vpos[v] = pos[x]
+            env.refresh()
+            break
+
+
+def _feasible_pair(s: State, one: tuple[int, int], two: tuple[int, int]) -> list[tuple[int, int]]:
+    """The two moves in an order that is feasible one at a time, or []."""
+    for first, second in ((one, two), (two, one)):
+        if not s.can_move(*first):
+            continue
+        src = s.where[first[0]]
+        s.move(*first)
+        good = s.can_move(*second)
+        s.move(first[0], src)
+        if good:
+            return [first, second]
+    return []
+
+
 class _Swaps:
     """Two-move exchanges for the minimax polish: when no single move pulls an extreme host in
     (CPU and memory disagree: a host high in memory but low in CPU can give nothing away
@@ -999,4 +1219,5 @@ def run_greedy(p: Problem) -> Ctx:
     else:
         balance(ctx)  # hosts above capacity with headroom go first
         polish(ctx)
+        band(ctx)
     return ctx
