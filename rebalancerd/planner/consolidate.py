@@ -90,6 +90,9 @@ class Consolidator:
             if s.on[h]:
                 self.key[h] = (self.lim_c[h] - self.pred(h), h)
         self.keys = sorted(self.key.values())
+        self.sum_pred = sum(self.lim_c[h] - k[0] for h, k in self.key.items())
+        """Sum of the indexed (powered-on) hosts' predictions, and of their raw CPU."""
+        self.sum_raw = sum(p.raw_cpu[h] for h in self.key)
         self.off = sorted((efficiency_key(p, h) for h in self.usable if not s.on[h]), reverse=True)
         """Switched-off hosts, most efficient last (taken first)."""
         self.emptied: set[int] = set()
@@ -118,10 +121,14 @@ class Consolidator:
         k = (self.lim_c[h] - self.pred(h), h)
         self.key[h] = k
         bisect.insort(self.keys, k)
+        self.sum_pred += self.lim_c[h] - k[0]
+        self.sum_raw += self.p.raw_cpu[h]
 
     def _index_remove(self, h: int) -> None:
         k = self.key.pop(h)
         self.keys.pop(bisect.bisect_left(self.keys, k))
+        self.sum_pred -= self.lim_c[h] - k[0]
+        self.sum_raw -= self.p.raw_cpu[h]
 
     def _refresh(self, h: int) -> None:
         if h in self.key:
@@ -251,8 +258,8 @@ class Consolidator:
             if self.pred(a) > p.low * p.raw_cpu[a]:
                 # above the low watermark: only when the cluster is fragmented, i.e. the other
                 # powered-on hosts would still be, on aggregate, a band below the pack limit
-                agg = sum(self.pred(h) for h in self.key)  # a's load included
-                room = sum(p.raw_cpu[h] for h in self.key if h != a)
+                agg = self.sum_pred  # a's load included
+                room = self.sum_raw - p.raw_cpu[a]
                 if agg > (self.limit - self.band) * room:
                     continue
             if n_on - 1 < max(1, p.min_active_hosts):
