@@ -422,6 +422,20 @@ def balance(ctx: Ctx) -> None:
         push(b)
 
 
+def _smallest(x: Any, k: int, below: float | None = None) -> Any:
+    """Indices of the k smallest entries of x (ties by index), only entries < below if given;
+    without sorting the whole array."""
+    if below is not None:
+        idx = np.nonzero(x < below)[0]
+    elif x.size > 4 * k:
+        idx = np.sort(np.argpartition(x, k - 1)[:k])
+        kth = x[idx].max()
+        idx = np.nonzero(x <= kth)[0]  # every tie of the k-th value, in index order
+    else:
+        idx = np.arange(x.size)
+    return idx[np.argsort(x[idx], kind="stable")][:k]
+
+
 # -- phase 4a': minimax polish ----------------------------------------------------------------
 POLISH_SHARE = 1.0
 """Polish moves allowed, as a share of the moves made so far (plus POLISH_MIN)."""
@@ -474,8 +488,8 @@ class _Env:
 
     def refresh(self) -> None:
         self.load = (self.used[0] / self.raw[0], self.used[1] / self.raw[1])
-        self.top = [np.argsort(-self.load[q], kind="stable")[:3] for q in (0, 1)]
-        self.bot = [np.argsort(self.load[q], kind="stable")[:3] for q in (0, 1)]
+        self.top = [_smallest(-self.load[q], 3) for q in (0, 1)]
+        self.bot = [_smallest(self.load[q], 3) for q in (0, 1)]
         self.hi = tuple(float(self.load[q][self.top[q][0]]) for q in (0, 1))
         self.lo = tuple(float(self.load[q][self.bot[q][0]]) for q in (0, 1))
         g = [self.weight[q] * (self.hi[q] - self.lo[q]) for q in (0, 1)]
@@ -567,7 +581,7 @@ def polish(ctx: Ctx) -> None:
         if side == 1:
             sources = [i]
         else:
-            order = np.argsort(-load[r], kind="stable")
+            order = _smallest(-load[r], SOURCES_PER_PULL)
             sources = [int(j) for j in order[:SOURCES_PER_PULL] if int(j) != i]
         for si in sources:
             a = hs[si]
@@ -709,7 +723,7 @@ def band(ctx: Ctx) -> None:
         cur_phi = phi(used[0], used[1], raw[0], raw[1], t)
         stuck: set[int] = set()
         while s.n_moves_cached < p.max_moves:
-            order = np.argsort(-cur_phi, kind="stable")
+            order = _smallest(-cur_phi, 64)
             i = next((int(j) for j in order[:64] if int(j) not in stuck), -1)
             if i < 0 or cur_phi[i] <= 0:
                 break
@@ -727,7 +741,7 @@ def band(ctx: Ctx) -> None:
                 d[i] = np.inf
                 if home[v] >= 0:
                     d[home[v]] = np.inf
-                for j in np.argsort(d, kind="stable")[:3]:
+                for j in _smallest(d, 3, below=-1e-12):
                     if d[j] >= -1e-12:
                         break
                     if s.can_move(v, hs[int(j)]):
@@ -751,7 +765,7 @@ def band(ctx: Ctx) -> None:
                     used[1][i] + size[1][ws] <= cap[1][i]
                 )
                 d = np.where(fit, d, np.inf)
-                for k in np.argsort(d, kind="stable")[:6]:
+                for k in _smallest(d, 6, below=-1e-12):
                     if d[k] >= -1e-12 or (best is not None and d[k] >= best[0]):
                         break
                     w = int(ws[k])
@@ -775,7 +789,7 @@ def band(ctx: Ctx) -> None:
                     fit &= (bn[0] <= cap[0][cp]) & (bn[1] <= cap[1][cp])
                     fit &= cp != home[u]
                     d = np.where(fit, d, np.inf)
-                    for k in np.argsort(d, kind="stable")[:3]:
+                    for k in _smallest(d, 3, below=-1e-12):
                         if d[k] >= -1e-12 or (best is not None and d[k] >= best[0]):
                             break
                         w = int(ws[k])
@@ -799,7 +813,7 @@ def band(ctx: Ctx) -> None:
                     if home[u] >= 0:
                         db[home[u]] = np.inf
                     bi = -1
-                    for j in np.argsort(db, kind="stable")[:3]:
+                    for j in _smallest(db, 3, below=np.inf):
                         if np.isfinite(db[j]) and s.can_move(u, hs[int(j)]):
                             bi = int(j)
                             break
@@ -823,7 +837,7 @@ def band(ctx: Ctx) -> None:
                     d = na - cur_phi[i] + nc - cur_phi[cp] + db[bi]
                     fit = (an[0] <= cap[0][i]) & (an[1] <= cap[1][i])
                     d = np.where(fit, d, np.inf)
-                    for k in np.argsort(d, kind="stable")[:3]:
+                    for k in _smallest(d, 3, below=-1e-12):
                         if d[k] >= -1e-12 or (best is not None and d[k] >= best[0]):
                             break
                         w = int(wsel[k])
@@ -916,7 +930,7 @@ class _Swaps:
         if env.weight[o] > 0:
             keys.append((load[r] - load[o]) * side)
         for key in keys:
-            order = np.argsort(key, kind="stable")
+            order = _smallest(key, SWAP_HOSTS + 1)
             sel.update(int(j) for j in order[: SWAP_HOSTS + 1])
         sel.discard(i)
         ws = np.array(sorted(v for j in sel for v in s.on[env.hs[j]] if self.ok[v]), dtype=np.int64)
