@@ -8,7 +8,7 @@ from typing import Any
 from rebalancerd.domain.model import PowerCurve, Vm
 from rebalancerd.domain.plan import MigrationPlan, ReasonKind
 from rebalancerd.planner import make_plan
-from rebalancerd.planner.consolidate import pack_limit
+from rebalancerd.planner.consolidate import interleave_targets, pack_limit
 from rebalancerd.planner.problem import build_problem
 from rebalancerd.policy.resolve import apply_policy
 from rebalancerd.policy.schema import Policy
@@ -125,3 +125,37 @@ def test_relief_wakes_the_most_efficient_switched_off_host() -> None:
     assert {m.target for m in plan.migrations} == {"off-big"}
     p = build_problem(apply_policy(cons(), s, 0.0), cons())
     assert p.cpu == [3000, 3000, 3000]  # consolidate: capacity checked on current use
+
+
+def test_moves_are_interleaved_over_targets_within_a_priority() -> None:
+    order = [1, 2, 3, 4, 5, 6]
+    dest = {1: 10, 2: 10, 3: 10, 4: 11, 5: 11, 6: 12}
+    prio = {1: 2, 2: 2, 3: 3, 4: 3, 5: 3, 6: 3}
+    out = interleave_targets(order, dest, lambda v: prio[v])
+    assert out[:2] == [1, 2]  # the hotspot level first, in order
+    assert out[2:] == [3, 4, 6, 5]  # then round-robin over targets 10, 11, 12, 11
+    assert sorted(out) == order
+
+
+def test_a_moderately_loaded_host_is_emptied_only_when_the_cluster_is_fragmented() -> None:
+    hosts = [host(f"h{i}", power_curve=CURVE) for i in range(3)]
+    # h0 at 0.30 (above the 0.20 low watermark); h1 and h2 at 0.30: on aggregate 0.45 of the
+    # other two, well under pack limit - band (0.75): fragmented, h0 is emptied
+    frag = [vm("a", "h0", cpu_mc=3000), vm("b", "h1", cpu_mc=3000), vm("c", "h2", cpu_mc=3000)]
+    plan = make_plan(snap(hosts, frag), cons(), now=0.0, time_limit_s=0.5)
+    assert plan.migrations and {m.reason.kind for m in plan.migrations} == {ReasonKind.ENERGY}
+    # h0 at 0.60 (two VMs of 3000), h1 and h2 at 0.50: each of h0's VMs fits on h1 or h2 under
+    # the pack limit (8000), but on aggregate the others would carry (6000 + 10000) / 20000 =
+    # 0.80 > 0.75 (a band below the pack limit): not fragmented, nothing moves
+    tight = [
+        vm("a", "h0", cpu_mc=3000),
+        vm("a2", "h0", cpu_mc=3000),
+        vm("b", "h1", cpu_mc=5000),
+        vm("c", "h2", cpu_mc=5000),
+    ]
+    assert make_plan(snap(hosts, tight), cons(), now=0.0, time_limit_s=0.5).empty
+    # the same with h1 and h2 at 0.40: 0.70 on aggregate: h0 is emptied
+    loose = [*tight[:2], vm("b", "h1", cpu_mc=4000), vm("c", "h2", cpu_mc=4000)]
+    plan = make_plan(snap(hosts, loose), cons(), now=0.0, time_limit_s=0.5)
+    assert plan.migrations and {m.reason.kind for m in plan.migrations} == {ReasonKind.ENERGY}
+    assert len(set(final(plan, loose).values())) == 2
