@@ -713,8 +713,9 @@ def band(ctx: Ctx) -> None:
         return out
 
     env.refresh()
+    shrink = BAND_SHRINK
     for _ in range(BAND_PASSES):
-        t = env.primary / 2 - BAND_SHRINK
+        t = env.primary / 2 - shrink
         if t <= 0:
             break
         start = (env.primary, env.spread)
@@ -875,7 +876,9 @@ def band(ctx: Ctx) -> None:
                 env.move(b, x, p.cpu[v], p.mem[v])
                 vpos[v] = pos[x]
             env.refresh()
-            break
+            if not log or shrink <= BAND_SHRINK / 4:
+                break
+            shrink /= 2  # a narrower step may still go through
 
 
 def _feasible_pair(s: State, one: tuple[int, int], two: tuple[int, int]) -> list[tuple[int, int]]:
