@@ -120,8 +120,9 @@ class Targets(_Strict):
     prediction: Prediction = Field(default_factory=Prediction)
     """How load is predicted. Default: p95 of the last 12 samples."""
     hysteresis: Annotated[float, _finite(0.0, 1.0)] = 0.05
-    """Minimum improvement of the objective (imbalance, or power fraction) that justifies moving
-    (prevents ping-pong). Default: 0.05."""
+    """Minimum gain that justifies moving (prevents ping-pong). balance: the imbalance must drop
+    by at least this much; consolidate: emptying a host must save at least this fraction of that
+    host's power. Drains, evacuations and rule fixes always go ahead. Default: 0.05."""
 
     @model_validator(mode="after")
     def _watermarks(self) -> Targets:
