@@ -303,11 +303,15 @@ async def collector_phases(args: argparse.Namespace, port: int) -> dict[str, flo
         prof.enable()
     t0 = time.perf_counter()
     task = asyncio.create_task(collector.run())
-    while collector.accepted + sum(collector.rejected.values()) < sent:
+    seen, progress_at = -1, time.perf_counter()
+    while (done := collector.accepted + sum(collector.rejected.values())) < sent:
         await asyncio.sleep(0.01)
-        if time.perf_counter() - t0 > 600:
+        if done != seen:
+            seen, progress_at = done, time.perf_counter()
+        elif time.perf_counter() - progress_at > 10:
+            print(f"collector stalled at {done} of {sent} messages: {sent - done} lost")
             break
-    t1 = time.perf_counter()
+    t1 = progress_at if done < sent else time.perf_counter()
     if prof is not None:
         import pstats
 
@@ -320,6 +324,7 @@ async def collector_phases(args: argparse.Namespace, port: int) -> dict[str, flo
     out["ingest_accepted"] = collector.accepted
     out["ingest_rejected"] = sum(collector.rejected.values())
     out["ingest_expected"] = expect
+    out["ingest_lost"] = sent - collector.accepted - sum(collector.rejected.values())
     ts = time.perf_counter()
     snap = collector.current()
     out["snapshot_build_s"] = time.perf_counter() - ts
@@ -444,6 +449,7 @@ def main() -> int:
             "payload_bytes": payload_len,
             "backlog_messages": args.hosts * args.rounds,
             "ingest_accepted": int(res["ingest_accepted"]),
+            "ingest_lost": int(res["ingest_lost"]),
             "live_sent": int(res["live_sent"]),
             "live_accepted": int(res["live_accepted"]),
             "live_fresh_hosts": int(res["live_fresh_hosts"]),

@@ -212,9 +212,11 @@ class MqttStream:
         self, client: aiomqtt.Client, inbox: list[Message], wake: asyncio.Event
     ) -> AsyncIterator[list[Message]]:
         async def watch() -> None:
-            # nothing reaches aiomqtt's queue any more: this only raises MqttError on disconnect
-            async for _ in client.messages:
-                pass
+            # Raises MqttError on disconnect. Messages that reached aiomqtt's own queue (those
+            # a resumed session delivered before our callback was installed) are forwarded.
+            async for m in client.messages:
+                inbox.append((m.topic.value, _payload_bytes(m.payload)))
+                wake.set()
 
         watcher = asyncio.create_task(watch())
         waiter: asyncio.Task[bool] | None = None
@@ -265,6 +267,13 @@ class MqttStream:
                     inbox: list[Message] = []
                     wake = asyncio.Event()
                     if paho_client is not None and hasattr(paho_client, "on_message"):
+                        # A resumed session may already have delivered messages into aiomqtt's
+                        # queue: take them first (in order), then hook paho, with no await in
+                        # between so nothing can slip past or overtake them.
+                        early = holder[0]
+                        while not early.empty():
+                            m = early.get_nowait()
+                            inbox.append((m.topic.value, _payload_bytes(m.payload)))
                         paho_client.on_message = self._fast_callback(inbox, wake)
                     else:
                         paho_client = None

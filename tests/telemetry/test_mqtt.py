@@ -284,3 +284,40 @@ async def test_agent_and_collector_both_survive_broker_restart(
         agent_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await agent_task
+
+
+async def test_persistent_session_delivers_the_backlog_without_loss(
+    mosquitto_broker: MosquittoBroker,
+) -> None:
+    """Reports published while the collector is away are delivered on reconnect, including the
+    ones the broker sends before the collector's callback is installed."""
+    metrics = MemoryMetrics()
+    broker = BrokerSettings(url=mosquitto_broker.url, client_id="collector-persist")
+    stream = MqttStream(broker, subscription_topics(CLUSTER), metrics, session_expiry_s=600)
+    inv = inventory_from_mapping(
+        [
+            {"name": f"h{i}", "libvirt_uri": "test:///default", "cores": 4, "memory_mib": 8192}
+            for i in range(1, 51)
+        ]
+    )
+    c = Collector(inv, SystemClock(), metrics, CollectorSettings(cluster=CLUSTER), stream)
+    task = asyncio.create_task(c.run())
+    await asyncio.wait_for(stream.connected.wait(), 10)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    now = time.time()
+    await publish(
+        mosquitto_broker.url,
+        [wire(report(f"h{i}", seq, now)) for seq in (1, 2, 3) for i in range(1, 51)],
+    )
+    stream.connected.clear()
+    task = asyncio.create_task(c.run())
+    try:
+        await wait_until(lambda: c.accepted + sum(c.rejected.values()) >= 150, what="backlog")
+        assert c.accepted == 150 and not c.rejected
+        assert all(_seq(c, f"h{i}") == 3 for i in range(1, 51))
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
