@@ -7,7 +7,7 @@ import heapq
 import time
 
 from rebalancerd.domain.load import Weights, imbalance
-from rebalancerd.domain.model import ClusterSnapshot, Vm
+from rebalancerd.domain.model import ClusterSnapshot, Placement, Vm
 from rebalancerd.domain.plan import (
     Migration,
     MigrationPlan,
@@ -110,10 +110,8 @@ def make_plan(
         Unsequenced(p.vms[b.vm].name, p.hosts[b.source].name, p.hosts[b.target].name, b.why)
         for b in blocked
     )
-    placement = snap.placement()
-    for v, h in enumerate(final.where):
-        if h != p.origin[v]:
-            placement = placement.moved(p.vms[v].name, p.hosts[h].name)
+    # One mapping built once (Placement.moved copies the whole map: O(moves x VMs)).
+    placement = Placement({p.vms[v].name: p.hosts[h].name for v, h in enumerate(final.where)})
     imb_after = imbalance(snap, placement, weights, demand)
     objective = obj.power(p, final) if p.mode is Mode.CONSOLIDATE else cpsat.balance_score(p, final)
     if bound is None and p.mode is not Mode.CONSOLIDATE:
