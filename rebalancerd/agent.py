@@ -22,6 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rebalancerd.adapters.host_stats import HealthThresholds, HostStatsReader
 from rebalancerd.adapters.libvirt_stats import LibvirtStatsReader, LibvirtUnavailable
 from rebalancerd.adapters.mqtt import Backoff, BrokerSettings, MqttConfigError, Publisher
+from rebalancerd.adapters.systemd import NullNotifier
+from rebalancerd.ports import ServiceNotifier
 from rebalancerd.telemetry.schema import (
     NAME_PATTERN,
     SCHEMA_VERSION,
@@ -76,8 +78,11 @@ def load_agent_config(path: str | Path) -> AgentConfig:
 
 
 class Agent:
-    def __init__(self, config: AgentConfig) -> None:
+    def __init__(self, config: AgentConfig, notifier: ServiceNotifier | None = None) -> None:
         self.config = config
+        self.notifier: ServiceNotifier = notifier if notifier is not None else NullNotifier()
+        """systemd: READY=1 once connected, WATCHDOG=1 on every turn of the loop that makes
+        progress (a report published, or a broker retry scheduled), STOPPING=1 on exit."""
         h = config.health
         self.host_stats = HostStatsReader(
             HealthThresholds(h.temp_degraded_c, h.memory_full_pressure_pct, h.failing_disks_degrade)
@@ -152,11 +157,14 @@ class Agent:
                             "agent_connected", broker=self.config.broker.url, host=self.config.host
                         )
                         backoff.reset()
+                        self.notifier.ready()
+                        self.notifier.status(f"publishing to {self.config.broker.url}")
                         next_at = time.monotonic()
                         while max_reports is None or self.published < max_reports:
                             report = await self.sample()
                             await pub.publish(self.telemetry_topic, self.encode(report))
                             self.published += 1
+                            self.notifier.watchdog()
                             next_at += interval
                             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
                             if time.monotonic() - next_at > interval:
@@ -169,8 +177,11 @@ class Agent:
                         error=str(e),
                         retry_in_s=round(delay, 2),
                     )
+                    self.notifier.status(f"broker unavailable, retrying in {delay:.0f}s")
+                    self.notifier.watchdog()
                     await asyncio.sleep(delay)
         finally:
+            self.notifier.stopping()
             self.libvirt.close()
 
 

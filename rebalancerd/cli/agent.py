@@ -27,12 +27,13 @@ def register(subparsers: Any) -> None:
 
 async def _run(args: argparse.Namespace) -> int:
     from rebalancerd.adapters.mqtt import MqttConfigError
+    from rebalancerd.adapters.systemd import from_env
     from rebalancerd.agent import Agent, AgentConfigError, load_agent_config
     from rebalancerd.cli.main import CliError
 
     try:
         config = load_agent_config(args.config)
-        agent = Agent(config)
+        agent = Agent(config, notifier=from_env())
         if args.once:
             report = await agent.sample()
             await _sleep(min(1.0, config.interval_s))

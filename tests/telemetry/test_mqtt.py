@@ -161,8 +161,12 @@ async def test_agent_with_libvirt_test_driver_reaches_collector(
     task = asyncio.create_task(agent.run())
     c = running.collector
     await wait_until(lambda: _seq(c, "h1") >= 3, what="3 agent reports")
+    # the test driver's default domain; on a loaded machine the first libvirt read may exceed
+    # the agent's timeout (reported as libvirt_ok: false, no VMs), so wait for it to show up
+    await wait_until(lambda: any(v.name == "test" for v in c.current().vms), what="vm 'test'")
+    await wait_until(lambda: len(c.current().vm("test").cpu_history_mc) >= 3, what="3 samples")
     snap = c.current()
-    test_vm = snap.vm("test")  # the test driver's default domain
+    test_vm = snap.vm("test")
     assert test_vm.host == "h1" and test_vm.vcpus == 2 and test_vm.memory_mib == 2048
     assert len(test_vm.cpu_history_mc) >= 3
     assert snap.host("h1").state is HostState.ACTIVE
@@ -321,3 +325,49 @@ async def test_persistent_session_delivers_the_backlog_without_loss(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def test_agent_speaks_the_systemd_notify_protocol(
+    mosquitto_broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    """The agent unit is Type=notify with WatchdogSec: READY=1 once connected, WATCHDOG=1 as
+    reports go out, STOPPING=1 on exit, over a real NOTIFY_SOCKET datagram socket."""
+    import socket
+
+    from rebalancerd.adapters.systemd import from_env
+
+    path = str(tmp_path / "notify.sock")
+    sink = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sink.bind(path)
+    sink.setblocking(False)
+    cfg = AgentConfig(
+        host="h1",
+        cluster=CLUSTER,
+        interval_s=0.1,
+        libvirt_uri="test:///default",
+        broker=BrokerSettings(url=mosquitto_broker.url),
+    )
+    agent = Agent(cfg, notifier=from_env({"NOTIFY_SOCKET": path}))
+    got: list[str] = []
+
+    def drain() -> list[str]:
+        while True:
+            try:
+                got.append(sink.recv(4096).decode())
+            except BlockingIOError:
+                return got
+
+    task = asyncio.create_task(agent.run())
+    try:
+        await wait_until(lambda: sum("WATCHDOG=1" in m for m in drain()) >= 2, what="watchdog")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    drain()
+    sink.close()
+    ready = next(i for i, m in enumerate(got) if "READY=1" in m)
+    first_wd = next(i for i, m in enumerate(got) if "WATCHDOG=1" in m)
+    assert ready < first_wd, got
+    assert any(m.startswith("STATUS=publishing to") for m in got), got
+    assert "STOPPING=1" in got[-1], got
