@@ -105,6 +105,7 @@ class _HostState:
         "lag",
         "last_report",
         "libvirt_ok",
+        "noted_state",
         "offline",
         "recv_mono",
         "seq",
@@ -122,6 +123,8 @@ class _HostState:
         self.offline = False
         self.degraded = False
         self.libvirt_ok = True
+        self.noted_state: HostState | None = None
+        """The state last logged (a change is logged once, when first seen)."""
         self.vms: dict[str, _VmState] = {}
         self.tokens = burst
         self.tokens_at: float | None = None
@@ -193,6 +196,7 @@ class Collector:
         set_gauge = self.metrics.set
         for name, hs in self._hosts.items():
             state, age = self._state(hs, now)
+            self._note(hs, state, age)
             set_gauge("telemetry_staleness_seconds", min(age, 1e9), host=name)
             hosts.append(hs.inv.to_host(state))
             if state is HostState.STALE:
@@ -266,7 +270,8 @@ class Collector:
     def refresh_metrics(self) -> None:
         now = self.clock.monotonic()
         for name, hs in self._hosts.items():
-            _, age = self._state(hs, now)
+            state, age = self._state(hs, now)
+            self._note(hs, state, age)
             self.metrics.set("telemetry_staleness_seconds", min(age, 1e9), host=name)
         age = self.data_age_s()
         self.metrics.set("telemetry_data_age_seconds", age if math.isfinite(age) else -1.0)
@@ -414,6 +419,35 @@ class Collector:
             new[name] = vs
         hs.vms = new
         return None
+
+    def _note(self, hs: _HostState, state: HostState, age: float) -> None:
+        """Log a host's state change once, when the model first sees it (a host goes stale by
+        silence without any message arriving, so this runs whenever states are computed)."""
+        prev = hs.noted_state
+        if prev is state:
+            return
+        hs.noted_state = state
+        if prev is None and hs.recv_mono is None:
+            return  # never heard from yet: start-up, not news
+        if state is HostState.STALE:
+            why = (
+                "offline" if hs.offline else "libvirt_unreadable" if not hs.libvirt_ok else "silent"
+            )
+            log.warning(
+                "telemetry_host_stale",
+                host=hs.inv.name,
+                previous=prev.value if prev else None,
+                why=why,
+                age_s=round(age, 1) if math.isfinite(age) else None,
+                consequence="no migration to or from this host until it reports again",
+            )
+        else:
+            log.info(
+                "telemetry_host_state_changed",
+                host=hs.inv.name,
+                state=state.value,
+                previous=prev.value if prev else None,
+            )
 
     def _state(self, hs: _HostState, now: float) -> tuple[HostState, float]:
         if hs.recv_mono is None:

@@ -264,11 +264,6 @@ def test_staleness_gauges_keep_growing_while_the_broker_is_down(
         agents.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="telemetry/collector.py: a host turning stale by silence (no Last Will) is never "
-    "logged; the state is only computed when read (Collector._state), nothing reports the change",
-)
 def test_a_host_turning_stale_is_logged(lab: Any, mosquitto_broker: Any, workdir: Path) -> None:
     """An agent that hangs (connection open, no reports) turns its host stale: nothing will move
     to or from it, so the journal of the daemon (its log) must say so, with the host's name."""

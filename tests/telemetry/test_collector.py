@@ -280,3 +280,35 @@ def test_current_refreshes_staleness_gauges_without_traffic(env) -> None:
     assert metrics.gauge("telemetry_staleness_seconds", host="h1") == pytest.approx(12)
     assert metrics.gauge("telemetry_staleness_seconds", host="h2") == 1e9  # never heard from
     assert metrics.gauge("telemetry_data_age_seconds") == pytest.approx(12)
+
+
+def test_state_changes_are_logged_once_with_why(env) -> None:
+    from structlog.testing import capture_logs
+
+    c, clock, _ = env
+    with capture_logs() as logs:
+        c.current()  # start-up: hosts never heard from are stale, but that is not news
+        assert not [e for e in logs if e["event"].startswith("telemetry_host")]
+        c.ingest(*msg(report("h1", 1, clock.now())))
+        c.current()
+        c.current()
+        clock.advance(31)  # silence past stale_after_s=30: no message arrives to say so
+        c.current()
+        c.current()
+    events = [
+        (e["event"], e.get("host"), e.get("state"), e.get("why"))
+        for e in logs
+        if e["event"].startswith("telemetry_host")
+    ]
+    assert events == [
+        ("telemetry_host_state_changed", "h1", "active", None),
+        ("telemetry_host_stale", "h1", None, "silent"),
+    ]
+    with capture_logs() as logs:
+        c.ingest(*msg(report("h1", 2, clock.now())))
+        c.current()  # fresh again
+        c.ingest(*status("h1", "offline"))
+        c.current()
+    assert [(e["event"], e.get("why")) for e in logs if e["event"] == "telemetry_host_stale"] == [
+        ("telemetry_host_stale", "offline")
+    ]
