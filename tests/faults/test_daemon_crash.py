@@ -16,12 +16,8 @@ host while the daemon was dead, are drained after the restart. Witnesses: every 
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,14 +66,6 @@ migration:
         auto_converge: false
         time_budget_s: {HOT_BUDGET_S}
 """
-
-
-@pytest.fixture
-def workdir() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="rbd-fault-crash-", dir="/tmp"))
-    yield d
-    if not os.environ.get("REBALANCERD_KEEP_FAULT_DIRS"):
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def _source_job_active(lab: Any, host: str, vm: str) -> bool:

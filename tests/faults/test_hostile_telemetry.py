@@ -12,15 +12,11 @@ unix sockets), and the daemon never has a child process.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,14 +48,6 @@ mode: drain
 limits:
   cooldown_s: 0
 """
-
-
-@pytest.fixture
-def workdir() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="rbd-fault-hostile-", dir="/tmp"))
-    yield d
-    if not os.environ.get("REBALANCERD_KEEP_FAULT_DIRS"):
-        shutil.rmtree(d, ignore_errors=True)
 
 
 class Canary:

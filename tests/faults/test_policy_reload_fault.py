@@ -11,11 +11,7 @@ now the VM moves; that is what proves the exclusion (the old policy) was what he
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,14 +76,6 @@ limits:
   max_per_source: 2
   max_per_target: 2
 """
-
-
-@pytest.fixture
-def workdir() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="rbd-fault-policy-", dir="/tmp"))
-    yield d
-    if not os.environ.get("REBALANCERD_KEEP_FAULT_DIRS"):
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def _sighup_and_wait_reload(d: Any) -> None:

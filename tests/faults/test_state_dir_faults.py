@@ -23,8 +23,6 @@ import os
 import shutil
 import signal
 import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,14 +59,6 @@ limits:
   max_per_source: 2
   max_per_target: 2
 """
-
-
-@pytest.fixture
-def workdir() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="rbd-fault-state-", dir="/tmp"))
-    yield d
-    if not os.environ.get("REBALANCERD_KEEP_FAULT_DIRS"):
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def _in_ns(pid: int, script: str) -> None:

@@ -17,13 +17,9 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,14 +58,6 @@ limits:
   max_per_source: 2
   max_per_target: 2
 """
-
-
-@pytest.fixture
-def workdir() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="rbd-fault-telemetry-", dir="/tmp"))
-    yield d
-    if not os.environ.get("REBALANCERD_KEEP_FAULT_DIRS"):
-        shutil.rmtree(d, ignore_errors=True)
 
 
 class Recorder:
