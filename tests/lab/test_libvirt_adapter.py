@@ -193,7 +193,7 @@ async def test_failed_migration_is_a_result_not_an_exception(
 
 async def test_compatible_refuses_hostdev_and_accepts_plain(test_driver: LibvirtHypervisor) -> None:
     def define() -> None:
-        # the adapter's own connection to t1 (test:// state is per connection)
+        # through the adapter's own connection to t1
         conn = test_driver._hosts["t1"].conn
         conn.defineXML(HOSTDEV_XML.replace("type='kvm'", "type='test'"))
 
@@ -204,11 +204,20 @@ async def test_compatible_refuses_hostdev_and_accepts_plain(test_driver: Libvirt
     # every test:// connection has its own running "test" domain: the name is taken on t2
     assert "already runs on t2" in (await test_driver.compatible("test", "t1", "t2") or "")
     await test_driver.domains("t2")
-    await asyncio.to_thread(lambda: test_driver._hosts["t2"].conn.lookupByName("test").destroy())
-    # the test driver cannot compare CPUs: no reason invented, libvirt checks while migrating
-    assert await test_driver.compatible("test", "t1", "t2") is None
-    assert await test_driver.compatible("test", "t1", "t1") is not None
-    assert "not found" in (await test_driver.compatible("nope", "t1", "t2") or "")
+    # test:///default is one state shared by every connection of this process: whatever this
+    # test changes there is put back, or later tests (the agent's) would see no "test" domain
+    test_dom = test_driver._hosts["t2"].conn.lookupByName("test")
+    await asyncio.to_thread(test_dom.destroy)
+    try:
+        # the test driver cannot compare CPUs: no reason invented, libvirt checks while migrating
+        assert await test_driver.compatible("test", "t1", "t2") is None
+        assert await test_driver.compatible("test", "t1", "t1") is not None
+        assert "not found" in (await test_driver.compatible("nope", "t1", "t2") or "")
+    finally:
+        await asyncio.to_thread(test_dom.create)
+        await asyncio.to_thread(
+            lambda: test_driver._hosts["t1"].conn.lookupByName("gpu1").undefine()
+        )
 
 
 async def test_blocking_calls_stay_off_the_event_loop(test_driver: LibvirtHypervisor) -> None:
