@@ -119,10 +119,10 @@ def test_daemon_sigkilled_mid_wave_reconciles_and_never_migrates_twice(
         assert not d.events("wave_done"), "the dirty and an idle guest must be in one step"
         idle_vm, idle_target = idle_start["vm"], idle_start["target"]
         assert idle_target in (h2, h3), idle_start
-        # the log line comes right before the adapter's worker thread calls libvirt: let the
-        # daemon run in 10 ms slices until libvirtd has the migration under way
+        # the log lines come right before the adapter's worker threads call libvirt: let the
+        # daemon run in 10 ms slices until libvirtd has both migrations under way
         for _ in range(500):
-            if _under_way(lab, idle_vm, h1, idle_target):
+            if _under_way(lab, idle_vm, h1, idle_target) and _source_job_active(lab, h1, HOT):
                 break
             d.proc.send_signal(signal.SIGCONT)
             time.sleep(0.01)
