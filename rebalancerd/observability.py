@@ -72,6 +72,15 @@ METRICS: dict[str, MetricSpec] = {
     "migrations_reconciled_total": MetricSpec(
         "counter", "Journaled moves resolved at start-up, by outcome.", ("result",)
     ),
+    "migration_concurrency_effective": MetricSpec(
+        "gauge", "Adaptive cap on concurrent migrations (<= max_concurrent; lowered on overshoots)."
+    ),
+    "migration_host_concurrency_effective": MetricSpec(
+        "gauge", "Adaptive cap on concurrent migrations touching a host.", ("host",)
+    ),
+    "migration_downtime_over_limit_total": MetricSpec(
+        "counter", "Verified migrations whose measured downtime exceeded their class's limit."
+    ),
     # --- planner ------------------------------------------------------------------------------
     "plans_total": MetricSpec("counter", "Plans computed, by solver status.", ("status",)),
     "solver_duration_seconds": MetricSpec(

@@ -24,6 +24,7 @@ import structlog
 from rebalancerd.domain.load import Weights, imbalance
 from rebalancerd.domain.model import ClusterSnapshot, Host, HostState, Vm
 from rebalancerd.domain.plan import Migration, MigrationPlan, PlanStep, ReasonKind
+from rebalancerd.execution.adaptive import TOTAL, AdaptiveConcurrency, CapChange
 from rebalancerd.execution.guards import CircuitBreaker, HelpTracker
 from rebalancerd.execution.journal import Journal, JournalEntry, JournalError
 from rebalancerd.execution.settings import bytes_to_move_mib, choose_settings, class_spec_for
@@ -52,7 +53,15 @@ DISCRETIONARY = frozenset(
 JUDGED = frozenset({ReasonKind.BALANCE, ReasonKind.HOTSPOT})
 """Reason kinds whose effect on the imbalance is judged by the 'did it help' tracker."""
 
-WAIT_LIMITS = ("concurrency", "per_source", "per_target", "vm_in_flight")
+WAIT_LIMITS = (
+    "concurrency",
+    "per_source",
+    "per_target",
+    "vm_in_flight",
+    "adaptive_concurrency",
+    "adaptive_host",
+    "stagger",
+)
 """Checks that make a move wait for a slot inside its step instead of skipping it."""
 
 
@@ -102,6 +111,16 @@ class ExecutionReport:
     """Alarm: found on neither host after the move (also counted in `failed`)."""
     max_concurrency: int = 0
     dry_run: bool = False
+    concurrency_limit: int = 0
+    """The policy's max_concurrent for this wave."""
+    concurrency_effective: int = 0
+    """The adaptive cap on concurrent moves at the end of the wave (<= concurrency_limit)."""
+    concurrency_effective_min: int = 0
+    """The lowest adaptive cap in force during the wave."""
+    concurrency_changes: list[dict[str, Any]] = field(default_factory=list)
+    """Adaptive cap changes during the wave (scope '*' = whole cluster, else a host)."""
+    downtime_over_limit: int = 0
+    """Succeeded moves whose measured downtime exceeded their class's limit."""
 
     @property
     def started(self) -> int:
@@ -116,6 +135,11 @@ class ExecutionReport:
             "lost": [r.to_dict() for r in self.lost],
             "max_concurrency": self.max_concurrency,
             "dry_run": self.dry_run,
+            "concurrency_limit": self.concurrency_limit,
+            "concurrency_effective": self.concurrency_effective,
+            "concurrency_effective_min": self.concurrency_effective_min,
+            "concurrency_changes": self.concurrency_changes,
+            "downtime_over_limit": self.downtime_over_limit,
         }
 
 
@@ -188,6 +212,9 @@ class _Running:
     mib: int
     cpu_mc: int
     memory_mib: int
+    started_mono: float = 0.0
+    peak: dict[str, int] = field(default_factory=dict)
+    """Most moves seen at once while this one ran: TOTAL, and touching its source / target."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,9 +246,13 @@ class Executor:
         backoff_s: float = 1800.0,
         watchdog_grace_s: float = 30.0,
         reconcile_poll_s: float = 2.0,
+        adaptive: AdaptiveConcurrency | None = None,
+        stagger_s: float = 0.0,
     ) -> None:
         """`fresh`, if given, returns the latest telemetry snapshot: host states are re-read
-        from it right before each move (a target that turned stale mid-wave is refused)."""
+        from it right before each move (a target that turned stale mid-wave is refused).
+        `adaptive`: the AIMD concurrency controller (default: on, see adaptive.py).
+        `stagger_s`: least time between two move starts while another move runs (0 = off)."""
         self.hypervisor = hypervisor
         self.clock = clock
         self.metrics = metrics
@@ -232,6 +263,9 @@ class Executor:
         self.help = HelpTracker(strikes=backoff_strikes, backoff_s=backoff_s)
         self.watchdog_grace_s = watchdog_grace_s
         self.reconcile_poll_s = reconcile_poll_s
+        self.adaptive = adaptive if adaptive is not None else AdaptiveConcurrency()
+        self.stagger_s = stagger_s
+        self._last_start = -float("inf")
         self._running: dict[str, _Running] = {}
         self._stop = False
         self._slot = asyncio.Event()
@@ -287,6 +321,10 @@ class Executor:
         elif policy.mode is Mode.ADVISORY:
             mode_reason = "advisory"
         report = ExecutionReport(dry_run=mode_reason is not None)
+        cap = self.adaptive.cap(TOTAL, policy.limits.max_concurrent)
+        report.concurrency_limit = policy.limits.max_concurrent
+        report.concurrency_effective = report.concurrency_effective_min = cap
+        self.metrics.set("migration_concurrency_effective", float(cap))
         if plan.empty:
             return report
         self.observe_snapshot(snapshot, policy)
@@ -336,6 +374,9 @@ class Executor:
             skipped=len(report.skipped),
             lost=len(report.lost),
             max_concurrency=report.max_concurrency,
+            concurrency_effective=report.concurrency_effective,
+            concurrency_effective_min=report.concurrency_effective_min,
+            downtime_over_limit=report.downtime_over_limit,
         )
         return report
 
@@ -418,6 +459,9 @@ class Executor:
     def _incoming(self, host: str) -> list[_Running]:
         return [r for r in self._running.values() if r.rec.target == host]
 
+    def _touching(self, host: str) -> int:
+        return sum(1 for r in self._running.values() if host in (r.rec.source, r.rec.target))
+
     def _dynamic_check(self, m: Migration, wave: _Wave, *, dry: bool = False) -> str | None:
         """Rules, capacity and limits given what runs now. None = pass."""
         vm = wave.vms[m.vm]
@@ -472,6 +516,13 @@ class Executor:
             return "per_source"
         if len(self._incoming(m.target)) >= limits.max_per_target:
             return "per_target"
+        # the adaptive caps (lowered after downtime overshoots, never above the policy's)
+        if len(self._running) >= self.adaptive.cap(TOTAL, limits.max_concurrent):
+            return "adaptive_concurrency"
+        host_limit = limits.max_per_source + limits.max_per_target
+        for host in (m.source, m.target):
+            if self._touching(host) >= self.adaptive.cap(host, host_limit):
+                return "adaptive_host"
         return None
 
     async def _compatible(self, m: Migration, wave: _Wave) -> str | None:
@@ -538,6 +589,7 @@ class Executor:
         tasks: set[asyncio.Task[None]] = set()
         while pending or tasks:
             waiting: list[Migration] = []
+            hold_until: float | None = None
             for m in pending:
                 why = self._static_check(m, wave) or self._dynamic_check(m, wave)
                 if why is None:
@@ -545,6 +597,12 @@ class Executor:
                     if why is None:
                         # re-check after the await: other moves may have started or ended
                         why = self._static_check(m, wave) or self._dynamic_check(m, wave)
+                if why is None and self.stagger_s > 0 and tasks:
+                    # spread switch-overs: not two starts within stagger_s of each other
+                    due = self._last_start + self.stagger_s
+                    if self.clock.monotonic() < due:
+                        why = "stagger"
+                        hold_until = due if hold_until is None else min(hold_until, due)
                 if why in WAIT_LIMITS and (tasks or self._running):
                     if id(m) not in wave.blocked_once:
                         wave.blocked_once.add(id(m))
@@ -571,14 +629,24 @@ class Executor:
                 for m in pending:  # nothing of ours runs: a wait would never end
                     self._skip(report, m, "concurrency")
                 return
+            watch: set[asyncio.Future[Any]] = set(tasks)
+            timer: asyncio.Future[None] | None = None
+            if hold_until is not None:
+                delay = max(0.0, hold_until - self.clock.monotonic())
+                timer = asyncio.ensure_future(self.clock.sleep(delay))
+                watch.add(timer)
             try:
-                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                done_any, _ = await asyncio.wait(watch, return_when=asyncio.FIRST_COMPLETED)
             except asyncio.CancelledError:
                 # cancelled (daemon shutting down hard): stop watching; the journal keeps the
                 # intents open and reconcile resolves them at the next start, as after a crash
                 for t in tasks:
                     t.cancel()
                 raise
+            finally:
+                if timer is not None:
+                    timer.cancel()
+            done = {t for t in tasks if t in done_any}
             tasks -= done
             for t in done:
                 if not t.cancelled() and t.exception() is not None:
@@ -613,7 +681,16 @@ class Executor:
             return None
         wave.started += 1
         rec = InFlight(mid, m.vm, m.source, m.target, now, None, settings)
-        self._running[mid] = _Running(rec, mib, vm.cpu_used_mc, vm.memory_mib)
+        mono = self.clock.monotonic()
+        self._last_start = mono
+        self._running[mid] = _Running(rec, mib, vm.cpu_used_mc, vm.memory_mib, mono)
+        total = len(self._running)
+        for r in self._running.values():  # what each running move now shares the hosts with
+            scopes = {TOTAL: total}
+            for host in (r.rec.source, r.rec.target):
+                scopes[host] = self._touching(host)
+            for k, v in scopes.items():
+                r.peak[k] = max(r.peak.get(k, 0), v)
         self.metrics.set("migrations_in_flight", float(len(self._running)))
         self.metrics.inc("migrations_started_total", reason=m.reason.kind.value)
         log.info(
@@ -800,6 +877,7 @@ class Executor:
             self.metrics.observe("migration_duration_seconds", duration)
             if result.downtime_ms is not None:
                 self.metrics.observe("migration_downtime_seconds", result.downtime_ms / 1000.0)
+                self._adapt(m, mid, wave, report, result.downtime_ms)
             rec = MoveRecord(
                 m.vm,
                 m.source,
@@ -902,6 +980,77 @@ class Executor:
             if change is not None:
                 self.metrics.set("host_circuit_open", 1.0 if change == "opened" else 0.0, host=host)
                 log.warning(f"circuit_{change}", host=host, vm=m.vm, migration_id=mid)
+
+    def _adapt(
+        self, m: Migration, mid: str, wave: _Wave, report: ExecutionReport, downtime_ms: float
+    ) -> None:
+        """Feed a verified move's downtime to the adaptive concurrency controller."""
+        ids = {"vm": m.vm, "source": m.source, "target": m.target, "migration_id": mid}
+        limit_ms = float(class_spec_for(wave.policy, wave.vms[m.vm])[1].max_downtime_ms)
+        if downtime_ms > limit_ms:
+            report.downtime_over_limit += 1
+            self.metrics.inc("migration_downtime_over_limit_total")
+            log.warning(
+                "migration_downtime_over_limit",
+                downtime_ms=downtime_ms,
+                limit_ms=limit_ms,
+                **ids,
+            )
+        run = self._running.get(mid)
+        if run is None:
+            return
+        limits = wave.policy.limits
+        host_limit = limits.max_per_source + limits.max_per_target
+        policy_limits = {TOTAL: limits.max_concurrent, m.source: host_limit, m.target: host_limit}
+        changes = self.adaptive.observe(
+            downtime_ms=downtime_ms,
+            limit_ms=limit_ms,
+            started=run.started_mono,
+            now=self.clock.monotonic(),
+            peak=dict(run.peak),
+            policy_limits=policy_limits,
+        )
+        for c in changes:
+            self._cap_changed(c, report, downtime_ms, limit_ms, ids)
+        cap = self.adaptive.cap(TOTAL, limits.max_concurrent)
+        report.concurrency_effective = cap
+        report.concurrency_effective_min = min(report.concurrency_effective_min, cap)
+
+    def _cap_changed(
+        self,
+        c: CapChange,
+        report: ExecutionReport,
+        downtime_ms: float,
+        limit_ms: float,
+        ids: dict[str, str],
+    ) -> None:
+        report.concurrency_changes.append(
+            {
+                "scope": c.scope,
+                "old": c.old,
+                "new": c.new,
+                "direction": c.direction,
+                "downtime_ms": downtime_ms,
+                "vm": ids["vm"],
+            }
+        )
+        if c.scope == TOTAL:
+            self.metrics.set("migration_concurrency_effective", float(c.new))
+        else:
+            self.metrics.set("migration_host_concurrency_effective", float(c.new), host=c.scope)
+        emit = log.warning if c.direction == "decrease" else log.info
+        emit(
+            "migration_concurrency_adjusted",
+            scope="cluster" if c.scope == TOTAL else "host",
+            host=None if c.scope == TOTAL else c.scope,
+            old=c.old,
+            new=c.new,
+            direction=c.direction,
+            downtime_ms=downtime_ms,
+            limit_ms=limit_ms,
+            cooloff_s=self.adaptive.cooloff_s,
+            **ids,
+        )
 
     # -- reconcile ------------------------------------------------------------------------------
     async def reconcile(self, snapshot: ClusterSnapshot | None = None) -> ReconcileReport:
