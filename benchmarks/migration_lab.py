@@ -47,6 +47,7 @@ from rebalancerd.domain.plan import (  # noqa: E402
     Reason,
     ReasonKind,
 )
+from rebalancerd.execution.adaptive import AdaptiveConcurrency  # noqa: E402
 from rebalancerd.execution.executor import Executor  # noqa: E402
 from rebalancerd.execution.journal import Journal  # noqa: E402
 from rebalancerd.observability import MemoryMetrics  # noqa: E402
@@ -83,7 +84,9 @@ def observed_concurrency(events: list[HypervisorEvent]) -> int:
     return peak
 
 
-async def run_level(lab: Lab, level: int, kind: str, n: int, downtime_ms: int) -> dict[str, Any]:
+async def run_level(
+    lab: Lab, level: int, kind: str, n: int, downtime_ms: int, args: argparse.Namespace
+) -> dict[str, Any]:
     mib, dirty, rate = KINDS[kind]
     hosts = [h.name for h in lab.hosts]
     names = [f"b{kind[0]}{level}-{i}" for i in range(level)]
@@ -97,7 +100,15 @@ async def run_level(lab: Lab, level: int, kind: str, n: int, downtime_ms: int) -
     events: list[HypervisorEvent] = []
     hv = LibvirtHypervisor(lab.inventory(), poll_interval_s=0.1, listeners=[events.append])
     metrics = MemoryMetrics()
-    ex = Executor(hv, SystemClock(), metrics, Journal.open(":memory:"))
+    ex = Executor(
+        hv,
+        SystemClock(),
+        metrics,
+        Journal.open(":memory:"),
+        adaptive=None if args.adaptive else AdaptiveConcurrency(trigger_fraction=10.0),
+        stagger_s=args.stagger_s,
+        share_downtime=args.share_downtime,
+    )
     policy = Policy.model_validate(
         {
             "apiVersion": "rebalancerd/v1",
@@ -116,6 +127,9 @@ async def run_level(lab: Lab, level: int, kind: str, n: int, downtime_ms: int) -
     failures = lost = done = 0
     reasons: Counter[str] = Counter()
     max_conc = 0
+    eff_min = level
+    over = 0
+    changes: list[str] = []
     rounds = math.ceil(n / level)
     t0 = time.perf_counter()
     try:
@@ -136,6 +150,12 @@ async def run_level(lab: Lab, level: int, kind: str, n: int, downtime_ms: int) -
             report = await ex.execute(MigrationPlan((PlanStep(tuple(moves)),)), snap, policy)
             done += len(moves)
             max_conc = max(max_conc, report.max_concurrency)
+            eff_min = min(eff_min, report.concurrency_effective_min)
+            over += report.downtime_over_limit
+            changes += [
+                f"{c['scope']}:{c['old']}->{c['new']}@{c['downtime_ms']:.0f}ms"
+                for c in report.concurrency_changes
+            ]
             failures += len(report.failed) + len(report.aborted) + len(report.skipped)
             for r in report.failed + report.aborted + report.skipped:
                 reasons[f"{r.reason}: {r.detail}"[:160]] += 1
@@ -164,6 +184,9 @@ async def run_level(lab: Lab, level: int, kind: str, n: int, downtime_ms: int) -
         "lost": lost,
         "max_concurrency_executor": max_conc,
         "max_concurrency_events": observed_concurrency(events),
+        "concurrency_effective_min": eff_min,
+        "downtime_over_limit_executor": over,
+        "concurrency_changes": changes,
         "failure_reasons": dict(reasons),
     }
 
@@ -178,7 +201,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 continue
             base: float | None = None
             for level in levels:
-                r = await run_level(lab, level, kind, n, args.downtime_ms)
+                r = await run_level(lab, level, kind, n, args.downtime_ms, args)
                 base = base or r["per_min"]
                 r["ratio_vs_c1"] = round(r["per_min"] / base, 2) if base else None
                 results.append(r)
@@ -189,9 +212,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                     f"  downtime p50 {p50} ms p99 {p99} ms (limit {args.downtime_ms})"
                     f"  failures {r['failures']} lost {r['lost']}"
                     f"  concurrency seen {r['max_concurrency_events']}"
-                    f" (executor {r['max_concurrency_executor']}, limit {level})",
+                    f" (executor {r['max_concurrency_executor']}, limit {level})"
+                    f"  effective cap min {r['concurrency_effective_min']}",
                     flush=True,
                 )
+                if r["concurrency_changes"]:
+                    print(f"    cap changes: {' '.join(r['concurrency_changes'])}", flush=True)
                 for why, count in r["failure_reasons"].items():
                     print(f"    failure x{count}: {why}", flush=True)
     finally:
@@ -216,6 +242,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "downtime_over_limit": over,
         "max_concurrency_seen": max((r["max_concurrency_events"] for r in results), default=0),
         "concurrency_limit": max(levels),
+        "concurrency_effective_min": min(
+            (r["concurrency_effective_min"] for r in results), default=0
+        ),
+        "adaptive": args.adaptive,
+        "stagger_s": args.stagger_s,
+        "share_downtime": args.share_downtime,
         "throttle_held": throttle_ok,
         "per_level": [
             {k: v for k, v in r.items() if k != "downtimes"}
@@ -234,6 +266,19 @@ def main() -> None:
     ap.add_argument("--dirty-n", type=int, default=4, help="dirtying-guest migrations per level")
     ap.add_argument("--levels", default="1,2,4")
     ap.add_argument("--downtime-ms", type=int, default=300)
+    ap.add_argument(
+        "--no-adaptive",
+        dest="adaptive",
+        action="store_false",
+        help="never lower the concurrency cap after an overshoot (the baseline)",
+    )
+    ap.add_argument("--stagger-s", type=float, default=0.0, help="least time between starts")
+    ap.add_argument(
+        "--no-share-downtime",
+        dest="share_downtime",
+        action="store_false",
+        help="do not divide the downtime target by the concurrent switch-overs",
+    )
     args = ap.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     out = asyncio.run(main_async(args))

@@ -204,6 +204,8 @@ class _Wave:
     judged_moves: dict[str, str] = field(default_factory=dict)
     compat: dict[tuple[str, str, str], str | None] = field(default_factory=dict)
     blocked_once: set[int] = field(default_factory=set)
+    sharing: int = 1
+    """Moves that may switch over together now: running + still pending in the step."""
 
 
 @dataclass
@@ -248,11 +250,13 @@ class Executor:
         reconcile_poll_s: float = 2.0,
         adaptive: AdaptiveConcurrency | None = None,
         stagger_s: float = 0.0,
+        share_downtime: bool = True,
     ) -> None:
         """`fresh`, if given, returns the latest telemetry snapshot: host states are re-read
         from it right before each move (a target that turned stale mid-wave is refused).
         `adaptive`: the AIMD concurrency controller (default: on, see adaptive.py).
-        `stagger_s`: least time between two move starts while another move runs (0 = off)."""
+        `stagger_s`: least time between two move starts while another move runs (0 = off).
+        `share_downtime`: divide the downtime target by the effective concurrency (settings)."""
         self.hypervisor = hypervisor
         self.clock = clock
         self.metrics = metrics
@@ -265,6 +269,7 @@ class Executor:
         self.reconcile_poll_s = reconcile_poll_s
         self.adaptive = adaptive if adaptive is not None else AdaptiveConcurrency()
         self.stagger_s = stagger_s
+        self.share_downtime = share_downtime
         self._last_start = -float("inf")
         self._running: dict[str, _Running] = {}
         self._stop = False
@@ -590,6 +595,7 @@ class Executor:
         while pending or tasks:
             waiting: list[Migration] = []
             hold_until: float | None = None
+            wave.sharing = len(self._running) + len(pending)
             for m in pending:
                 why = self._static_check(m, wave) or self._dynamic_check(m, wave)
                 if why is None:
@@ -658,7 +664,9 @@ class Executor:
     ) -> asyncio.Task[None] | None:
         vm = wave.vms[m.vm]
         cls_name, spec = class_spec_for(wave.policy, vm)
-        settings = choose_settings(vm, spec)
+        cap = self.adaptive.cap(TOTAL, wave.policy.limits.max_concurrent)
+        sharing = max(1, min(cap, wave.sharing))
+        settings = choose_settings(vm, spec, sharing=sharing if self.share_downtime else 1)
         mib = bytes_to_move_mib(vm, spec)
         mid = uuid.uuid4().hex[:16]
         now = self.clock.now()

@@ -11,7 +11,8 @@ Choice:
   first full pass within a fraction of the time budget, never above the class's cap (None = no
   cap: unlimited, the link decides);
 - downtime limit: 60 % of the class's maximum when pre-copy is predicted to converge comfortably
-  with it (measured downtime overshoots QEMU's target on a busy host), else the maximum;
+  with it (measured downtime overshoots QEMU's target on a busy host), divided by the number of
+  moves that may switch over at once (``sharing``) when that still converges, else the maximum;
 - strategy: ``precopy`` when pre-copy is predicted to converge well inside the budget;
   ``auto-converge`` when the dirty rate is high (r > HIGH_RATIO) and the class allows it;
   ``postcopy`` when pre-copy is predicted not to converge (or not within the budget) and the
@@ -88,9 +89,16 @@ def bytes_to_move_mib(vm: Vm, spec: MigrationSettingsSpec) -> int:
 
 
 def choose_settings(
-    vm: Vm, spec: MigrationSettingsSpec, *, link_mib_s: float = DEFAULT_LINK_MIB_S
+    vm: Vm,
+    spec: MigrationSettingsSpec,
+    *,
+    link_mib_s: float = DEFAULT_LINK_MIB_S,
+    sharing: int = 1,
 ) -> MigrationSettings:
-    """Settings for one move of `vm` within the bounds of `spec`."""
+    """Settings for one move of `vm` within the bounds of `spec`. `sharing`: how many moves may
+    switch over at once with this one (the executor's effective concurrency): the downtime
+    target is divided by it when pre-copy still converges comfortably with the lower target
+    (concurrent switch-overs starve the hosts' CPUs, and real downtime grows with them)."""
     mem = float(vm.memory_mib)
     disk = float(vm.local_disk_mib if spec.non_shared_disk else 0)
     dirty = vm.dirty_rate_mib_s
@@ -116,11 +124,15 @@ def choose_settings(
     fits = est.converges and disk_s + est.total_s <= budget * 0.8
     # Real downtime overshoots QEMU's target (switch-over work, a busy host): aim below the
     # policy's limit when pre-copy still converges comfortably with the lower target.
-    aim = max(MIN_DOWNTIME_MS, math.floor(downtime * DOWNTIME_MARGIN))
-    if fits and aim < downtime:
-        low = estimate_precopy(mem, dirty, effective, aim)
-        if low.converges and disk_s + low.total_s <= budget * 0.8:
-            downtime = aim
+    aims = [max(MIN_DOWNTIME_MS, math.floor(downtime * DOWNTIME_MARGIN))]
+    if sharing > 1:
+        aims.insert(0, max(MIN_DOWNTIME_MS, math.floor(downtime * DOWNTIME_MARGIN / sharing)))
+    for aim in aims:  # the lowest target that still converges comfortably
+        if fits and aim < downtime:
+            low = estimate_precopy(mem, dirty, effective, aim)
+            if low.converges and disk_s + low.total_s <= budget * 0.8:
+                downtime = aim
+                break
     ratio = dirty / effective if effective > 0 else math.inf
     postcopy_allowed = spec.postcopy_after_s is not None
 

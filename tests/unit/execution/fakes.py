@@ -48,6 +48,10 @@ class FakeHypervisor:
     max_total: int = 0
     max_source: int = 0
     max_target: int = 0
+    downtimes: dict[str, float] = field(default_factory=dict)
+    """Downtime (ms) reported for a VM's next successful migration (default 42)."""
+    starts: list[tuple[float, str]] = field(default_factory=list)
+    """(monotonic time, vm) of every migration start."""
     _abort: dict[str, asyncio.Event] = field(default_factory=dict)
 
     @classmethod
@@ -92,6 +96,7 @@ class FakeHypervisor:
         progress: ProgressCallback | None = None,
     ) -> MigrationResult:
         self.calls.append((vm, source, target))
+        self.starts.append((self.clock.monotonic(), vm))
         self.settings_seen[vm] = settings
         behaviour = self.behaviour.pop(vm, "ok")
         if behaviour == "raise":
@@ -136,7 +141,10 @@ class FakeHypervisor:
         del src[vm]
         self.hosts[target][vm] = FakeDomain(persistent=behaviour != "not_persistent")
         return MigrationResult(
-            True, total_s=self.duration_s, downtime_ms=42.0, transferred_mib=1024.0
+            True,
+            total_s=self.duration_s,
+            downtime_ms=self.downtimes.pop(vm, 42.0),
+            transferred_mib=1024.0,
         )
 
 
