@@ -105,7 +105,9 @@ async def run_level(
         SystemClock(),
         metrics,
         Journal.open(":memory:"),
-        adaptive=None if args.adaptive else AdaptiveConcurrency(trigger_fraction=10.0),
+        adaptive=AdaptiveConcurrency(slow_start=args.slow_start)
+        if args.adaptive
+        else AdaptiveConcurrency(trigger_fraction=10.0),
         stagger_s=args.stagger_s,
         share_downtime=args.share_downtime,
     )
@@ -247,6 +249,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         ),
         "adaptive": args.adaptive,
         "stagger_s": args.stagger_s,
+        "slow_start": args.slow_start,
         "share_downtime": args.share_downtime,
         "throttle_held": throttle_ok,
         "per_level": [
@@ -271,6 +274,9 @@ def main() -> None:
         dest="adaptive",
         action="store_false",
         help="never lower the concurrency cap after an overshoot (the baseline)",
+    )
+    ap.add_argument(
+        "--slow-start", action="store_true", help="start at 1 move at a time, double while good"
     )
     ap.add_argument("--stagger-s", type=float, default=0.0, help="least time between starts")
     ap.add_argument(

@@ -11,6 +11,11 @@ within their limit (at most ``good_fraction`` of it) raise the cap additively: o
 cap's worth of them completed (like TCP's congestion window), until the policy's limit is reached
 and the cap disappears. The effective cap is never above the policy's limits and never below 1.
 
+Optional slow start (``slow_start=True``): the cluster-wide cap starts at 1 and doubles each
+time a cap's worth of moves completed without coming close to their limit, until the policy's
+limit or the first overshoot (then AIMD as above). It trades a few move durations at start-up
+for not trusting the configured concurrency before it was seen to keep downtime within limits.
+
 Host caps count the moves touching a host (as source or target); the policy's ``max_per_source``
 and ``max_per_target`` still apply as well, so a host's cap starts at their sum.
 """
@@ -39,6 +44,8 @@ class _Scope:
     cap: int
     decreased_at: float
     good: int = 0
+    slow: bool = False
+    """In slow start: the cap doubles after a cap's worth of moves within the limit."""
 
 
 class AdaptiveConcurrency:
@@ -49,6 +56,7 @@ class AdaptiveConcurrency:
         trigger_fraction: float = 0.8,
         good_fraction: float = 0.5,
         cooloff_s: float = 300.0,
+        slow_start: bool = False,
     ) -> None:
         if not 0.0 < decrease < 1.0:
             raise ValueError("decrease must be in (0, 1)")
@@ -59,6 +67,8 @@ class AdaptiveConcurrency:
         self.good_fraction = good_fraction
         self.cooloff_s = cooloff_s
         self._scopes: dict[str, _Scope] = {}
+        if slow_start:
+            self._scopes[TOTAL] = _Scope(1, -math.inf, slow=True)
 
     # -- queries --------------------------------------------------------------------------------
     def cap(self, scope: str, policy_limit: int) -> int:
@@ -92,7 +102,20 @@ class AdaptiveConcurrency:
             limit = max(1, policy_limits.get(scope, seen))
             s = self._scopes.get(scope)
             current = limit if s is None else min(limit, s.cap)
+            if s is not None and s.slow and ratio <= self.trigger_fraction:
+                s.good += 1
+                if s.good >= s.cap:
+                    s.good = 0
+                    if s.cap * 2 >= limit:
+                        del self._scopes[scope]
+                        changes.append(CapChange(scope, current, limit, "restore"))
+                    else:
+                        s.cap *= 2
+                        changes.append(CapChange(scope, current, s.cap, "increase"))
+                continue
             if ratio > self.trigger_fraction:
+                if s is not None and s.slow:
+                    s.slow = False
                 if s is not None and started < s.decreased_at:
                     continue  # ran at the old concurrency: that generation was already cut
                 new = max(1, math.floor(min(current, max(seen, 1)) * self.decrease))

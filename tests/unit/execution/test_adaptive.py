@@ -241,3 +241,49 @@ def test_limits_hold_and_cap_stays_within_policy(
                 assert len(hv.where(v.name)) == 1
 
     asyncio.run(go())
+
+
+def test_slow_start_doubles_while_good_and_falls_back_to_aimd() -> None:
+    a = AdaptiveConcurrency(slow_start=True, cooloff_s=100)
+    lim = {TOTAL: 8}
+
+    def move(downtime: float, t: float) -> list[tuple[int, int]]:
+        ch = a.observe(
+            downtime_ms=downtime,
+            limit_ms=300,
+            started=t,
+            now=t + 1,
+            peak={TOTAL: 1},
+            policy_limits=lim,
+        )
+        return [(c.old, c.new) for c in ch]
+
+    assert a.cap(TOTAL, 8) == 1
+    assert move(200, 0) == [(1, 2)]  # within the limit (below 80 %): doubles
+    assert move(100, 1) == [] and move(100, 2) == [(2, 4)]
+    assert [move(100, t) for t in (3, 4, 5)] == [[], [], []]
+    assert move(100, 6) == [(4, 8)]  # reached the policy's limit: no cap left
+    assert a.throttled() == {}
+
+    b = AdaptiveConcurrency(slow_start=True, cooloff_s=100)
+    b.observe(downtime_ms=10, limit_ms=300, started=0, now=1, peak={TOTAL: 1}, policy_limits=lim)
+    assert b.cap(TOTAL, 8) == 2
+    ch = b.observe(
+        downtime_ms=400, limit_ms=300, started=2, now=3, peak={TOTAL: 2}, policy_limits=lim
+    )
+    assert [(c.old, c.new, c.direction) for c in ch] == [(2, 1, "decrease")]
+    # now AIMD: nothing grows inside the cool-off
+    b.observe(downtime_ms=10, limit_ms=300, started=4, now=5, peak={TOTAL: 1}, policy_limits=lim)
+    assert b.cap(TOTAL, 8) == 1
+    assert b.cap(TOTAL, 0) == 0  # the policy always wins
+
+
+async def test_slow_start_through_the_executor_ramps_up_within_one_step() -> None:
+    ex, hv, _, metrics = make(adaptive=AdaptiveConcurrency(slow_start=True))
+    vms = ["vm0-0", "vm1-0", "vm2-0", "vm3-0"]
+    rep = await ex.execute(plan(ring(hv, vms)), cluster(8), policy(max_concurrent=4))
+    assert len(rep.succeeded) == 4 and not rep.skipped
+    # 1 alone, then 2 together, then the last one (cap 4 = the policy: restored)
+    assert [t for t, _ in hv.starts] == [0.0, 10.0, 10.0, 20.0]
+    assert rep.concurrency_effective_min == 1 and rep.concurrency_effective == 4
+    assert metrics.gauge("migration_concurrency_effective") == 4.0
