@@ -25,6 +25,7 @@ from rebalancerd.adapters.clock import SystemClock
 from rebalancerd.adapters.libvirt import HypervisorEvent, LibvirtHypervisor
 from rebalancerd.domain.model import ClusterSnapshot, Host, Vm
 from rebalancerd.domain.plan import Migration, MigrationPlan, PlanStep, Reason, ReasonKind
+from rebalancerd.execution.adaptive import AdaptiveConcurrency
 from rebalancerd.execution.executor import Executor
 from rebalancerd.execution.journal import JOURNAL_FILE, Journal
 from rebalancerd.observability import MemoryMetrics
@@ -140,6 +141,37 @@ async def test_live_migrations_verified_and_throttled(rig: Rig) -> None:
     assert len(metrics.observations[("migration_downtime_seconds", ())]) == 4
     assert metrics.total("migrations_succeeded_total") == 4
     assert {e.state for e in journal.moves()} == {"succeeded"}
+
+
+async def test_adaptive_cap_after_overshoot_holds_in_libvirt_events(rig: Rig) -> None:
+    """A controller so strict that every real downtime counts as an overshoot: after the first
+    wave (2 at once), the next wave runs one move at a time, as libvirt's own events show."""
+    lab = rig.lab
+    where = {"ag1": "h1", "ag2": "h2"}
+    for vm, host in where.items():
+        lab.define_guest(host, vm, GUEST_MIB)
+    metrics = MemoryMetrics()
+    strict = AdaptiveConcurrency(trigger_fraction=1e-6, good_fraction=1e-6)
+    ex = Executor(rig.hv, SystemClock(), metrics, Journal.open(":memory:"), adaptive=strict)
+    pol = policy(
+        {"max_concurrent": 2, "max_per_source": 2, "max_per_target": 2},
+        {"max_downtime_ms": 300, "time_budget_s": 60},
+    )
+    first = [("ag1", "h1", "h2"), ("ag2", "h2", "h3")]
+    rep1 = await asyncio.wait_for(ex.execute(plan(*first), snapshot(lab, where), pol), 120)
+    assert sorted(r.vm for r in rep1.succeeded) == ["ag1", "ag2"], rep1
+    assert rep1.max_concurrency == 2
+    assert all(r.downtime_ms is not None and r.downtime_ms > 0 for r in rep1.succeeded)
+    assert rep1.concurrency_effective == 1
+    assert metrics.gauge("migration_concurrency_effective") == 1.0
+    where = {"ag1": "h2", "ag2": "h3"}
+    mark = len(rig.events)
+    second = [("ag1", "h2", "h3"), ("ag2", "h3", "h1")]
+    rep2 = await asyncio.wait_for(ex.execute(plan(*second), snapshot(lab, where), pol), 120)
+    assert sorted(r.vm for r in rep2.succeeded) == ["ag1", "ag2"], rep2
+    assert rep2.max_concurrency == 1
+    assert observed_concurrency(rig.events[mark:]) == 1
+    assert lab.running_on("ag1") == ["h3"] and lab.running_on("ag2") == ["h1"]
 
 
 @pytest.mark.slow
