@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import time
+from collections.abc import Sequence
 
 from rebalancerd.domain.load import Weights, imbalance
 from rebalancerd.domain.model import ClusterSnapshot, Placement, Vm
@@ -20,7 +21,7 @@ from rebalancerd.domain.plan import (
 from rebalancerd.planner import cpsat
 from rebalancerd.planner import objective as obj
 from rebalancerd.planner.consolidate import interleave_targets
-from rebalancerd.planner.greedy import Mandatory, run_greedy
+from rebalancerd.planner.greedy import Mandatory, locked, run_greedy
 from rebalancerd.planner.problem import Problem, build_problem
 from rebalancerd.planner.sequence import Hop, sequence
 from rebalancerd.planner.state import State
@@ -70,7 +71,8 @@ def make_plan(
     # would save little and fill hosts past the packing band
     skip_cp = p.mode in (Mode.DRAIN, Mode.CONSOLIDATE)
     if not skip_cp and p.max_moves > 0 and time.perf_counter() < deadline - 0.05:
-        info = cpsat.improve(p, s, time_limit_s=time_limit_s, seed=seed, deadline=deadline)
+        with locked(p, ctx.opening):  # the opening descent leads the plan as it was made
+            info = cpsat.improve(p, s, time_limit_s=time_limit_s, seed=seed, deadline=deadline)
         if info.status != "SKIPPED":
             planner = "greedy+cp-sat"
             status = info.status
@@ -98,13 +100,18 @@ def make_plan(
         ),
     )
     dest = {v: h for v, _, h in moves}
+    strict: frozenset[int] = frozenset()
     if p.mode in (Mode.BALANCE, Mode.ADVISORY):
-        order = _descent_order(p, order, dest, mandatory)
+        opening = [v for v in ctx.opening if v in dest]
+        order = _descent_order(p, order, dest, mandatory, opening)
+        strict = frozenset(opening)
     elif p.mode is Mode.CONSOLIDATE:
         order = interleave_targets(
             order, dest, lambda v: _PRIORITY.get(mandatory[v].kind, 3) if v in mandatory else 3
         )
-    steps, blocked = sequence(p, dest, order, budget_moves=p.max_moves, budget_mib=p.max_mib)
+    steps, blocked = sequence(
+        p, dest, order, budget_moves=p.max_moves, budget_mib=p.max_mib, strict=strict
+    )
     plan_steps, final = _explain(p, start, steps, mandatory, ctx.mandatory)
     unsequenced = tuple(
         Unsequenced(p.vms[b.vm].name, p.hosts[b.source].name, p.hosts[b.target].name, b.why)
@@ -132,7 +139,11 @@ def make_plan(
 
 
 def _descent_order(
-    p: Problem, order: list[int], dest: dict[int, int], mandatory: dict[int, Mandatory]
+    p: Problem,
+    order: list[int],
+    dest: dict[int, int],
+    mandatory: dict[int, Mandatory],
+    opening: Sequence[int] = (),
 ) -> list[int]:
     """Order the balance and capacity-relief moves as a steepest descent on the spread:
     replaying from the current placement (after drains and rule fixes), always serve the host
@@ -140,19 +151,24 @@ def _descent_order(
     moves that pulls it in the most (the biggest effective VM first), among moves whose target
     has room right now.
     So every prefix of the plan has already cut the gap as far as it can: a plan cut short
-    (budget, next cycle, operator) keeps its most useful part."""
+    (budget, next cycle, operator) keeps its most useful part.
+    The opening descent's moves (greedy.opening) come right after drains and rule fixes, in
+    the order they were made."""
+    lead = set(opening)
 
     def first(v: int) -> bool:  # drains and rule fixes keep their place at the head
         return v in mandatory and mandatory[v].kind is not ReasonKind.HOTSPOT
 
-    head = [v for v in order if first(v)]
+    head = [v for v in order if first(v) and v not in lead]
+    head += [v for v in opening if v not in head]
+    order = [v for v in order if v not in lead]
     optional = [v for v in order if not first(v) and v not in p.aff_of]
     if len(optional) < 2:
-        return order
+        return head + [v for v in order if not first(v)]
     hs = obj.balancing(p)
     hset = set(hs)
     if len(hs) < 2:
-        return order
+        return head + [v for v in order if not first(v)]
     cur = State(p)
     for v in head:
         cur.move(v, dest[v])

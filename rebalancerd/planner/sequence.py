@@ -81,8 +81,11 @@ def sequence(
     *,
     budget_moves: int,
     budget_mib: int | None,
+    strict: frozenset[int] = frozenset(),
 ) -> tuple[list[list[Hop]], list[Blocked]]:
-    """`dest`: VM -> final host for VMs that move; `order`: priority order of those VMs."""
+    """`dest`: VM -> final host for VMs that move; `order`: priority order of those VMs.
+    A VM in `strict` is never overtaken: when it cannot join a non-empty step, the step ends
+    there (the opening descent keeps its exact order)."""
     cur = State(p)
     pending = [v for v in order if dest[v] != cur.where[v]]
     used_moves = len(pending)
@@ -108,11 +111,14 @@ def sequence(
             if len(step) >= max_c or i >= window:
                 break
             a, b = cur.where[v], dest[v]
-            if src_n.get(a, 0) >= max_s or dst_n.get(b, 0) >= max_t:
-                continue
-            if not (p.may_host(v, b) and _fits(p, cur, v, b, inc_c, inc_m)):
-                continue
-            if not _anti_free(p, cur, v, b, inc_a):
+            if (
+                src_n.get(a, 0) >= max_s
+                or dst_n.get(b, 0) >= max_t
+                or not (p.may_host(v, b) and _fits(p, cur, v, b, inc_c, inc_m))
+                or not _anti_free(p, cur, v, b, inc_a)
+            ):
+                if v in strict and step:
+                    break
                 continue
             step.append(Hop(v, a, b))
             taken.append(i)
