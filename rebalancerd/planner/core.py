@@ -21,7 +21,7 @@ from rebalancerd.domain.plan import (
 from rebalancerd.planner import cpsat
 from rebalancerd.planner import objective as obj
 from rebalancerd.planner.consolidate import interleave_targets
-from rebalancerd.planner.greedy import Mandatory, locked, run_greedy
+from rebalancerd.planner.greedy import Mandatory, locked, repolish, run_greedy
 from rebalancerd.planner.problem import Problem, build_problem
 from rebalancerd.planner.sequence import Hop, sequence
 from rebalancerd.planner.state import State
@@ -79,6 +79,9 @@ def make_plan(
             if info.status in ("OPTIMAL", "FEASIBLE") and p.mode is not Mode.CONSOLIDATE:
                 bound = info.bound
         notes.extend(info.notes)
+        if info.improved and p.mode in (Mode.BALANCE, Mode.ADVISORY):
+            with locked(p, ctx.opening):
+                repolish(ctx)
 
     mandatory = {v: m for v, m in ctx.mandatory.items() if m.kind in MANDATORY_KINDS}
     s = _hysteresis(p, s, mandatory, notes)

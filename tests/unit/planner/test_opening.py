@@ -106,8 +106,25 @@ def test_strict_moves_are_never_overtaken() -> None:
 
 def test_balancing_twice_gives_the_same_opening() -> None:
     s = skewed_snapshot(16, 160, 4)
-    pol = _policy(memory_only=False)
+    pol = _policy(memory_only=True)
     one = run_greedy(_problem(s, pol))
     two = run_greedy(_problem(s, pol))
     assert one.opening and one.opening == two.opening
     assert one.s.where == two.s.where
+
+
+@pytest.mark.parametrize(("hosts", "vms", "seed"), [(8, 60, 0), (32, 400, 0), (12, 150, 3)])
+def test_opening_costs_at_most_half_the_hysteresis_of_final_spread(
+    hosts: int, vms: int, seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rebalancerd.planner import greedy
+
+    s = skewed_snapshot(hosts, vms, seed)
+    pol = _policy(memory_only=False)
+    chosen = run_greedy(_problem(s, pol))
+    monkeypatch.setattr(greedy, "OPENING_MAX_HOSTS", 0)
+    without = run_greedy(_problem(s, pol))
+    assert not without.opening
+    p = chosen.p
+    tol = greedy.OPENING_TOLERANCE * p.hysteresis
+    assert obj.spread(p, chosen.s) <= obj.spread(without.p, without.s) + tol + 1e-12
