@@ -79,7 +79,11 @@ def make_plan(
             if info.status in ("OPTIMAL", "FEASIBLE") and p.mode is not Mode.CONSOLIDATE:
                 bound = info.bound
         notes.extend(info.notes)
-        if info.improved and p.mode in (Mode.BALANCE, Mode.ADVISORY):
+        if (
+            info.improved
+            and p.mode in (Mode.BALANCE, Mode.ADVISORY)
+            and time.perf_counter() < deadline
+        ):
             with locked(p, ctx.opening):
                 repolish(ctx)
 
