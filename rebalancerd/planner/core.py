@@ -21,7 +21,7 @@ from rebalancerd.domain.plan import (
 from rebalancerd.planner import cpsat
 from rebalancerd.planner import objective as obj
 from rebalancerd.planner.consolidate import interleave_targets
-from rebalancerd.planner.greedy import Mandatory, locked, repolish, run_greedy
+from rebalancerd.planner.greedy import Mandatory, has_soft_rules, locked, repolish, run_greedy
 from rebalancerd.planner.problem import Problem, build_problem
 from rebalancerd.planner.sequence import Hop, sequence
 from rebalancerd.planner.state import State
@@ -79,9 +79,12 @@ def make_plan(
             if info.status in ("OPTIMAL", "FEASIBLE") and p.mode is not Mode.CONSOLIDATE:
                 bound = info.bound
         notes.extend(info.notes)
+        # The polish only evens the gap and is blind to soft rules: where there are some,
+        # CP-SAT's answer (which weighs them) stands.
         if (
             info.improved
             and p.mode in (Mode.BALANCE, Mode.ADVISORY)
+            and not has_soft_rules(p)
             and time.perf_counter() < deadline
         ):
             with locked(p, ctx.opening):

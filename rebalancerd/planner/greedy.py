@@ -1239,7 +1239,10 @@ def run_greedy(p: Problem) -> Ctx:
         consolidate_mode(ctx)  # hotspot relief into a band, then whole-host emptying
     else:
         plain = None
-        opening(ctx)
+        if not soft_rules_broken(p, ctx.s):
+            # The opening only sees the gap; where soft rules are broken (e.g. VMs asked to move
+            # back home), the passes and CP-SAT, which weigh them, choose which VMs move.
+            opening(ctx)
         if ctx.opening:  # the same without the opening, to compare
             plain = Ctx(p, GState(p))
             drain(plain, pack)
@@ -1257,6 +1260,25 @@ def run_greedy(p: Problem) -> Ctx:
                 )
                 return plain
     return ctx
+
+
+def has_soft_rules(p: Problem) -> bool:
+    return bool(p.soft_pins) or any(not g.hard for g in p.groups)
+
+
+def soft_rules_broken(p: Problem, s: State) -> bool:
+    """True if a soft pin or a soft (anti-)affinity group is broken in state `s`."""
+    if any(s.where[v] not in hosts for v, hosts, _w, _n in p.soft_pins):
+        return True
+    for g in p.groups:
+        if g.hard:
+            continue
+        homes = [s.where[v] for v in g.vms]
+        if g.anti and len(set(homes)) < len(homes):
+            return True
+        if not g.anti and len(set(homes)) > 1:
+            return True
+    return False
 
 
 def _balance_passes(ctx: Ctx) -> None:
