@@ -90,14 +90,19 @@ def test_lifecycle_notify_metrics_drain_reload_stop(workdir: Path) -> None:
         hosts = d.hosts()
         assert hosts["sim02"]["state"] == "maintenance" and hosts["sim02"]["drained"]
         assert sum(h["vms"] for h in hosts.values()) == 12
+
+        def moved_off() -> set[str]:
+            return {
+                r["vm"]
+                for dec in d.status()["decisions"]
+                for r in (dec.get("execution") or {}).get("succeeded", [])
+                if r["source"] == "sim02"
+            }
+
+        # the host empties as the migrations end; the cycle's decision is recorded when the
+        # wave is done, a moment later
+        wait_for(lambda: moved_off() == set(res["vms"]), 30, "the drain recorded as decisions")
         st = d.status()
-        moved_off = {
-            r["vm"]
-            for dec in st["decisions"]
-            for r in (dec.get("execution") or {}).get("succeeded", [])
-            if r["source"] == "sim02"
-        }
-        assert moved_off == set(res["vms"])
         kinds = {
             m["reason_kind"]
             for dec in st["decisions"]
