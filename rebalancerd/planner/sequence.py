@@ -100,34 +100,14 @@ def sequence(
     blocked: list[Blocked] = []
     hopped: set[int] = set()
     while pending:
-        step: list[Hop] = []
-        src_n: dict[int, int] = {}
-        dst_n: dict[int, int] = {}
-        inc_c: dict[int, int] = {}
-        inc_m: dict[int, int] = {}
-        inc_a: dict[tuple[int, int], int] = {}
-        taken: list[int] = []
-        for i, v in enumerate(pending):
-            if len(step) >= max_c or i >= window:
-                break
-            a, b = cur.where[v], dest[v]
-            if (
-                src_n.get(a, 0) >= max_s
-                or dst_n.get(b, 0) >= max_t
-                or not (p.may_host(v, b) and _fits(p, cur, v, b, inc_c, inc_m))
-                or not _anti_free(p, cur, v, b, inc_a)
-            ):
-                if v in strict and step:
-                    break
-                continue
-            step.append(Hop(v, a, b))
-            taken.append(i)
-            src_n[a] = src_n.get(a, 0) + 1
-            dst_n[b] = dst_n.get(b, 0) + 1
-            inc_c[b] = inc_c.get(b, 0) + p.cpu[v]
-            inc_m[b] = inc_m.get(b, 0) + p.mem[v]
-            for g in p.anti_of.get(v, ()):
-                inc_a[(g, b)] = inc_a.get((g, b), 0) + 1
+        # Look `window` moves ahead; only when nothing there can go now, look at all of them
+        # (a move further down may free the room the first ones wait for): a cycle is declared
+        # only when no pending move at all can go.
+        step, taken = _build_step(p, cur, pending, dest, strict, window, max_c, max_s, max_t)
+        if not step and window < len(pending):
+            step, taken = _build_step(
+                p, cur, pending, dest, strict, len(pending), max_c, max_s, max_t
+            )
         if not step:
             hop = _temporary_hop(p, cur, pending, dest, hopped)
             extra_mib = p.move_mib[hop.vm] if hop is not None else 0
@@ -154,6 +134,49 @@ def sequence(
             pending.pop(i)
         steps.append(step)
     return steps, blocked
+
+
+def _build_step(
+    p: Problem,
+    cur: State,
+    pending: list[int],
+    dest: dict[int, int],
+    strict: frozenset[int],
+    window: int,
+    max_c: int,
+    max_s: int,
+    max_t: int,
+) -> tuple[list[Hop], list[int]]:
+    """The moves of the next step, from the first `window` pending moves, and their indexes."""
+    step: list[Hop] = []
+    src_n: dict[int, int] = {}
+    dst_n: dict[int, int] = {}
+    inc_c: dict[int, int] = {}
+    inc_m: dict[int, int] = {}
+    inc_a: dict[tuple[int, int], int] = {}
+    taken: list[int] = []
+    for i, v in enumerate(pending):
+        if len(step) >= max_c or i >= window:
+            break
+        a, b = cur.where[v], dest[v]
+        if (
+            src_n.get(a, 0) >= max_s
+            or dst_n.get(b, 0) >= max_t
+            or not (p.may_host(v, b) and _fits(p, cur, v, b, inc_c, inc_m))
+            or not _anti_free(p, cur, v, b, inc_a)
+        ):
+            if v in strict and step:
+                break
+            continue
+        step.append(Hop(v, a, b))
+        taken.append(i)
+        src_n[a] = src_n.get(a, 0) + 1
+        dst_n[b] = dst_n.get(b, 0) + 1
+        inc_c[b] = inc_c.get(b, 0) + p.cpu[v]
+        inc_m[b] = inc_m.get(b, 0) + p.mem[v]
+        for g in p.anti_of.get(v, ()):
+            inc_a[(g, b)] = inc_a.get((g, b), 0) + 1
+    return step, taken
 
 
 def _temporary_hop(
