@@ -3,17 +3,15 @@
 Phases, in priority order (each spends the shared move/MiB budget):
 1. drain / evacuate hosts that must be emptied;
 2. hard-rule fixes (pins, anti-affinity, affinity);
-3. capacity relief (host above capacity with headroom) and, in consolidate mode, hotspot relief;
-4. the mode's objective: balance (hottest -> coldest best-fit moves that reduce the weighted sum of
-   squared load deviations by more than the move costs) or consolidate (empty the least loaded
-   hosts into the fullest ones that stay under the high watermark).
+3. the mode's objective: balance (capacity relief first, then hottest -> coldest best-fit moves
+   that reduce the weighted sum of squared load deviations by more than the move costs, polish,
+   band) or consolidate (hotspot relief into a band, whole-host emptying: planner/consolidate.py).
 
 VMs of one hard affinity group that share a host move together (a "unit").
 """
 
 from __future__ import annotations
 
-import bisect
 import heapq
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -277,47 +275,6 @@ def fix_rules(ctx: Ctx, pack: bool) -> None:
                 break
             else:
                 ctx.notes.append(f"affinity group {g.name} is split and cannot be joined")
-
-
-# -- phase 3: relief ---------------------------------------------------------------------------
-def relieve(ctx: Ctx, pack: bool, limit: float | None) -> None:
-    """Move VMs off hosts above capacity-with-headroom (or, with `limit`, above that peak load)
-    smallest-first until they are below it."""
-    p, s = ctx.p, ctx.s
-    for h in range(p.n_hosts):
-        if not p.receive[h] or p.empty_reason[h] is not None:
-            continue
-
-        def hot(h: int = h) -> bool:
-            if s.over_capacity(h):
-                return True
-            return limit is not None and _peak(p, s, h) > limit
-
-        if not hot():
-            continue
-        before = _peak(p, s, h)
-        what = (
-            "over capacity with headroom"
-            if s.over_capacity(h)
-            else f"above high watermark {limit:.2f}"
-        )
-        detail = f"host {p.hosts[h].name} load {before:.2f} {what}"
-        for v in sorted(s.on[h], key=lambda v: (p.cost_mib[v], v)):
-            if not hot():
-                break
-            if s.where[v] != h or v in ctx.touched:
-                continue
-            unit = unit_of(ctx, v)
-            if unit is None or not ctx.can_spend(unit):
-                continue
-            t = best_target(ctx, unit, pack=pack, exclude=frozenset({h}))
-            if t is None or (
-                pack
-                and _peak(p, s, t, sum(p.cpu[m] for m in unit), sum(p.mem[m] for m in unit))
-                > p.high
-            ):
-                continue
-            ctx.apply(unit, t, Mandatory(ReasonKind.HOTSPOT, detail))
 
 
 # -- phase 4a: balance -------------------------------------------------------------------------
@@ -1118,110 +1075,6 @@ class _Swaps:
                 if good:
                     return [first, second]
         return []
-
-
-# -- phase 4b: consolidate ---------------------------------------------------------------------
-def consolidate(ctx: Ctx) -> None:
-    """Empty the least loaded powered-on hosts, each VM to the fullest powered-on host that
-    stays under the high watermark (first fit over hosts ranked fullest first), keeping
-    min_active_hosts and spare capacity; an emptying is kept only if it saves power."""
-    p, s = ctx.p, ctx.s
-    active = [h for h in range(p.n_hosts) if p.receive[h] and p.empty_reason[h] is None]
-    tot_c = sum(s.cpu[h] for h in active)
-    tot_m = sum(s.mem[h] for h in active)
-    keep = 1.0 - p.spare_capacity
-    on = {h for h in active if s.on[h]}
-    cap_on_c = sum(p.cap_cpu[h] for h in on)
-    cap_on_m = sum(p.cap_mem[h] for h in on)
-    order = sorted(on, key=lambda h: (_wload(p, s, h), h))
-    rank_key = {h: (-_peak(p, s, h), h) for h in on}
-    ranked_keys = sorted(rank_key.values())
-    ranked = [h for _, h in ranked_keys]
-    fails = 0
-    for a in order:
-        if fails >= CONSOLIDATE_FAIL_LIMIT or s.n_moves_cached >= p.max_moves:
-            break
-        if a not in on or a in ctx.received or not s.on[a]:
-            continue
-        if len(on) - 1 < max(1, p.min_active_hosts):
-            break
-        if tot_c > (cap_on_c - p.cap_cpu[a]) * keep or tot_m > (cap_on_m - p.cap_mem[a]) * keep:
-            fails += 1
-            continue
-        vms = sorted(s.on[a], key=lambda v: (-p.mem[v], v))
-        if any(not p.movable[v] for v in vms):
-            fails += 1
-            continue
-        power_before = obj.host_power(p, s, a)
-        log: list[tuple[int, int]] = []
-        pw: dict[int, float] = {}
-        ok = True
-        room_moves = p.max_moves - s.n_moves_cached
-        room_mib = None if p.max_mib is None else p.max_mib - ctx.moved_mib
-        for v in vms:
-            if s.where[v] != a:
-                continue
-            unit = unit_of(ctx, v)
-            if unit is None or len(log) + len(unit) > room_moves:
-                ok = False
-                break
-            if room_mib is not None:
-                spent = sum(p.move_mib[m] for m, _ in log) + sum(p.move_mib[m] for m in unit)
-                if spent > room_mib:
-                    ok = False
-                    break
-            tgt = _pack_target(ctx, unit, ranked, on, a)
-            if tgt is None:
-                ok = False
-                break
-            if tgt not in pw:
-                pw[tgt] = obj.host_power(p, s, tgt)
-            for m in unit:
-                log.append((m, s.where[m]))
-                s.move(m, tgt)
-        saved = 0.0
-        if ok:
-            saved = power_before - sum(obj.host_power(p, s, x) - w for x, w in pw.items())
-        targets = {m: s.where[m] for m, _ in log}
-        for m, frm in reversed(log):
-            s.move(m, frm)
-        if not ok or saved <= 0:
-            fails += 1
-            continue
-        fails = 0
-        for v, tgt in sorted(targets.items()):
-            ctx.apply(
-                [v],
-                tgt,
-                Mandatory(
-                    ReasonKind.ENERGY,
-                    f"empty {p.hosts[a].name} so it can be switched off (saves {saved:.0f} W)",
-                ),
-            )
-        on.discard(a)
-        cap_on_c -= p.cap_cpu[a]
-        cap_on_m -= p.cap_mem[a]
-        for x in {a, *targets.values()}:
-            ranked_keys.pop(bisect.bisect_left(ranked_keys, rank_key[x]))
-            if x in on:
-                rank_key[x] = (-_peak(p, s, x), x)
-                bisect.insort(ranked_keys, rank_key[x])
-        ranked = [h for _, h in ranked_keys]
-
-
-def _pack_target(
-    ctx: Ctx, unit: list[int], ranked: list[int], on: set[int], source: int
-) -> int | None:
-    """First host, fullest first, that takes the unit and stays under the high watermark."""
-    p, s = ctx.p, ctx.s
-    c = sum(p.cpu[m] for m in unit)
-    mm = sum(p.mem[m] for m in unit)
-    for h in ranked:
-        if h == source or h not in on:
-            continue
-        if _peak(p, s, h, c, mm) <= p.high and unit_fits(ctx, unit, h):
-            return h
-    return None
 
 
 def run_greedy(p: Problem) -> Ctx:
