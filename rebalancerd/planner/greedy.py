@@ -192,6 +192,21 @@ def drain(ctx: Ctx, pack: bool) -> None:
 
 
 # -- phase 2: hard rules -----------------------------------------------------------------------
+def _rule_move(
+    ctx: Ctx, v: int, pack: bool, reason: Mandatory, *, fixed: str, spent: str, full: str
+) -> None:
+    """Move one VM that breaks a hard rule to the best host that takes it, or note why not
+    (`fixed`: it cannot move; `spent`: the budget is spent; `full`: no host has room)."""
+    if not ctx.p.movable[v]:
+        ctx.notes.append(fixed)
+    elif not ctx.can_spend([v]):
+        ctx.notes.append(spent)
+    elif (t := best_target(ctx, [v], pack=pack)) is None:
+        ctx.notes.append(full)
+    else:
+        ctx.apply([v], t, reason)
+
+
 def fix_rules(ctx: Ctx, pack: bool) -> None:
     p, s = ctx.p, ctx.s
     # Pins and CPU compatibility.
@@ -200,20 +215,14 @@ def fix_rules(ctx: Ctx, pack: bool) -> None:
         if allowed is None or s.where[v] in allowed or p.empty_reason[s.where[v]] is not None:
             continue
         name = p.vms[v].name
-        if not p.movable[v]:
-            ctx.notes.append(f"vm {name} breaks its pin but {p.why_fixed[v]}")
-            continue
-        if not ctx.can_spend([v]):
-            ctx.notes.append(f"vm {name} breaks its pin: move budget spent")
-            continue
-        t = best_target(ctx, [v], pack=pack)
-        if t is None:
-            ctx.notes.append(f"vm {name} breaks its pin and no allowed host has room")
-            continue
-        ctx.apply(
-            [v],
-            t,
+        _rule_move(
+            ctx,
+            v,
+            pack,
             Mandatory(ReasonKind.RULE, f"vm {name} must run on a pinned/compatible host", "pin"),
+            fixed=f"vm {name} breaks its pin but {p.why_fixed.get(v)}",
+            spent=f"vm {name} breaks its pin: move budget spent",
+            full=f"vm {name} breaks its pin and no allowed host has room",
         )
     for g in p.groups:
         if not g.hard:
@@ -229,26 +238,18 @@ def fix_rules(ctx: Ctx, pack: bool) -> None:
                 members.sort(key=lambda m: (not p.movable[m], p.cost_mib[m], -m), reverse=True)
                 for m in members[1:]:
                     name = p.vms[m].name
-                    if not p.movable[m]:
-                        ctx.notes.append(
-                            f"anti-affinity {g.name}: {name} cannot move ({p.why_fixed[m]})"
-                        )
-                        continue
-                    if not ctx.can_spend([m]):
-                        ctx.notes.append(f"anti-affinity {g.name}: move budget spent")
-                        continue
-                    t = best_target(ctx, [m], pack=pack)
-                    if t is None:
-                        ctx.notes.append(f"anti-affinity {g.name}: no host can take {name}")
-                        continue
-                    ctx.apply(
-                        [m],
-                        t,
+                    _rule_move(
+                        ctx,
+                        m,
+                        pack,
                         Mandatory(
                             ReasonKind.RULE,
                             f"anti-affinity group {g.name}: shares host {p.hosts[h].name}",
                             g.name,
                         ),
+                        fixed=f"anti-affinity {g.name}: {name} cannot move ({p.why_fixed.get(m)})",
+                        spent=f"anti-affinity {g.name}: move budget spent",
+                        full=f"anti-affinity {g.name}: no host can take {name}",
                     )
         else:
             hosts_of = [s.where[m] for m in g.vms]
