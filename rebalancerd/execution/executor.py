@@ -442,7 +442,9 @@ class Executor:
         ):
             return "cpu_incompatible"
         now = self.clock.now()
-        if wave.cooldowns.get(m.vm, 0.0) > now:
+        # In cooldown when the wave started = frozen for the planner: not moved in this wave,
+        # even if the cooldown ends while earlier steps are still running.
+        if m.vm in wave.cooldowns:
             return "cooldown"
         if self._stop:
             return "stopping"
