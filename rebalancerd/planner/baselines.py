@@ -3,8 +3,11 @@
 - first-fit decreasing (FFD): VMs by memory, largest first, each on the first active host (in
   inventory order) that stays under the cluster's mean memory load + 5 % and within capacity with
   headroom; if none, the first host with room; if none, it stays.
-- largest-hottest-coldest: repeatedly move the largest VM of the host with the highest memory
-  load to the host with the lowest, while that lowers the memory gap (max - min).
+- largest-hottest-coldest: first empty the hosts that must be emptied (maintenance, degraded),
+  largest VM first, each to the host with the lowest memory load that has room (a plan that
+  leaves VMs on a host in maintenance is not a valid plan, so the baseline pays for the drain as
+  ours does); then repeatedly move the largest VM of the host with the highest memory load to
+  the host with the lowest, while that lowers the memory gap (max - min).
 
 Both respect movability and capacity with headroom; neither knows about anti-affinity (the
 benchmark counts what they break). Moves are returned in order: (vm, source, target).
@@ -60,6 +63,17 @@ def largest_hottest_coldest(p: Problem, max_moves: int = 1_000_000) -> list[Move
     val = {h: s.mem[h] / p.raw_mem[h] for h in hs}
     order = sorted((val[h], h) for h in hs)
     moves: list[Move] = []
+    for src in range(p.n_hosts):
+        if p.empty_reason[src] is None:
+            continue
+        for v in sorted((v for v in s.on[src] if p.movable[v]), key=lambda v: (-p.mem[v], v)):
+            if len(moves) >= max_moves:
+                return moves
+            dst = next((h for _, h in order if p.may_host(v, h) and s.fits(v, h)), None)
+            if dst is None:
+                continue  # no room anywhere: it stays (our planner reports such a VM too)
+            _update(order, val, p, s, v, dst)
+            moves.append((v, src, dst))
     tried: set[int] = set()
     while len(moves) < max_moves:
         gap = order[-1][0] - order[0][0]
@@ -91,10 +105,11 @@ def _update(
     order: list[tuple[float, int]], val: dict[int, float], p: Problem, s: State, v: int, to: int
 ) -> None:
     a = s.where[v]
-    for h in (a, to):
+    hosts = [h for h in (a, to) if h in val]  # a host being emptied is not in the order
+    for h in hosts:
         i = bisect.bisect_left(order, (val[h], h))
         order.pop(i)
     s.move(v, to)
-    for h in (a, to):
+    for h in hosts:
         val[h] = s.mem[h] / p.raw_mem[h]
         bisect.insort(order, (val[h], h))
