@@ -48,6 +48,15 @@ def spread(p: Problem, s: State) -> float:
     return (wc * gc + wm * gm) / (wc + wm)
 
 
+def worst_gap(p: Problem, s: State) -> float:
+    """The worse of the weighted CPU and memory gaps, normalised by the larger weight (a gap
+    of resource r counts w_r / max(w_cpu, w_mem) of itself)."""
+    wc, wm = weights(p)
+    gc, gm = gaps(p, s)
+    top = max(wc, wm)
+    return max(wc * gc, wm * gm) / top
+
+
 def mean_host_mem(p: Problem) -> float:
     hs = balancing(p) or list(range(p.n_hosts))
     return sum(p.raw_mem[h] for h in hs) / max(1, len(hs))
