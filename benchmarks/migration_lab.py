@@ -10,13 +10,21 @@ help" back-off would (rightly) pause them after two rounds.
 
 Prints per level: wall time, migrations per minute (and the ratio against concurrency 1 of the
 same kind, run in the same process: the baseline), downtime p50/p99 against the limit, failures,
-lost VMs, concurrency observed in libvirt's lifecycle events. Not a timed test: figures depend on
-the machine (2 shared cores here).
+lost VMs, concurrency observed in libvirt's lifecycle events, how many converging (completed)
+moves exceeded the downtime limit, and the concurrency the adaptive controller allowed (its cap
+in force at the start and after each change). Not a timed test: figures depend on the machine
+(2 shared cores here).
+
+Each level is run by a new Executor, as after a daemon restart, on one journal (state directory)
+shared by the whole run: what the controller learned at one level (per-level downtimes, caps) is
+kept, as it is by the daemon. `--fresh-state` gives every level an empty in-memory journal instead
+(every level starts from scratch: slow start at 1).
 
     .venv/bin/python benchmarks/migration_lab.py [--n 8] [--dirty-n 4] [--levels 1,2,4]
 
 Last line: one JSON object with migrations, failures, lost_vms, downtime_p50_ms,
-downtime_p99_ms, downtime_limit_ms, max_concurrency_seen, concurrency_limit (and more).
+downtime_p99_ms, downtime_limit_ms, max_concurrency_seen, concurrency_limit, over_limit (converging
+moves over the downtime limit; target 0) and more.
 """
 
 from __future__ import annotations
@@ -26,7 +34,9 @@ import asyncio
 import json
 import logging
 import math
+import os
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -47,7 +57,7 @@ from rebalancerd.domain.plan import (  # noqa: E402
     Reason,
     ReasonKind,
 )
-from rebalancerd.execution.adaptive import AdaptiveConcurrency  # noqa: E402
+from rebalancerd.execution.adaptive import TOTAL, AdaptiveConcurrency  # noqa: E402
 from rebalancerd.execution.executor import Executor  # noqa: E402
 from rebalancerd.execution.journal import Journal  # noqa: E402
 from rebalancerd.observability import MemoryMetrics  # noqa: E402
@@ -100,17 +110,19 @@ async def run_level(
     events: list[HypervisorEvent] = []
     hv = LibvirtHypervisor(lab.inventory(), poll_interval_s=0.1, listeners=[events.append])
     metrics = MemoryMetrics()
+    journal = Journal.open(":memory:" if args.fresh_state else args.state_dir)
     ex = Executor(
         hv,
         SystemClock(),
         metrics,
-        Journal.open(":memory:"),
-        adaptive=AdaptiveConcurrency(slow_start=args.slow_start)
+        journal,
+        adaptive=AdaptiveConcurrency(slow_start=args.slow_start, headroom=args.headroom)
         if args.adaptive
-        else AdaptiveConcurrency(trigger_fraction=10.0),
+        else AdaptiveConcurrency(slow_start=False, trigger_fraction=math.inf),
         stagger_s=args.stagger_s,
         share_downtime=args.share_downtime,
     )
+    allowed = [ex.adaptive.cap(TOTAL, level)]
     policy = Policy.model_validate(
         {
             "apiVersion": "rebalancerd/v1",
@@ -122,7 +134,13 @@ async def run_level(
                 "max_per_cycle": 1000,
                 "cooldown_s": 0,
             },
-            "migration": {"default": {"max_downtime_ms": downtime_ms, "time_budget_s": 120}},
+            "migration": {
+                "default": {
+                    "max_downtime_ms": downtime_ms,
+                    "time_budget_s": 120,
+                    "bandwidth_mib_s": args.bandwidth_mib_s,
+                }
+            },
         }
     )
     downtimes: list[float] = []
@@ -158,6 +176,7 @@ async def run_level(
                 f"{c['scope']}:{c['old']}->{c['new']}@{c['downtime_ms']:.0f}ms"
                 for c in report.concurrency_changes
             ]
+            allowed += [c["new"] for c in report.concurrency_changes if c["scope"] == TOTAL]
             failures += len(report.failed) + len(report.aborted) + len(report.skipped)
             for r in report.failed + report.aborted + report.skipped:
                 reasons[f"{r.reason}: {r.detail}"[:160]] += 1
@@ -174,6 +193,7 @@ async def run_level(
                     where[vm] = runs[0]
     finally:
         await hv.close()
+        journal.close()
     wall = time.perf_counter() - t0
     return {
         "level": level,
@@ -188,6 +208,8 @@ async def run_level(
         "max_concurrency_events": observed_concurrency(events),
         "concurrency_effective_min": eff_min,
         "downtime_over_limit_executor": over,
+        "over_limit": sum(1 for d in downtimes if d > downtime_ms),
+        "allowed_caps": allowed,
         "concurrency_changes": changes,
         "failure_reasons": dict(reasons),
     }
@@ -218,6 +240,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                     f"  effective cap min {r['concurrency_effective_min']}",
                     flush=True,
                 )
+                print(
+                    f"    over limit: {r['over_limit']} of {len(r['downtimes'])} converging moves;"
+                    f" controller allowed {'->'.join(map(str, r['allowed_caps']))}"
+                    f" (policy {level}); downtimes {sorted(round(d) for d in r['downtimes'])}",
+                    flush=True,
+                )
                 if r["concurrency_changes"]:
                     print(f"    cap changes: {' '.join(r['concurrency_changes'])}", flush=True)
                 for why, count in r["failure_reasons"].items():
@@ -242,6 +270,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "downtime_max_ms": max(all_down) if all_down else None,
         "downtime_limit_ms": args.downtime_ms,
         "downtime_over_limit": over,
+        "over_limit": over,
         "max_concurrency_seen": max((r["max_concurrency_events"] for r in results), default=0),
         "concurrency_limit": max(levels),
         "concurrency_effective_min": min(
@@ -250,6 +279,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "adaptive": args.adaptive,
         "stagger_s": args.stagger_s,
         "slow_start": args.slow_start,
+        "headroom": args.headroom,
+        "fresh_state": args.fresh_state,
+        "bandwidth_mib_s": args.bandwidth_mib_s,
+        "load_avg_1m": round(os.getloadavg()[0], 2),
         "share_downtime": args.share_downtime,
         "throttle_held": throttle_ok,
         "per_level": [
@@ -276,7 +309,24 @@ def main() -> None:
         help="never lower the concurrency cap after an overshoot (the baseline)",
     )
     ap.add_argument(
-        "--slow-start", action="store_true", help="start at 1 move at a time, double while good"
+        "--no-slow-start",
+        dest="slow_start",
+        action="store_false",
+        help="an unseen cluster starts at the policy's limit (the old behaviour)",
+    )
+    ap.add_argument(
+        "--headroom", type=float, default=1.5, help="safety factor of the growth prediction"
+    )
+    ap.add_argument(
+        "--fresh-state",
+        action="store_true",
+        help="every level starts from an empty journal (nothing learned)",
+    )
+    ap.add_argument(
+        "--state-dir", default=None, help="journal directory shared by the levels (default: tmp)"
+    )
+    ap.add_argument(
+        "--bandwidth-mib-s", type=int, default=None, help="class bandwidth cap (default none)"
     )
     ap.add_argument("--stagger-s", type=float, default=0.0, help="least time between starts")
     ap.add_argument(
@@ -286,8 +336,16 @@ def main() -> None:
         help="do not divide the downtime target by the concurrent switch-overs",
     )
     args = ap.parse_args()
+    tmp: tempfile.TemporaryDirectory[str] | None = None
+    if args.state_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="rebalancerd-bench-")
+        args.state_dir = tmp.name
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     out = asyncio.run(main_async(args))
+    if tmp is not None:
+        tmp.cleanup()
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     print(json.dumps(out))
 
 

@@ -14,8 +14,9 @@ pure checks run and every move is reported as skipped with reason ``dry_run`` / 
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -268,6 +269,7 @@ class Executor:
         self.watchdog_grace_s = watchdog_grace_s
         self.reconcile_poll_s = reconcile_poll_s
         self.adaptive = adaptive if adaptive is not None else AdaptiveConcurrency()
+        self._load_adaptive()
         self.stagger_s = stagger_s
         self.share_downtime = share_downtime
         self._last_start = -float("inf")
@@ -1012,19 +1014,64 @@ class Executor:
         limits = wave.policy.limits
         host_limit = limits.max_per_source + limits.max_per_target
         policy_limits = {TOTAL: limits.max_concurrent, m.source: host_limit, m.target: host_limit}
+        now = self.clock.now()
         changes = self.adaptive.observe(
             downtime_ms=downtime_ms,
             limit_ms=limit_ms,
-            started=run.started_mono,
-            now=self.clock.monotonic(),
+            started=run.rec.started,
+            now=now,
             peak=dict(run.peak),
             policy_limits=policy_limits,
         )
         for c in changes:
             self._cap_changed(c, report, downtime_ms, limit_ms, ids)
+        self._save_adaptive(run.peak, now)
         cap = self.adaptive.cap(TOTAL, limits.max_concurrent)
         report.concurrency_effective = cap
         report.concurrency_effective_min = min(report.concurrency_effective_min, cap)
+
+    def _load_adaptive(self) -> None:
+        """Restore what adaptive concurrency learned before a restart (from the journal)."""
+        try:
+            raw = self.journal.adaptive_state()
+        except JournalError as e:
+            self.metrics.inc("errors_total", where="adaptive_load")
+            log.error("adaptive_state_unreadable", error=str(e))
+            return
+        state: dict[str, Any] = {}
+        bad: list[str] = []
+        for scope, text in raw.items():
+            try:
+                state[scope] = json.loads(text)
+            except ValueError:
+                bad.append(scope)
+        bad += self.adaptive.load(state)
+        if bad:
+            self.metrics.inc("errors_total", where="adaptive_load")
+            log.error("adaptive_state_malformed", scopes=sorted(bad))
+        if raw:
+            caps = self.adaptive.throttled()
+            log.info(
+                "adaptive_state_loaded",
+                scopes=len(raw) - len(bad),
+                cluster_cap=caps.get(TOTAL),
+                host_caps={k: v for k, v in caps.items() if k != TOTAL},
+            )
+
+    def _save_adaptive(self, scopes: Iterable[str], now: float) -> None:
+        """Persist the learned state of the scopes a move fed (best effort: a failure is logged
+        and counted; the journal's own writes decide whether moves may start)."""
+        tracked = self.adaptive.throttled()
+        states = {
+            k: json.dumps(self.adaptive.scope_state(k), separators=(",", ":"))
+            for k in scopes
+            if k in tracked
+        }
+        try:
+            self.journal.save_adaptive(states, now)
+        except JournalError as e:
+            self.metrics.inc("errors_total", where="adaptive_save")
+            log.warning("adaptive_state_not_saved", error=str(e))
 
     def _cap_changed(
         self,
@@ -1058,6 +1105,7 @@ class Executor:
             direction=c.direction,
             downtime_ms=downtime_ms,
             limit_ms=limit_ms,
+            predicted_ratio=c.predicted,
             cooloff_s=self.adaptive.cooloff_s,
             **ids,
         )

@@ -1,5 +1,6 @@
-"""The executor's persistent state: an intent journal, outcomes, per-VM cooldowns and the
-bytes-per-hour ledger, in SQLite under the state directory (``<state_dir>/journal.sqlite3``).
+"""The executor's persistent state: an intent journal, outcomes, per-VM cooldowns, the
+bytes-per-hour ledger and what adaptive concurrency learned (per scope), in SQLite under the state
+directory (``<state_dir>/journal.sqlite3``).
 
 Rules:
 - an intent is committed (fsynced: rollback journal, synchronous=FULL) BEFORE a migration starts;
@@ -47,6 +48,11 @@ CREATE TABLE IF NOT EXISTS moves (
 CREATE INDEX IF NOT EXISTS moves_state ON moves(state);
 CREATE INDEX IF NOT EXISTS moves_started ON moves(started);
 CREATE TABLE IF NOT EXISTS cooldowns (vm TEXT PRIMARY KEY, until REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS adaptive (
+    scope TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    updated REAL NOT NULL
+);
 """
 
 
@@ -273,3 +279,24 @@ class Journal:
                 "SELECT vm, until FROM cooldowns WHERE until > ?", (now,)
             ).fetchall()
         return {str(vm): float(u) for vm, u in rows}
+
+    # -- adaptive concurrency -----------------------------------------------------------------
+    def save_adaptive(self, states: dict[str, str], now: float) -> None:
+        """Store the learned adaptive-concurrency state of some scopes (scope -> JSON text)."""
+        if not states:
+            return
+        with self._tx() as c:
+            c.executemany(
+                "INSERT INTO adaptive(scope, state, updated) VALUES (?, ?, ?)"
+                " ON CONFLICT(scope) DO UPDATE SET state=excluded.state, updated=excluded.updated",
+                [(k, v, now) for k, v in states.items()],
+            )
+
+    def adaptive_state(self) -> dict[str, str]:
+        """Scope -> JSON text of what adaptive concurrency learned (empty for a new journal)."""
+        try:
+            with self._lock:
+                rows = self._conn.execute("SELECT scope, state FROM adaptive").fetchall()
+        except sqlite3.Error as e:
+            raise JournalError(f"journal {self.path} unreadable: {_one_line(e)}") from e
+        return {str(k): str(v) for k, v in rows}

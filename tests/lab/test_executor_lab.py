@@ -117,7 +117,9 @@ async def test_live_migrations_verified_and_throttled(rig: Rig) -> None:
     moves = [("lg1", "h1", "h2"), ("lg2", "h1", "h3"), ("lg3", "h2", "h3"), ("lg4", "h2", "h1")]
     metrics = MemoryMetrics()
     journal = Journal.open(":memory:")
-    ex = Executor(rig.hv, SystemClock(), metrics, journal)
+    # the policy's throttle at work: no slow start (the adaptive cap has its own test below)
+    no_slow = AdaptiveConcurrency(slow_start=False)
+    ex = Executor(rig.hv, SystemClock(), metrics, journal, adaptive=no_slow)
     pol = policy(
         {"max_concurrent": 2, "max_per_source": 4, "max_per_target": 4},
         {"max_downtime_ms": 300, "time_budget_s": 60},
@@ -151,7 +153,7 @@ async def test_adaptive_cap_after_overshoot_holds_in_libvirt_events(rig: Rig) ->
     for vm, host in where.items():
         lab.define_guest(host, vm, GUEST_MIB)
     metrics = MemoryMetrics()
-    strict = AdaptiveConcurrency(trigger_fraction=1e-6, good_fraction=1e-6)
+    strict = AdaptiveConcurrency(trigger_fraction=1e-6, slow_start=False)
     ex = Executor(rig.hv, SystemClock(), metrics, Journal.open(":memory:"), adaptive=strict)
     pol = policy(
         {"max_concurrent": 2, "max_per_source": 2, "max_per_target": 2},

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
 
 import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rebalancerd.adapters.clock import VirtualClock
+from rebalancerd.domain.model import ClusterSnapshot
 from rebalancerd.domain.plan import Migration, ReasonKind
 from rebalancerd.execution.adaptive import TOTAL, AdaptiveConcurrency
 from rebalancerd.execution.executor import Executor
@@ -33,6 +36,15 @@ def make(
     return ex, hv, clock, metrics
 
 
+def placed(hv: FakeHypervisor, n_hosts: int = 8) -> ClusterSnapshot:
+    """The test cluster with every VM where the fake hypervisor runs it."""
+    base = cluster(n_hosts)
+    place = base.placement()
+    for v in base.vms:
+        place = place.moved(v.name, hv.where(v.name)[0])
+    return base.with_placement(place)
+
+
 def ring(hv: FakeHypervisor, vms: list[str], n_hosts: int = 8) -> list[Migration]:
     """One move per VM to the host 4 further on (disjoint source/target pairs)."""
     out = []
@@ -43,8 +55,23 @@ def ring(hv: FakeHypervisor, vms: list[str], n_hosts: int = 8) -> list[Migration
 
 
 # -- the pure controller -------------------------------------------------------------------------
+def feed(
+    a: AdaptiveConcurrency, downtime: float, level: int, t: float, *, limit: int = 8
+) -> list[tuple[int, int, str]]:
+    """One completed cluster-wide move: `downtime` ms against 300 ms, seen at `level`."""
+    ch = a.observe(
+        downtime_ms=downtime,
+        limit_ms=300,
+        started=t,
+        now=t + 1,
+        peak={TOTAL: level},
+        policy_limits={TOTAL: limit},
+    )
+    return [(c.old, c.new, c.direction) for c in ch]
+
+
 def test_cut_is_multiplicative_once_per_generation_and_floors_at_one() -> None:
-    a = AdaptiveConcurrency(cooloff_s=100)
+    a = AdaptiveConcurrency(cooloff_s=100, slow_start=False)
     lim = {TOTAL: 8, "a": 20, "b": 20}
     ch = a.observe(
         downtime_ms=400, limit_ms=300, started=0, now=10, peak={TOTAL: 8}, policy_limits=lim
@@ -69,7 +96,7 @@ def test_cut_is_multiplicative_once_per_generation_and_floors_at_one() -> None:
 
 
 def test_cut_uses_the_concurrency_the_move_saw_and_cuts_its_hosts() -> None:
-    a = AdaptiveConcurrency()
+    a = AdaptiveConcurrency(slow_start=False)
     ch = a.observe(
         downtime_ms=260,  # above 80 % of 300
         limit_ms=300,
@@ -82,43 +109,111 @@ def test_cut_uses_the_concurrency_the_move_saw_and_cuts_its_hosts() -> None:
     assert a.cap("c", 2) == 2  # untouched host
 
 
-def test_recovery_waits_for_cooloff_then_is_additive_and_restores_the_policy_limit() -> None:
-    a = AdaptiveConcurrency(cooloff_s=100)
-    lim = {TOTAL: 4}
+def test_slow_start_is_the_default_and_growth_needs_evidence_at_the_current_level() -> None:
+    a = AdaptiveConcurrency()
+    assert a.cap(TOTAL, 8) == 1
+    # two moves at level 1 are not enough evidence (min_samples 3)
+    assert feed(a, 30, 1, 0) == [] and feed(a, 60, 1, 1) == []
+    assert a.predict(TOTAL, 2, 3) is None
+    # the third: worst 60 ms = 0.2 of the limit, x 2/1 x 1.5 headroom = 0.6 <= 0.8: one more
+    assert feed(a, 45, 1, 2) == [(1, 2, "increase")]
+    assert a.cap(TOTAL, 8) == 2
+    # moves that ran alone say nothing about 3 at once: the cap stays at 2
+    for t in range(3, 20):
+        assert feed(a, 10, 1, t) == []
+    assert a.cap(TOTAL, 8) == 2
+    # three at level 2, worst 100 ms: 0.333 x 3/2 x 1.5 = 0.75 <= 0.8: one more
+    assert feed(a, 100, 2, 20) == [] and feed(a, 80, 2, 21) == []
+    assert feed(a, 90, 2, 22) == [(2, 3, "increase")]
+    # at level 3 the worst is 150 ms: 0.5 x 4/3 x 1.5 = 1.0 > 0.8: not 4 while it is remembered
+    for t in range(23, 39):
+        assert feed(a, 150 if t == 23 else 60, 3, t) == []
+    assert a.cap(TOTAL, 8) == 3
+    assert a.worst(TOTAL, 3, 39) == (16, 0.5)
+    # at most `keep` (16) samples per level: the 17th pushes the slow one out
+    assert feed(a, 60, 3, 39) == [(3, 4, "increase")]
 
-    def good(started: float, now: float) -> list[str]:
-        ch = a.observe(
-            downtime_ms=40,
-            limit_ms=300,
-            started=started,
-            now=now,
-            peak={TOTAL: 1},
-            policy_limits=lim,
-        )
-        return [c.direction for c in ch]
 
-    a.observe(downtime_ms=500, limit_ms=300, started=0, now=10, peak={TOTAL: 4}, policy_limits=lim)
-    assert a.cap(TOTAL, 4) == 2
-    for t in range(20, 100, 10):  # inside the cool-off: no recovery
-        assert good(t, t + 1) == []
-    assert a.cap(TOTAL, 4) == 2
-    assert good(5, 200) == []  # started before the cut: not evidence for the new cap
-    # a cap's worth of good moves adds one slot
-    assert good(150, 200) == [] and good(150, 201) == ["increase"]
-    assert a.cap(TOTAL, 4) == 3
-    assert good(210, 220) == [] and good(210, 221) == []
-    assert good(210, 222) == ["restore"]
-    assert a.throttled() == {} and a.cap(TOTAL, 4) == 4
-    # moves in between (not good, not bad) change nothing
+def test_a_slow_level_blocks_growth_and_the_policy_limit_restores() -> None:
+    a = AdaptiveConcurrency()
+    # one at a time already takes 90 ms: 0.3 x 2 x 1.5 = 0.9 > 0.8: two at once is not trusted
+    for t in range(10):
+        assert feed(a, 90 if t == 0 else 40, 1, t) == []
+    assert a.cap(TOTAL, 8) == 1
+    # at the policy's limit the direction is "restore", the learned cap is kept
+    b = AdaptiveConcurrency()
+    assert feed(b, 20, 1, 0, limit=2) == [] and feed(b, 20, 1, 1, limit=2) == []
+    assert feed(b, 20, 1, 2, limit=2) == [(1, 2, "restore")]
+    assert b.throttled() == {TOTAL: 2}
+    assert feed(b, 20, 2, 3, limit=2) == []  # nothing above the policy
+    assert b.cap(TOTAL, 2) == 2 and b.cap(TOTAL, 1) == 1 and b.cap(TOTAL, 0) == 0
+    # a policy raised later: 3 is not trusted before three moves ran 2 at once
+    assert b.cap(TOTAL, 4) == 2
+    assert feed(b, 20, 1, 4, limit=4) == [] and feed(b, 20, 2, 5, limit=4) == []
+    assert feed(b, 20, 2, 6, limit=4) == [(2, 3, "increase")]
+
+
+def test_an_overshoot_blocks_its_level_until_forgotten_and_growth_waits_for_the_cooloff() -> None:
+    a = AdaptiveConcurrency(cooloff_s=100, history_s=1000)
+    for t in range(3):
+        feed(a, 20, 1, t)
+    for t in range(3, 6):
+        feed(a, 20, 2, t)
+    assert a.cap(TOTAL, 8) == 3
+    assert feed(a, 330, 3, 10) == [(3, 1, "decrease")]  # floor(3 x 0.5) = 1
+    # inside the cool-off nothing grows, however good
+    for t in range(20, 100, 10):
+        assert feed(a, 10, 1, t) == []
+    # after it: 2 is trusted again (measured there: 20 ms), 3 is not (overshot there)
+    assert feed(a, 10, 1, 120) == [(1, 2, "increase")]
+    assert a.predict(TOTAL, 3, 121) == 1.1
+    for t in range(130, 300, 10):
+        assert feed(a, 20, 2, t) == []
+    assert a.cap(TOTAL, 8) == 2
+    # once the overshoot is forgotten (history_s), fresh good evidence at 2 raises it again
+    assert feed(a, 20, 2, 1020) == [(2, 3, "increase")]
+
+
+def test_the_learned_state_round_trips_and_bad_state_is_reported() -> None:
+    a = AdaptiveConcurrency(slow_start=False)
     a.observe(
-        downtime_ms=200, limit_ms=300, started=230, now=231, peak={TOTAL: 4}, policy_limits=lim
+        downtime_ms=400,
+        limit_ms=300,
+        started=0,
+        now=10,
+        peak={TOTAL: 4, "h1": 4, "h2": 2},
+        policy_limits={TOTAL: 4, "h1": 8, "h2": 8},
     )
-    assert a.cap(TOTAL, 4) == 4
+    for t in range(400, 403):
+        feed(a, 30, 2, t, limit=4)
+    state = json.loads(json.dumps(a.state()))
+    b = AdaptiveConcurrency()  # slow start: overwritten by the loaded cluster scope
+    assert b.load(state) == []
+    assert b.throttled() == a.throttled() == {TOTAL: 3, "h1": 2, "h2": 1}
+    assert b.predict(TOTAL, 3, 410) == a.predict(TOTAL, 3, 410)
+    assert b.worst(TOTAL, 4, 410) == (1, 400 / 300)
+    # the restored cool-off and generation still hold
+    assert (
+        b.observe(
+            downtime_ms=900, limit_ms=300, started=5, now=411, peak={TOTAL: 4}, policy_limits={}
+        )
+        == []
+    )
+    c = AdaptiveConcurrency()
+    bad = {
+        "h3": {"cap": 0},
+        "h4": {"history": {}},
+        "h5": {"cap": 2, "history": {"x": []}},
+        "h6": "nonsense",
+        "h7": {"cap": 2, "decreased_at": None, "history": {"1": [[1.0, 0.1]]}},
+    }
+    assert sorted(c.load(bad)) == ["h3", "h4", "h5", "h6"]
+    assert c.throttled() == {TOTAL: 1, "h7": 2}
 
 
 # -- through the executor ------------------------------------------------------------------------
 async def test_overshoot_lowers_the_cap_and_good_moves_bring_it_back() -> None:
-    ex, hv, clock, metrics = make(adaptive=AdaptiveConcurrency(cooloff_s=300))
+    ex, hv, clock, metrics = make(adaptive=AdaptiveConcurrency(cooloff_s=300, slow_start=False))
     pol = policy(max_concurrent=4)
     vms = ["vm0-0", "vm1-0", "vm2-0", "vm3-0"]
     hv.downtimes["vm0-0"] = 420.0  # class limit 300 ms
@@ -156,26 +251,33 @@ async def test_overshoot_lowers_the_cap_and_good_moves_bring_it_back() -> None:
     h0_moves = sorted(t for t, vm in hv.starts if vm in ("vm0-1", "vm0-2"))
     assert h0_moves[1] - h0_moves[0] >= hv.duration_s  # never together on h0
 
-    # after the cool-off, moves well within the limit raise the cap one slot at a time
+    # after the cool-off, good moves raise the cap one level at a time, to a level predicted
+    # safe from what ran at the level below: 2 at once took 42 ms (0.14 x 3/2 x 1.5 <= 0.8)
     clock.advance(301)
-    caps = [rep2.concurrency_effective]
-    place = snap.placement()
-    for _ in range(6):  # one VM bouncing between h1 and h5, each move good (42 ms)
+    caps = []
+    for _ in range(4):  # one VM bouncing between h1 and h5, each move good (42 ms)
         src = hv.where("vm1-2")[0]
-        place = place.moved("vm1-2", src)
         tgt = "h5" if src == "h1" else "h1"
-        rep_i = await ex.execute(plan([mig("vm1-2", src, tgt)]), snap.with_placement(place), pol)
+        rep_i = await ex.execute(plan([mig("vm1-2", src, tgt)]), placed(hv), pol)
         assert len(rep_i.succeeded) == 1
         caps.append(rep_i.concurrency_effective)
-    assert caps == sorted(caps) and caps[-1] == 4 and max(caps) <= 4
+    # moves alone say nothing about 4 at once (and 4 at once overshot): 3
+    assert caps == [3, 3, 3, 3]
+    rep_3 = await ex.execute(plan(ring(hv, ["vm1-2", "vm2-2", "vm3-2"])), placed(hv), pol)
+    assert rep_3.max_concurrency == 3 and rep_3.concurrency_effective == 3
+    assert ex.adaptive.predict(TOTAL, 4, clock.now()) == 1.4  # the remembered overshoot
+    # once it is forgotten (history_s), good moves at 3 at once are evidence enough for 4
+    clock.advance(ex.adaptive.history_s)
+    rep_4 = await ex.execute(plan(ring(hv, ["vm1-2", "vm2-2", "vm3-2"])), placed(hv), pol)
+    assert rep_4.concurrency_effective == 4
     assert metrics.gauge("migration_concurrency_effective") == 4.0
     # a stricter policy always wins over the controller
-    rep3 = await ex.execute(plan([]), snap, policy(max_concurrent=1))
-    assert rep3.concurrency_effective == 1
+    rep5 = await ex.execute(plan([]), snap, policy(max_concurrent=1))
+    assert rep5.concurrency_effective == 1
 
 
 async def test_stagger_spreads_the_starts_of_one_step() -> None:
-    ex, hv, _, _ = make(stagger_s=3.0)
+    ex, hv, _, _ = make(stagger_s=3.0, adaptive=AdaptiveConcurrency(slow_start=False))
     vms = ["vm0-0", "vm1-0", "vm2-0"]
     rep = await ex.execute(plan(ring(hv, vms)), cluster(8), policy())
     assert len(rep.succeeded) == 3
@@ -184,11 +286,11 @@ async def test_stagger_spreads_the_starts_of_one_step() -> None:
 
 
 async def test_downtime_target_is_shared_by_concurrent_switchovers() -> None:
-    ex, hv, _, _ = make()
+    ex, hv, _, _ = make(adaptive=AdaptiveConcurrency(slow_start=False))
     vms = ["vm0-0", "vm1-0", "vm2-0", "vm3-0"]
     await ex.execute(plan(ring(hv, vms)), cluster(8), policy(max_concurrent=4))
     assert {hv.settings_seen[v].max_downtime_ms for v in vms} == {45}  # 300 * 0.6 / 4
-    ex2, hv2, _, _ = make(share_downtime=False)
+    ex2, hv2, _, _ = make(share_downtime=False, adaptive=AdaptiveConcurrency(slow_start=False))
     await ex2.execute(plan(ring(hv2, vms)), cluster(8), policy(max_concurrent=4))
     assert {hv2.settings_seen[v].max_downtime_ms for v in vms} == {180}
     ex3, hv3, _, _ = make()
@@ -243,47 +345,74 @@ def test_limits_hold_and_cap_stays_within_policy(
     asyncio.run(go())
 
 
-def test_slow_start_doubles_while_good_and_falls_back_to_aimd() -> None:
-    a = AdaptiveConcurrency(slow_start=True, cooloff_s=100)
-    lim = {TOTAL: 8}
+async def test_slow_start_through_the_executor_ramps_up_on_evidence() -> None:
+    ex, hv, _, metrics = make()  # the default controller: slow start
+    vms = [f"vm{i}-{j}" for j in range(2) for i in range(4)]
+    with structlog.testing.capture_logs() as logs:
+        rep = await ex.execute(plan(ring(hv, vms)), cluster(8), policy(max_concurrent=4))
+    assert len(rep.succeeded) == 8 and not rep.skipped
+    # three alone (the evidence for 2), then two at once until three of those completed
+    starts = [t for t, _ in hv.starts]
+    assert starts[:5] == [0.0, 10.0, 20.0, 30.0, 30.0]
+    assert rep.concurrency_effective_min == 1 and rep.concurrency_effective <= 4
+    ups = [
+        (e["old"], e["new"])
+        for e in logs
+        if e["event"] == "migration_concurrency_adjusted" and e["scope"] == "cluster"
+    ]
+    assert ups[0] == (1, 2) and all(new == old + 1 for old, new in ups)
+    assert metrics.gauge("migration_concurrency_effective") == float(rep.concurrency_effective)
+    # never more at once than the cap in force when each started
+    assert rep.max_concurrency <= max(new for _, new in ups)
 
-    def move(downtime: float, t: float) -> list[tuple[int, int]]:
-        ch = a.observe(
-            downtime_ms=downtime,
-            limit_ms=300,
-            started=t,
-            now=t + 1,
-            peak={TOTAL: 1},
-            policy_limits=lim,
+
+async def test_restart_keeps_what_was_learned(tmp_path: Path) -> None:
+    clock = VirtualClock()
+    hv = FakeHypervisor.for_snapshot(clock, cluster(n_hosts=8))
+    j1 = Journal.open(tmp_path)
+    ex1 = Executor(hv, clock, MemoryMetrics(), j1, adaptive=AdaptiveConcurrency(slow_start=False))
+    hv.downtimes["vm0-0"] = 420.0
+    with structlog.testing.capture_logs():
+        rep = await ex1.execute(
+            plan(ring(hv, ["vm0-0", "vm1-0", "vm2-0", "vm3-0"])),
+            cluster(8),
+            policy(max_concurrent=4),
         )
-        return [(c.old, c.new) for c in ch]
-
-    assert a.cap(TOTAL, 8) == 1
-    assert move(200, 0) == [(1, 2)]  # within the limit (below 80 %): doubles
-    assert move(100, 1) == [] and move(100, 2) == [(2, 4)]
-    assert [move(100, t) for t in (3, 4, 5)] == [[], [], []]
-    assert move(100, 6) == [(4, 8)]  # reached the policy's limit: no cap left
-    assert a.throttled() == {}
-
-    b = AdaptiveConcurrency(slow_start=True, cooloff_s=100)
-    b.observe(downtime_ms=10, limit_ms=300, started=0, now=1, peak={TOTAL: 1}, policy_limits=lim)
-    assert b.cap(TOTAL, 8) == 2
-    ch = b.observe(
-        downtime_ms=400, limit_ms=300, started=2, now=3, peak={TOTAL: 2}, policy_limits=lim
-    )
-    assert [(c.old, c.new, c.direction) for c in ch] == [(2, 1, "decrease")]
-    # now AIMD: nothing grows inside the cool-off
-    b.observe(downtime_ms=10, limit_ms=300, started=4, now=5, peak={TOTAL: 1}, policy_limits=lim)
-    assert b.cap(TOTAL, 8) == 1
-    assert b.cap(TOTAL, 0) == 0  # the policy always wins
+    assert rep.concurrency_effective == 2
+    j1.close()
+    # a new process on the same state directory: the cut cap and the overshoot are remembered
+    clock.advance(600)  # past the cool-off
+    metrics = MemoryMetrics()
+    with structlog.testing.capture_logs() as logs:
+        ex2 = Executor(hv, clock, metrics, Journal.open(tmp_path))
+    assert ex2.adaptive.throttled() == {TOTAL: 2, "h0": 1, "h4": 1}
+    assert ex2.adaptive.predict(TOTAL, 4, clock.now()) is not None
+    assert any(e["event"] == "adaptive_state_loaded" for e in logs)
+    hv.max_total = 0
+    vms = ["vm1-1", "vm2-1", "vm3-1", "vm1-2"]
+    with structlog.testing.capture_logs():
+        rep2 = await ex2.execute(plan(ring(hv, vms)), placed(hv), policy(max_concurrent=4))
+    assert len(rep2.succeeded) == 4
+    # not 1 (a fresh slow start), not 4 (the overshoot it learned from): 2 at once
+    assert hv.max_total == 2 and rep2.max_concurrency == 2
+    assert metrics.total("errors_total", where="adaptive_load") == 0
 
 
-async def test_slow_start_through_the_executor_ramps_up_within_one_step() -> None:
-    ex, hv, _, metrics = make(adaptive=AdaptiveConcurrency(slow_start=True))
-    vms = ["vm0-0", "vm1-0", "vm2-0", "vm3-0"]
-    rep = await ex.execute(plan(ring(hv, vms)), cluster(8), policy(max_concurrent=4))
-    assert len(rep.succeeded) == 4 and not rep.skipped
-    # 1 alone, then 2 together, then the last one (cap 4 = the policy: restored)
-    assert [t for t, _ in hv.starts] == [0.0, 10.0, 10.0, 20.0]
-    assert rep.concurrency_effective_min == 1 and rep.concurrency_effective == 4
-    assert metrics.gauge("migration_concurrency_effective") == 4.0
+async def test_unreadable_or_malformed_learned_state_is_reported_not_fatal(tmp_path: Path) -> None:
+    j = Journal.open(tmp_path)
+    j.save_adaptive({TOTAL: "{not json", "h1": json.dumps({"cap": -3})}, 0.0)
+    clock = VirtualClock()
+    hv = FakeHypervisor.for_snapshot(clock, cluster(n_hosts=8))
+    metrics = MemoryMetrics()
+    with structlog.testing.capture_logs() as logs:
+        ex = Executor(hv, clock, metrics, j)
+    assert metrics.total("errors_total", where="adaptive_load") == 1
+    assert [e["scopes"] for e in logs if e["event"] == "adaptive_state_malformed"] == [
+        [TOTAL, "h1"]
+    ]
+    assert ex.adaptive.cap(TOTAL, 4) == 1  # what it starts from without state: slow start
+    with structlog.testing.capture_logs():
+        rep = await ex.execute(plan(ring(hv, ["vm0-0"])), cluster(8), policy(max_concurrent=4))
+    assert len(rep.succeeded) == 1
+    # and the good state replaced the bad one
+    assert json.loads(j.adaptive_state()[TOTAL])["cap"] == 1

@@ -7,6 +7,7 @@ import pytest
 from rebalancerd.adapters.clock import VirtualClock
 from rebalancerd.domain.model import ClusterSnapshot, Host, HostState, Vm
 from rebalancerd.domain.plan import ReasonKind
+from rebalancerd.execution.adaptive import AdaptiveConcurrency
 from rebalancerd.execution.executor import Executor
 from rebalancerd.execution.journal import Journal
 from rebalancerd.observability import MemoryMetrics
@@ -21,6 +22,8 @@ def make(
     hv = FakeHypervisor.for_snapshot(clock, snap)
     metrics = MemoryMetrics()
     journal = Journal.open(":memory:")
+    # these tests are about the policy's limits: no slow start (test_adaptive.py covers it)
+    kw.setdefault("adaptive", AdaptiveConcurrency(slow_start=False))
     ex = Executor(hv, clock, metrics, journal, dry_run=dry_run, **kw)  # type: ignore[arg-type]
     return ex, hv, clock, metrics, journal
 
