@@ -61,7 +61,7 @@ def make_plan(
         return vm.cpu_demand_mc(percentile=pct, window=win)
 
     imb_before = imbalance(snap, None, weights, demand)
-    ctx = run_greedy(p)
+    ctx = run_greedy(p, deadline)
     s: State = ctx.s
     notes = list(p.notes) + ctx.notes
     planner = "greedy"
@@ -88,7 +88,7 @@ def make_plan(
             and time.perf_counter() < deadline
         ):
             with locked(p, ctx.opening):
-                repolish(ctx)
+                notes.extend(repolish(ctx))
 
     mandatory = {v: m for v, m in ctx.mandatory.items() if m.kind in MANDATORY_KINDS}
     s = _hysteresis(p, s, mandatory, notes)

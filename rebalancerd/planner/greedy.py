@@ -13,6 +13,8 @@ VMs of one hard affinity group that share a host move together (a "unit").
 from __future__ import annotations
 
 import heapq
+import math
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -61,6 +63,22 @@ class Ctx:
     """Hosts that received a VM (consolidate never empties them afterwards)."""
     opening: list[int] = field(default_factory=list)
     """VMs moved by the opening descent, in order (kept in place by later passes)."""
+    deadline: float = math.inf
+    """time.perf_counter() value at which the optional passes stop (a safety net, like
+    CP-SAT's wall-clock limit: every move made so far is valid, so the placement always is)."""
+    stopped: list[str] = field(default_factory=list)
+    """Passes stopped by the deadline."""
+
+    def out_of_time(self, phase: str) -> bool:
+        """True (and noted once per phase) once the deadline has passed."""
+        if time.perf_counter() < self.deadline:
+            return False
+        if phase not in self.stopped:
+            self.stopped.append(phase)
+            self.notes.append(
+                f"greedy {phase} stopped by the wall-clock limit: plan may vary between runs"
+            )
+        return True
 
     def moves_left(self) -> int:
         return self.p.max_moves - self.s.n_moves_cached
@@ -337,6 +355,9 @@ def balance(ctx: Ctx) -> None:
         key, a, v_a = heapq.heappop(hot)
         if v_a != ver[a] or a in exhausted:
             continue
+        # Capacity relief (hosts over capacity come first) is a must-do: past the deadline.
+        if not s.over_capacity(a) and ctx.out_of_time("balance pass"):
+            break
         if -key <= 0:
             break
         heap = cold_c if wc * dc(a) >= wm * dm(a) else cold_m
@@ -515,6 +536,8 @@ def polish(ctx: Ctx) -> None:
     swaps = _Swaps(ctx, env) if SWAPS else None
 
     while actions_left > 0 and s.n_moves_cached < p.max_moves:
+        if ctx.out_of_time("minimax polish"):
+            break
         env.refresh()
         load = env.load
         sc = (env.primary, env.spread)
@@ -686,6 +709,8 @@ def band(ctx: Ctx, passes: int = BAND_PASSES, vm_moves: int = BAND_VM_MOVES) -> 
     env.refresh()
     shrink = BAND_SHRINK
     for _ in range(passes):
+        if ctx.out_of_time("band tightening"):
+            break
         t = env.primary / 2 - shrink
         if t <= 0:
             break
@@ -694,7 +719,7 @@ def band(ctx: Ctx, passes: int = BAND_PASSES, vm_moves: int = BAND_VM_MOVES) -> 
         used, raw, cap = env.used, env.raw, env.cap
         cur_phi = phi(used[0], used[1], raw[0], raw[1], t)
         stuck: set[int] = set()
-        while s.n_moves_cached < p.max_moves:
+        while s.n_moves_cached < p.max_moves and not ctx.out_of_time("band tightening"):
             order = _smallest(-cur_phi, 64)
             i = next((int(j) for j in order[:64] if int(j) not in stuck), -1)
             if i < 0 or cur_phi[i] <= 0:
@@ -1085,10 +1110,32 @@ class _Swaps:
         return []
 
 
-def run_greedy(p: Problem) -> Ctx:
+GREEDY_SHARE = 0.8
+"""The optional greedy passes stop at this share of the time left to the deadline, so that
+CP-SAT gets some of it even on a loaded machine."""
+REPOLISH_GRACE = 0.5
+"""The passes after CP-SAT (repolish) may run until the deadline plus this share of the time
+limit: they start only before the deadline, and on a quiet machine need ~2 s at 2,000 hosts."""
+
+
+def run_greedy(p: Problem, deadline: float = math.inf) -> Ctx:
+    """The greedy plan. `deadline` is a time.perf_counter() value (the plan's time limit):
+    drains and rule fixes always run; the optional passes (opening, balance, polish, band)
+    stop at GREEDY_SHARE of the time left, each leaving a valid placement, and say so in the
+    notes. The returned ctx.deadline is the one for repolish (the deadline plus
+    REPOLISH_GRACE of the time limit)."""
+    start = time.perf_counter()
+    limit = deadline - start
+    stop = start + GREEDY_SHARE * limit if math.isfinite(limit) else math.inf
+    ctx = _run_greedy(p, stop)
+    ctx.deadline = deadline + REPOLISH_GRACE * max(0.0, limit) if math.isfinite(limit) else math.inf
+    return ctx
+
+
+def _run_greedy(p: Problem, stop: float) -> Ctx:
     from rebalancerd.policy.schema import Mode
 
-    ctx = Ctx(p, GState(p))
+    ctx = Ctx(p, GState(p), deadline=stop)
     pack = p.mode is Mode.CONSOLIDATE
     drain(ctx, pack)
     fix_rules(ctx, pack)
@@ -1105,7 +1152,7 @@ def run_greedy(p: Problem) -> Ctx:
             # back home), the passes and CP-SAT, which weigh them, choose which VMs move.
             opening(ctx)
         if ctx.opening:  # the same without the opening, to compare
-            plain = Ctx(p, GState(p))
+            plain = Ctx(p, GState(p), deadline=stop)
             drain(plain, pack)
             fix_rules(plain, pack)
             _balance_passes(plain)
@@ -1148,17 +1195,20 @@ def _balance_passes(ctx: Ctx) -> None:
     band(ctx)
 
 
-def repolish(ctx: Ctx) -> None:
+def repolish(ctx: Ctx) -> list[str]:
     """Band tightening and minimax polish again after CP-SAT changed ctx.s in place (its
     rounds minimise the weighted sum of the gaps, and may leave the worse gap a little higher
-    than it could be, and a few hosts outside the band)."""
+    than it could be, and a few hosts outside the band). Stops at ctx.deadline; returns the
+    notes it added."""
     p, s = ctx.p, ctx.s
     moves = s.moves()
     s.n_moves_cached = len(moves)
     ctx.moved_mib = sum(p.move_mib[v] for v, _, _ in moves)
+    n_notes = len(ctx.notes)
     if len(obj.balancing(p)) > REBAND_MIN_HOSTS:
         reband(ctx)
     polish(ctx)
+    return ctx.notes[n_notes:]
 
 
 def reband(ctx: Ctx) -> None:
@@ -1335,6 +1385,8 @@ def opening(ctx: Ctx) -> None:
     done: list[tuple[list[tuple[int, int]], list[float], bool]] = []
     depth = 0
     while beam and depth < limit and (expanded + len(beam)) * len(hs) <= OPENING_WORK:
+        if ctx.out_of_time("opening descent"):
+            break
         depth += 1
         expanded += len(beam)
         nxt: dict[frozenset[tuple[int, int]], tuple[Any, ...]] = {}
