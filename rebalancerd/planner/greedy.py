@@ -563,12 +563,12 @@ def polish(ctx: Ctx) -> None:
         h = hs[i]
         cur = float(load[r][i])
         best: tuple[float, float, float, int, int] | None = None  # (prim, spr+cost, ext, v, b)
-        if side == 1:
-            sources = [i]
-        else:
+        if side == -1:
             order = _smallest(-load[r], SOURCES_PER_PULL)
             sources = [int(j) for j in order[:SOURCES_PER_PULL] if int(j) != i]
-        for si in sources:
+            best = _best_pull(ctx, env, moved, sources, i, r, cur, mean_mem)
+        else:
+            si = i
             a = hs[si]
             for v in sorted(s.on[a]):
                 if not p.movable[v] or v in p.aff_of or moved.get(v, 0) >= POLISH_VM_MOVES:
@@ -576,56 +576,35 @@ def polish(ctx: Ctx) -> None:
                 home = -1  # a VM moved for a must-do reason may move on, never back home
                 if v in ctx.mandatory:
                     home = pos.get(p.origin[v], -1)
-                    if side == -1 and home == i:
-                        continue
                 if not ctx.can_spend([v]):
                     continue
                 sz = (p.cpu[v], p.mem[v])
                 a_after = [(used[q][si] - sz[q]) / raw[q][si] for q in (0, 1)]
                 cost = obj.move_cost(p, v, mean_mem) * 0.01
-                if side == 1:
-                    nb = [(used[q] + sz[q]) / raw[q] for q in (0, 1)]
-                    hq = [
-                        np.maximum(max(env.excl(q, (si,), True), a_after[q]), nb[q]) for q in (0, 1)
-                    ]
-                    lq = [
-                        np.minimum(min(env.excl(q, (si,), False), a_after[q]), nb[q])
-                        for q in (0, 1)
-                    ]
-                    prim, spr = env.score(hq, lq)
-                    ext = np.maximum(nb[r], a_after[r])
-                    ok = (
-                        (used[0] + sz[0] <= cap[0])
-                        & (used[1] + sz[1] <= cap[1])
-                        & env.acceptable(prim, spr, ext < cur - EPS, r)
-                    )
-                    ok[si] = False
-                    if home >= 0:
-                        ok[home] = False
-                    idx = np.nonzero(ok)[0]
-                    if idx.size == 0:
-                        continue
-                    keyv = prim[idx] * 1e6 + spr[idx] * 1000.0 + ext[idx]
-                    for j in idx[np.argsort(keyv, kind="stable")][:4]:
-                        b = int(hsarr[j])
-                        if s.can_move(v, b):
-                            cand = (float(prim[j]), float(spr[j]) + cost, float(ext[j]), v, b)
-                            if best is None or cand[:3] < best[:3]:
-                                best = cand
-                            break
-                else:
-                    if not s.can_move(v, h):
-                        continue
-                    nb_s = [(used[q][i] + sz[q]) / raw[q][i] for q in (0, 1)]
-                    hq_f = [max(env.excl(q, (si, i), True), a_after[q], nb_s[q]) for q in (0, 1)]
-                    lq_f = [min(env.excl(q, (si, i), False), a_after[q], nb_s[q]) for q in (0, 1)]
-                    prim_f, spr_f = env.score(hq_f, lq_f)
-                    ext_f = -min(nb_s[r], a_after[r])
-                    if not env.acceptable(prim_f, spr_f, -ext_f > cur + EPS, r):
-                        continue
-                    cand = (float(prim_f), float(spr_f) + cost, ext_f, v, h)
-                    if best is None or cand[:3] < best[:3]:
-                        best = cand
+                nb = [(used[q] + sz[q]) / raw[q] for q in (0, 1)]
+                hq = [np.maximum(max(env.excl(q, (si,), True), a_after[q]), nb[q]) for q in (0, 1)]
+                lq = [np.minimum(min(env.excl(q, (si,), False), a_after[q]), nb[q]) for q in (0, 1)]
+                prim, spr = env.score(hq, lq)
+                ext = np.maximum(nb[r], a_after[r])
+                ok = (
+                    (used[0] + sz[0] <= cap[0])
+                    & (used[1] + sz[1] <= cap[1])
+                    & env.acceptable(prim, spr, ext < cur - EPS, r)
+                )
+                ok[si] = False
+                if home >= 0:
+                    ok[home] = False
+                idx = np.nonzero(ok)[0]
+                if idx.size == 0:
+                    continue
+                keyv = prim[idx] * 1e6 + spr[idx] * 1000.0 + ext[idx]
+                for j in idx[np.argsort(keyv, kind="stable")][:4]:
+                    b = int(hsarr[j])
+                    if s.can_move(v, b):
+                        cand = (float(prim[j]), float(spr[j]) + cost, float(ext[j]), v, b)
+                        if best is None or cand[:3] < best[:3]:
+                            best = cand
+                        break
         pairs: list[tuple[int, int]] = []
         if best is not None:
             pairs = [(best[3], best[4])]
@@ -655,6 +634,69 @@ def polish(ctx: Ctx) -> None:
         # Undo the sideways moves made since the best score (they bought nothing).
         for v, a in reversed(log[best_at:]):
             ctx.apply([v], a)
+
+
+def _best_pull(
+    ctx: Ctx,
+    env: _Env,
+    moved: dict[int, int],
+    sources: list[int],
+    i: int,
+    r: int,
+    cur: float,
+    mean_mem: float,
+) -> tuple[float, float, float, int, int] | None:
+    """The polish's best single move into the attacked low host (position i on resource r)
+    from one of the `sources` (positions of the hottest hosts), vectorised over their VMs:
+    (primary after, spread after + cost, -new extreme, vm, host), lowest first, ties to the
+    first VM in source order then VM index; None if no acceptable move fits."""
+    p, s = ctx.p, ctx.s
+    hs, pos = env.hs, env.pos
+    h = hs[i]
+    vs: list[int] = []
+    src: list[int] = []
+    for k, si in enumerate(sources):
+        for v in sorted(s.on[hs[si]]):
+            if not p.movable[v] or v in p.aff_of or moved.get(v, 0) >= POLISH_VM_MOVES:
+                continue
+            # a VM moved for a must-do reason may move on, never back home
+            if v in ctx.mandatory and pos.get(p.origin[v], -1) == i:
+                continue
+            vs.append(v)
+            src.append(k)
+    if not vs:
+        return None
+    va = np.array(vs, dtype=np.int64)
+    ka = np.array(src, dtype=np.int64)
+    sia = np.array(sources, dtype=np.int64)[ka]
+    sz = (np.array([p.cpu[v] for v in vs], dtype=np.int64), np.array([p.mem[v] for v in vs]))
+    hq: list[Any] = []
+    lq: list[Any] = []
+    a_after: list[Any] = []
+    nb_s: list[Any] = []
+    for q in (0, 1):
+        ex_hi = np.array([env.excl(q, (si, i), True) for si in sources])[ka]
+        ex_lo = np.array([env.excl(q, (si, i), False) for si in sources])[ka]
+        aa = (env.used[q][sia] - sz[q]) / env.raw[q][sia]
+        nb = (env.used[q][i] + sz[q]) / env.raw[q][i]
+        a_after.append(aa)
+        nb_s.append(nb)
+        hq.append(np.maximum(np.maximum(ex_hi, aa), nb))
+        lq.append(np.minimum(np.minimum(ex_lo, aa), nb))
+    prim, spr = env.score(hq, lq)
+    ext = -np.minimum(nb_s[r], a_after[r])
+    ok = env.acceptable(prim, spr, -ext > cur + EPS, r)
+    idx = np.nonzero(ok)[0]
+    if idx.size == 0:
+        return None
+    cost = np.array([obj.move_cost(p, v, mean_mem) * 0.01 for v in va[idx].tolist()])
+    sprc = spr[idx] + cost
+    order = np.lexsort((idx, ext[idx], sprc, prim[idx]))
+    for k in order.tolist():
+        v = vs[int(idx[k])]
+        if ctx.can_spend([v]) and s.can_move(v, h):
+            return (float(prim[idx[k]]), float(sprc[k]), float(ext[idx[k]]), v, h)
+    return None
 
 
 # -- phase 4a'': band tightening ------------------------------------------------------------
