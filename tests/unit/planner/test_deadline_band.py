@@ -138,3 +138,59 @@ def test_the_deadline_does_not_change_a_plan_that_has_time() -> None:
     b = run_greedy(_problem(s, pol), deadline=time.perf_counter() + 600.0)
     assert a.s.where == b.s.where
     assert not any("wall-clock" in n for n in b.notes)
+
+
+def _pull_by_hand(
+    ctx: Ctx, env: Any, sources: list[int], i: int, r: int
+) -> tuple[float, float, float, int, int] | None:
+    """The polish's pull move scored one VM at a time (the pre-vectorised loop)."""
+    p, s = ctx.p, ctx.s
+    h = env.hs[i]
+    cur = float(env.load[r][i])
+    mean_mem = obj.mean_host_mem(p)
+    best: tuple[float, float, float, int, int] | None = None
+    for si in sources:
+        for v in sorted(s.on[env.hs[si]]):
+            if not p.movable[v] or v in p.aff_of:
+                continue
+            if not ctx.can_spend([v]) or not s.can_move(v, h):
+                continue
+            sz = (p.cpu[v], p.mem[v])
+            a_after = [(env.used[q][si] - sz[q]) / env.raw[q][si] for q in (0, 1)]
+            nb = [(env.used[q][i] + sz[q]) / env.raw[q][i] for q in (0, 1)]
+            hq = [max(env.excl(q, (si, i), True), a_after[q], nb[q]) for q in (0, 1)]
+            lq = [min(env.excl(q, (si, i), False), a_after[q], nb[q]) for q in (0, 1)]
+            prim, spr = env.score(hq, lq)
+            ext = -min(nb[r], a_after[r])
+            if not env.acceptable(prim, spr, -ext > cur + 1e-12, r):
+                continue
+            cand = (float(prim), float(spr) + obj.move_cost(p, v, mean_mem) * 0.01, ext, v, h)
+            if best is None or cand[:3] < best[:3]:
+                best = cand
+    return best
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 5])
+def test_vectorised_pull_picks_the_move_the_scalar_loop_picks(seed: int) -> None:
+    s = skewed_snapshot(40, 500, seed=seed)
+    pol = policy(limits=loose_limits())
+    p = _problem(s, pol)
+    ctx = Ctx(p, GState(p))
+    greedy.balance(ctx)
+    hs = obj.balancing(p)
+    env = greedy._Env(ctx, hs)
+    found = 0
+    for r in (0, 1):
+        for i in [int(j) for j in greedy._smallest(env.load[r], 6)]:
+            order = greedy._smallest(-env.load[r], greedy.SOURCES_PER_PULL)
+            sources = [int(j) for j in order if int(j) != i]
+            want = _pull_by_hand(ctx, env, sources, i, r)
+            got = greedy._best_pull(
+                ctx, env, {}, sources, i, r, float(env.load[r][i]), obj.mean_host_mem(p)
+            )
+            assert (got is None) == (want is None)
+            if got is not None and want is not None:
+                found += 1
+                assert got[3:] == want[3:]
+                assert got[:3] == pytest.approx(want[:3], abs=1e-12)
+    assert found >= 3, found
