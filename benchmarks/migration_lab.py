@@ -94,6 +94,32 @@ def observed_concurrency(events: list[HypervisorEvent]) -> int:
     return peak
 
 
+def wait_idle(
+    lab: Lab, where: dict[str, str], *, below: float = 0.05, window_s: float = 0.5
+) -> float | None:
+    """Wait until freshly started idle guests are idle: each uses less than `below` of a CPU
+    over `window_s`. SeaBIOS's POST keeps a new guest busy for several seconds (4 booting guests
+    take both cores of this machine); migrating them then measures booting guests, not idle
+    ones. Returns the seconds waited (None: not idle within 60 s)."""
+    import libvirt
+
+    conns = {h.name: libvirt.open(h.uri) for h in lab.hosts}
+    try:
+        doms = [conns[host].lookupByName(vm) for vm, host in where.items()]
+        t0 = time.monotonic()
+        prev = [d.info()[4] for d in doms]
+        while time.monotonic() - t0 < 60.0:
+            time.sleep(window_s)
+            cur = [d.info()[4] for d in doms]
+            if all((c - p) / 1e9 / window_s < below for c, p in zip(cur, prev, strict=True)):
+                return time.monotonic() - t0
+            prev = cur
+        return None
+    finally:
+        for c in conns.values():
+            c.close()
+
+
 async def run_level(
     lab: Lab, level: int, kind: str, n: int, downtime_ms: int, args: argparse.Namespace
 ) -> dict[str, Any]:
@@ -107,6 +133,10 @@ async def run_level(
     if dirty:
         for vm, host in where.items():
             lab.wait_dirtying(host, vm)
+    else:
+        settle = wait_idle(lab, where)
+        if settle is None:
+            print(f"    warning: {kind} guests still busy after 60 s", flush=True)
     events: list[HypervisorEvent] = []
     hv = LibvirtHypervisor(lab.inventory(), poll_interval_s=0.1, listeners=[events.append])
     metrics = MemoryMetrics()

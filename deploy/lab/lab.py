@@ -257,7 +257,9 @@ def guest_xml(
 ) -> str:
     """Domain XML of a lab guest: diskless SeaBIOS (idles at "no bootable device"), or booting the
     dirty boot sector from a read-only virtio disk (read-only disks are migration-safe on a path
-    that every lab host sees)."""
+    that every lab host sees). rebootTimeout -1: SeaBIOS never retries the boot (by default it
+    reboots every 60 s after "no bootable device", and each reboot's POST burns CPU for
+    seconds: an "idle" guest would not stay idle)."""
     if not name.replace("-", "").replace("_", "").isalnum():
         raise LabError(f"bad guest name {name!r}")
     if dirty_image:
@@ -274,7 +276,7 @@ def guest_xml(
   <uuid>{uuid.uuid4()}</uuid>
   <memory unit='MiB'>{memory_mib}</memory>
   <vcpu>1</vcpu>
-  <os><type arch='x86_64' machine='pc'>hvm</type>{boot}</os>
+  <os><type arch='x86_64' machine='pc'>hvm</type>{boot}<bios rebootTimeout='-1'/></os>
   <features><acpi/></features>
   <on_poweroff>destroy</on_poweroff>
   <on_reboot>restart</on_reboot>
