@@ -12,7 +12,11 @@ normalised load over active hosts) and standard deviation, migrations, GiB moved
 (replayed step by step: capacity with headroom, hard anti-affinity, pins, budget, concurrency),
 a lower bound on the memory gap, and for rebalancerd how many of its migrations (in plan order)
 it needs to reach each baseline's final memory gap (`moves_to_<baseline>_gap`; and the other
-way round, `<baseline>_moves_to_our_gap`, None when the baseline never gets there) and, for the
+way round, `<baseline>_moves_to_our_gap`, None when the baseline never gets there;
+`min_moves_to_<baseline>_gap` is a lower bound for any planner: every host above the final band
+must lose a VM, every host below it must gain one, every VM in maintenance must leave; a gap
+counts once it holds for the rest of the plan; `drain_done_at`: moves until the plan's drain is
+done, its waves are limited by max_per_source) and, for the
 default policy (CPU and memory weighted 1:1), the baseline's final worse gap, the larger of the
 CPU and memory gaps (`moves_to_<baseline>_worse`: the baselines balance memory alone and leave
 CPU as it falls); compare with `<baseline>_migrations`. The `rebalancerd-mem` row balances
@@ -117,6 +121,37 @@ def _trajectory(p: Any, moves: list[tuple[int, int, int]]) -> tuple[list[float],
     return mem_traj, worse_traj, s
 
 
+def _drain_done_at(p: Any, moves: list[tuple[int, int, int]]) -> int:
+    """How many moves of the plan it takes to finish its drain (the last move off a host in
+    maintenance or degraded): a gap reached before that does not count, the hosts in
+    maintenance still hold VMs that will land on the others."""
+    return max((i + 1 for i, (_v, a, _b) in enumerate(moves) if p.empty_reason[a]), default=0)
+
+
+def min_moves_to_gap(p: Any, gap: float) -> int:
+    """A lower bound on the moves any planner needs to bring the memory gap to `gap` (and empty
+    the hosts in maintenance): the final loads lie in some band [L, L + gap]; every host above
+    it must lose a VM, every host below it must gain one, and every movable VM on a host being
+    emptied must leave. A move has one source and one target, so it takes at least
+    max(above + drain, below) moves, minimised over L (only the band's breakpoints matter)."""
+    from rebalancerd.planner import objective as obj
+
+    hs = obj.balancing(p)
+    if len(hs) < 2:
+        return 0
+    load = sorted(
+        sum(p.mem[v] for v in range(p.n_vms) if p.origin[v] == h) / p.raw_mem[h] for h in hs
+    )
+    drain = sum(1 for v in range(p.n_vms) if p.empty_reason[p.origin[v]] and p.movable[v])
+    best = None
+    for low in sorted(set(load) | {x - gap for x in load}):
+        above = sum(1 for x in load if x > low + gap + 1e-9)
+        below = sum(1 for x in load if x < low - 1e-9)
+        need = max(above + drain, below)
+        best = need if best is None else min(best, need)
+    return best or 0
+
+
 def _replay_violations(p: Any, moves: list[tuple[int, int, int]]) -> int:
     """Baselines move one VM at a time: count moves that break capacity or a hard rule."""
     from rebalancerd.planner.state import State
@@ -160,11 +195,14 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         moves = baselines.ffd(p) if planner == "ffd" else baselines.largest_hottest_coldest(p)
         wall = time.perf_counter() - t0
         violations = _replay_violations(p, moves)
+        extra = {"min_moves_to_own_gap": None}  # set below, once the final gap is known
     traj, worse_traj, s = _trajectory(p, moves)
     hs = obj.balancing(p)
     mem = [s.mem[h] / p.raw_mem[h] for h in hs]
     cpu = [s.cpu[h] / p.raw_cpu[h] for h in hs]
     lb_mem = _mem_lower_bound(p)
+    if "min_moves_to_own_gap" in extra:
+        extra["min_moves_to_own_gap"] = min_moves_to_gap(p, traj[-1])
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "snapshot": spec["name"],
@@ -179,6 +217,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         "mem_std": round(statistics.pstdev(mem), 4) if mem else 0.0,
         "cpu_std": round(statistics.pstdev(cpu), 4) if cpu else 0.0,
         "migrations": len(moves),
+        "drain_done_at": _drain_done_at(p, moves),
         "gib_moved": round(sum(p.move_mib[v] for v, _, _ in moves) / 1024, 1),
         "violations": violations,
         "mem_gap_lower_bound": round(lb_mem, 4),
@@ -210,10 +249,16 @@ def _mem_lower_bound(p: Any) -> float:
 
 
 def moves_to_reach(traj: list[float], gap: float) -> int | None:
+    """How many moves until the gap is at most `gap` for good (it stays there for the rest of
+    the plan: a gap met between drain moves that then land on the others does not count)."""
+    reached = None
     for i, g in enumerate(traj):
         if g <= gap + 1e-9:
-            return i
-    return None
+            if reached is None:
+                reached = i
+        else:
+            reached = None
+    return reached
 
 
 def main() -> None:
@@ -241,7 +286,7 @@ def main() -> None:
     hdr = (
         f"{'snapshot':<26} {'planner':<15} {'wall_s':>7} {'rss_mib':>8} {'mem_gap':>12} "
         f"{'cpu_gap':>7} {'mem_std':>7} {'moves':>6} {'GiB':>7} {'viol':>4} {'lb':>6} "
-        f"{'moves to baseline gap[/worse]':>30}"
+        f"{'moves to baseline gap[/worse](baseline moves,>=bound)':>44}"
     )
     print(hdr)
     for spec in specs:
@@ -272,6 +317,8 @@ def main() -> None:
                     ours["trajectory"], base["trajectory"][-1]
                 )
                 ours[f"{b}_migrations"] = base["migrations"]
+                # no planner can reach the baseline's gap in fewer moves than this
+                ours[f"min_moves_to_{b}_gap"] = base["min_moves_to_own_gap"]
                 # and the other way round: how many moves the baseline needs to reach our
                 # final memory gap (None: it never does, it stops first)
                 ours[f"{b}_moves_to_our_gap"] = moves_to_reach(
@@ -288,13 +335,14 @@ def main() -> None:
                 cmp = " ".join(
                     f"{b}:{row.get(f'moves_to_{b}_gap')}"
                     + (f"/{row[f'moves_to_{b}_worse']}" if f"moves_to_{b}_worse" in row else "")
+                    + f"({row.get(f'{b}_migrations')},>={row.get(f'min_moves_to_{b}_gap')})"
                     for b in BASELINES
                 )
             print(
                 f"{row['snapshot']:<26} {planner:<15} {row['wall_s']:>7.2f} {row['rss_mib']:>8.0f} "
                 f"{row['mem_gap_before']:>5.3f}->{row['mem_gap']:<5.3f} {row['cpu_gap']:>7.3f} "
                 f"{row['mem_std']:>7.3f} {row['migrations']:>6} {row['gib_moved']:>7.0f} "
-                f"{row['violations']:>4} {row['mem_gap_lower_bound']:>6.3f} {cmp:>30}",
+                f"{row['violations']:>4} {row['mem_gap_lower_bound']:>6.3f} {cmp:>44}",
                 flush=True,
             )
             row.pop("trajectory", None)
