@@ -5,7 +5,8 @@ switch-overs when the hosts run short of CPU (QEMU processes and libvirtds at sw
 link), which QEMU's downtime target does not see. The controller never trusts a concurrency it
 has not seen keep downtime within limits:
 
-- **slow start** (on by default): the cluster-wide cap starts at 1;
+- **slow start** (on by default): the cluster-wide cap starts at ``start_cap`` (default 2, see
+  below; 1 is the strictest);
 - **growth only on evidence**: every completed move's downtime, as a fraction of its class's
   limit (its *ratio*), is remembered per scope and per *level* (the most moves seen at once in
   that scope while it ran). The cap grows from c to c + 1 only when at least ``min_samples``
@@ -29,10 +30,13 @@ so an untracked host's cap is their sum).
 ``state()`` / ``load()`` give the learned state as plain JSON-able data (per scope), for the
 journal: a daemon restart does not re-learn through an overshoot.
 
-Trade-off: the first moves after a fresh start (nothing learned) run one at a time, and a level
-whose samples came close to the limit is not raised for ``history_s``: throughput is given up
-for downtime within limits. With ``slow_start=False`` an unseen cluster starts at the policy's
-limit (the old behaviour: the first overshoot is the one it learns from).
+Trade-off: the first moves after a fresh start (nothing learned) run at most ``start_cap`` at
+once, and a level whose samples came close to the limit is not raised for ``history_s``:
+throughput is given up for downtime within limits. The default ``start_cap`` is 2, not 1: a
+fresh daemon draining a host runs two moves side by side (the fault tests rely on it), and two
+at once was measured within limits on the smallest lab (2 cores, 3 libvirtds). With
+``slow_start=False`` an unseen cluster starts at the policy's limit (the old behaviour: the first
+overshoot is the one it learns from).
 """
 
 from __future__ import annotations
@@ -73,6 +77,7 @@ class AdaptiveConcurrency:
         trigger_fraction: float = 0.8,
         cooloff_s: float = 300.0,
         slow_start: bool = True,
+        start_cap: int = 2,
         headroom: float = 1.5,
         min_samples: int = 3,
         history_s: float = 3600.0,
@@ -86,17 +91,20 @@ class AdaptiveConcurrency:
             raise ValueError("headroom must be >= 1")
         if min_samples < 1 or keep < min_samples:
             raise ValueError("need 1 <= min_samples <= keep")
+        if start_cap < 1:
+            raise ValueError("start_cap must be >= 1")
         self.decrease = decrease
         self.trigger_fraction = trigger_fraction
         self.cooloff_s = cooloff_s
         self.slow_start = slow_start
+        self.start_cap = start_cap
         self.headroom = headroom
         self.min_samples = min_samples
         self.history_s = history_s
         self.keep = keep
         self._scopes: dict[str, _Scope] = {}
         if slow_start:
-            self._scopes[TOTAL] = _Scope(1)
+            self._scopes[TOTAL] = _Scope(start_cap)
 
     # -- queries --------------------------------------------------------------------------------
     def cap(self, scope: str, policy_limit: int) -> int:

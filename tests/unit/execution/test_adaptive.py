@@ -110,7 +110,9 @@ def test_cut_uses_the_concurrency_the_move_saw_and_cuts_its_hosts() -> None:
 
 
 def test_slow_start_is_the_default_and_growth_needs_evidence_at_the_current_level() -> None:
-    a = AdaptiveConcurrency()
+    assert AdaptiveConcurrency().cap(TOTAL, 8) == 2  # the default start (see adaptive.py)
+    assert AdaptiveConcurrency().cap(TOTAL, 1) == 1
+    a = AdaptiveConcurrency(start_cap=1)
     assert a.cap(TOTAL, 8) == 1
     # two moves at level 1 are not enough evidence (min_samples 3)
     assert feed(a, 30, 1, 0) == [] and feed(a, 60, 1, 1) == []
@@ -135,13 +137,13 @@ def test_slow_start_is_the_default_and_growth_needs_evidence_at_the_current_leve
 
 
 def test_a_slow_level_blocks_growth_and_the_policy_limit_restores() -> None:
-    a = AdaptiveConcurrency()
+    a = AdaptiveConcurrency(start_cap=1)
     # one at a time already takes 90 ms: 0.3 x 2 x 1.5 = 0.9 > 0.8: two at once is not trusted
     for t in range(10):
         assert feed(a, 90 if t == 0 else 40, 1, t) == []
     assert a.cap(TOTAL, 8) == 1
     # at the policy's limit the direction is "restore", the learned cap is kept
-    b = AdaptiveConcurrency()
+    b = AdaptiveConcurrency(start_cap=1)
     assert feed(b, 20, 1, 0, limit=2) == [] and feed(b, 20, 1, 1, limit=2) == []
     assert feed(b, 20, 1, 2, limit=2) == [(1, 2, "restore")]
     assert b.throttled() == {TOTAL: 2}
@@ -208,7 +210,7 @@ def test_the_learned_state_round_trips_and_bad_state_is_reported() -> None:
         "h7": {"cap": 2, "decreased_at": None, "history": {"1": [[1.0, 0.1]]}},
     }
     assert sorted(c.load(bad)) == ["h3", "h4", "h5", "h6"]
-    assert c.throttled() == {TOTAL: 1, "h7": 2}
+    assert c.throttled() == {TOTAL: 2, "h7": 2}  # TOTAL: the default start
 
 
 # -- through the executor ------------------------------------------------------------------------
@@ -346,7 +348,7 @@ def test_limits_hold_and_cap_stays_within_policy(
 
 
 async def test_slow_start_through_the_executor_ramps_up_on_evidence() -> None:
-    ex, hv, _, metrics = make()  # the default controller: slow start
+    ex, hv, _, metrics = make(adaptive=AdaptiveConcurrency(start_cap=1))
     vms = [f"vm{i}-{j}" for j in range(2) for i in range(4)]
     with structlog.testing.capture_logs() as logs:
         rep = await ex.execute(plan(ring(hv, vms)), cluster(8), policy(max_concurrent=4))
@@ -410,9 +412,9 @@ async def test_unreadable_or_malformed_learned_state_is_reported_not_fatal(tmp_p
     assert [e["scopes"] for e in logs if e["event"] == "adaptive_state_malformed"] == [
         [TOTAL, "h1"]
     ]
-    assert ex.adaptive.cap(TOTAL, 4) == 1  # what it starts from without state: slow start
+    assert ex.adaptive.cap(TOTAL, 4) == 2  # what it starts from without state: slow start
     with structlog.testing.capture_logs():
         rep = await ex.execute(plan(ring(hv, ["vm0-0"])), cluster(8), policy(max_concurrent=4))
     assert len(rep.succeeded) == 1
     # and the good state replaced the bad one
-    assert json.loads(j.adaptive_state()[TOTAL])["cap"] == 1
+    assert json.loads(j.adaptive_state()[TOTAL])["cap"] == 2
