@@ -18,7 +18,7 @@ in force at the start and after each change). Not a timed test: figures depend o
 Each level is run by a new Executor, as after a daemon restart, on one journal (state directory)
 shared by the whole run: what the controller learned at one level (per-level downtimes, caps) is
 kept, as it is by the daemon. `--fresh-state` gives every level an empty in-memory journal instead
-(every level starts from scratch: slow start at 1).
+(every level starts from scratch: slow start at `--start-cap`, default 2).
 
     .venv/bin/python benchmarks/migration_lab.py [--n 8] [--dirty-n 4] [--levels 1,2,4]
 
@@ -146,7 +146,9 @@ async def run_level(
         SystemClock(),
         metrics,
         journal,
-        adaptive=AdaptiveConcurrency(slow_start=args.slow_start, headroom=args.headroom)
+        adaptive=AdaptiveConcurrency(
+            slow_start=args.slow_start, start_cap=args.start_cap, headroom=args.headroom
+        )
         if args.adaptive
         else AdaptiveConcurrency(slow_start=False, trigger_fraction=math.inf),
         stagger_s=args.stagger_s,
@@ -310,6 +312,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "stagger_s": args.stagger_s,
         "slow_start": args.slow_start,
         "headroom": args.headroom,
+        "start_cap": args.start_cap,
         "fresh_state": args.fresh_state,
         "bandwidth_mib_s": args.bandwidth_mib_s,
         "load_avg_1m": round(os.getloadavg()[0], 2),
@@ -346,6 +349,9 @@ def main() -> None:
     )
     ap.add_argument(
         "--headroom", type=float, default=1.5, help="safety factor of the growth prediction"
+    )
+    ap.add_argument(
+        "--start-cap", type=int, default=2, help="slow start: the cap with nothing learned"
     )
     ap.add_argument(
         "--fresh-state",
