@@ -246,7 +246,63 @@ def _descent_order(
                 ver[x] += 1
                 heapq.heappush(heap, (-key(x), x, ver[x]))
     rest = [v for v in order if not first(v) and v not in placed]
-    return head + out + rest
+    mates = [v for v in rest if v in p.aff_of]  # affinity units stay together, at the end
+    rest = _least_damage([v for v in rest if v not in p.aff_of], p, cur, dest, hs, wc, wm)
+    return head + out + rest + mates
+
+
+def _least_damage(
+    rest: list[int],
+    p: Problem,
+    cur: State,
+    dest: dict[int, int],
+    hs: list[int],
+    wc: float,
+    wm: float,
+) -> list[int]:
+    """Order the moves the descent left (none of them pulls a host in on its own: swap halves,
+    chains where a host sends a big VM and takes another) so the gap stays low between them:
+    always the move after which the worse weighted gap (then the sum of both) is smallest,
+    among those whose target has room now. A host that sends a big VM gets its replacement
+    next, instead of standing half empty until the end of the plan. Quadratic in len(rest),
+    which stays small (175 of 5,523 moves at 2,000 hosts)."""
+    if len(rest) < 2:
+        return rest
+    hset = set(hs)
+    res = ((cur.cpu, p.raw_cpu, wc, p.cpu), (cur.mem, p.raw_mem, wm, p.mem))
+    val = [{h: w * load[h] / raw[h] for h in hs} for load, raw, w, _ in res]
+    srt = [sorted((x, h) for h, x in val[i].items()) for i in range(2)]
+
+    def after(v: int) -> tuple[float, float]:
+        a, b = cur.where[v], dest[v]
+        gs = []
+        for i, (_load, raw, w, size) in enumerate(res):
+            d = w * size[v]
+            new = [val[i][h] + (d if h == b else -d) / raw[h] for h in (a, b) if h in hset]
+            hi = next((x for x, h in reversed(srt[i]) if h != a and h != b), None)
+            lo = next((x for x, h in srt[i] if h != a and h != b), None)
+            both = new + [x for x in (hi, lo) if x is not None]
+            gs.append(max(both) - min(both) if both else 0.0)
+        return max(gs), gs[0] + gs[1]
+
+    left = list(rest)
+    out: list[int] = []
+    while left:
+        fits = [v for v in left if cur.fits(v, dest[v])]
+        if not fits:
+            return out + left  # the sequencer finds the order that makes room
+        v = min(fits, key=lambda v: (*after(v), v))
+        a, b = cur.where[v], dest[v]
+        cur.move(v, b)
+        for i, (load, raw, w, _) in enumerate(res):
+            for h in (a, b):
+                if h in hset:
+                    srt[i].pop(bisect.bisect_left(srt[i], (val[i][h], h)))
+                    val[i][h] = w * load[h] / raw[h]
+                    bisect.insort(srt[i], (val[i][h], h))
+        left.remove(v)
+        out.append(v)
+    return out
 
 
 def _extremeness(p: Problem, s: State) -> list[float]:
