@@ -25,7 +25,7 @@ from rebalancerd.adapters.clock import SystemClock
 from rebalancerd.adapters.libvirt import HypervisorEvent, LibvirtHypervisor
 from rebalancerd.domain.model import ClusterSnapshot, Host, Vm
 from rebalancerd.domain.plan import Migration, MigrationPlan, PlanStep, Reason, ReasonKind
-from rebalancerd.execution.adaptive import AdaptiveConcurrency
+from rebalancerd.execution.adaptive import TOTAL, AdaptiveConcurrency
 from rebalancerd.execution.executor import Executor
 from rebalancerd.execution.journal import JOURNAL_FILE, Journal
 from rebalancerd.observability import MemoryMetrics
@@ -174,6 +174,44 @@ async def test_adaptive_cap_after_overshoot_holds_in_libvirt_events(rig: Rig) ->
     assert rep2.max_concurrency == 1
     assert observed_concurrency(rig.events[mark:]) == 1
     assert lab.running_on("ag1") == ["h3"] and lab.running_on("ag2") == ["h1"]
+
+
+async def test_learned_cap_survives_a_restart_in_libvirt_events(rig: Rig, tmp_path: Path) -> None:
+    """A strict controller learns from real downtimes that 2 at once is too many, in a journal
+    on disk. A new executor on the same state directory (a restarted daemon) runs the next
+    wave one move at a time from its first move, as libvirt's own events show."""
+    lab = rig.lab
+    where = {"rs1": "h1", "rs2": "h2"}
+    for vm, host in where.items():
+        lab.define_guest(host, vm, GUEST_MIB)
+    pol = policy(
+        {"max_concurrent": 2, "max_per_source": 2, "max_per_target": 2},
+        {"max_downtime_ms": 300, "time_budget_s": 60},
+    )
+
+    def strict() -> AdaptiveConcurrency:  # every real downtime counts as an overshoot
+        return AdaptiveConcurrency(trigger_fraction=1e-6, slow_start=False)
+
+    j1 = Journal.open(tmp_path)
+    ex1 = Executor(rig.hv, SystemClock(), MemoryMetrics(), j1, adaptive=strict())
+    first = [("rs1", "h1", "h2"), ("rs2", "h2", "h3")]
+    rep1 = await asyncio.wait_for(ex1.execute(plan(*first), snapshot(lab, where), pol), 120)
+    assert sorted(r.vm for r in rep1.succeeded) == ["rs1", "rs2"], rep1
+    assert rep1.max_concurrency == 2 and rep1.concurrency_effective == 1
+    j1.close()
+
+    metrics = MemoryMetrics()
+    ex2 = Executor(rig.hv, SystemClock(), metrics, Journal.open(tmp_path), adaptive=strict())
+    assert ex2.adaptive.cap(TOTAL, 2) == 1  # loaded, not the policy's 2
+    where = {"rs1": "h2", "rs2": "h3"}
+    mark = len(rig.events)
+    second = [("rs1", "h2", "h3"), ("rs2", "h3", "h1")]
+    rep2 = await asyncio.wait_for(ex2.execute(plan(*second), snapshot(lab, where), pol), 120)
+    assert sorted(r.vm for r in rep2.succeeded) == ["rs1", "rs2"], rep2
+    assert rep2.max_concurrency == 1
+    assert observed_concurrency(rig.events[mark:]) == 1
+    assert metrics.total("errors_total", where="adaptive_load") == 0
+    assert lab.running_on("rs1") == ["h3"] and lab.running_on("rs2") == ["h1"]
 
 
 @pytest.mark.slow
