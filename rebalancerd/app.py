@@ -52,6 +52,7 @@ from rebalancerd.config import DaemonConfig, diff, load
 from rebalancerd.control.server import ControlRequestError, ControlServer
 from rebalancerd.domain.load import host_loads
 from rebalancerd.domain.model import ClusterRules, ClusterSnapshot, Host, HostState, Pin
+from rebalancerd.execution.adaptive import AdaptiveConcurrency
 from rebalancerd.execution.executor import Executor
 from rebalancerd.execution.journal import Journal, JournalError
 from rebalancerd.loop import ControlLoop, CycleReport, policy_weights
@@ -217,6 +218,17 @@ def open_journal(state_dir: str) -> tuple[Journal, str | None]:
 # The daemon
 
 
+def adaptive_concurrency(cfg: DaemonConfig) -> AdaptiveConcurrency:
+    """The executor's adaptive concurrency controller, from the config's `adaptive` section."""
+    a = cfg.adaptive
+    return AdaptiveConcurrency(
+        slow_start=a.slow_start,
+        start_cap=a.start_cap,
+        trigger_fraction=a.trigger_fraction,
+        history_s=a.history_s,
+    )
+
+
 class Daemon:
     def __init__(
         self,
@@ -316,6 +328,7 @@ class Daemon:
             self.journal,
             dry_run=cfg.dry_run,
             fresh=self._fresh,
+            adaptive=adaptive_concurrency(cfg),
         )
         self.loop = ControlLoop(
             self.telemetry,

@@ -82,6 +82,23 @@ class PlannerConfig(_Strict):
     seed: int = 0
 
 
+class AdaptiveConfig(_Strict):
+    """Adaptive concurrency (execution/adaptive.py): the policy's concurrency limits are
+    ceilings; the executor only runs as many moves at once as it has seen keep downtime within
+    the limits. What it learned is kept in the journal across restarts."""
+
+    slow_start: bool = True
+    """Start a fresh cluster (nothing learned yet) at `start_cap` moves at once; false: at the
+    policy's max_concurrent (the first overshoot is what it learns from)."""
+    start_cap: Annotated[int, Field(ge=1, le=1000)] = 2
+    """Moves at once before anything was learned (1 is the strictest)."""
+    trigger_fraction: Annotated[float, Field(gt=0, le=1)] = 0.8
+    """A move whose downtime passes this fraction of its limit cuts the cap; growth needs the
+    predicted downtime at the next level to stay under it."""
+    history_s: Annotated[float, Field(gt=0, le=30 * 86400)] = 3600.0
+    """How long a measured downtime counts (an old overshoot must not block a level forever)."""
+
+
 class LogConfig(_Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -114,6 +131,7 @@ class DaemonConfig(_Strict):
     control: ControlConfig = Field(default_factory=ControlConfig)
     intervals: Intervals = Field(default_factory=Intervals)
     planner: PlannerConfig = Field(default_factory=PlannerConfig)
+    adaptive: AdaptiveConfig = Field(default_factory=AdaptiveConfig)
     shutdown_deadline_s: Annotated[float, Field(ge=0, le=86400)] = 120.0
     """On SIGTERM: how long in-flight migrations may take to finish before they are aborted
     (an aborted live migration leaves the VM running on its source)."""

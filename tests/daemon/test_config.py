@@ -89,3 +89,22 @@ def test_reload_diff_separates_live_and_restart_fields() -> None:
     assert live == ["intervals.plan_s", "log.level"]
     assert restart == ["broker.url", "metrics.address"]
     assert diff(a, a) == ([], [])
+
+
+def test_adaptive_concurrency_settings_reach_the_controller() -> None:
+    from rebalancerd.app import adaptive_concurrency
+    from rebalancerd.execution.adaptive import TOTAL
+
+    section = {"start_cap": 1, "trigger_fraction": 0.5, "history_s": 60}
+    adaptive = adaptive_concurrency(parse({"simulate": True, "adaptive": section}))
+    assert adaptive.cap(TOTAL, 10) == 1  # a fresh cluster starts at start_cap
+    assert (adaptive.trigger_fraction, adaptive.history_s) == (0.5, 60.0)
+    assert adaptive_concurrency(parse({"simulate": True})).cap(TOTAL, 10) == 2
+    off = adaptive_concurrency(parse({"simulate": True, "adaptive": {"slow_start": False}}))
+    assert off.cap(TOTAL, 10) == 10
+
+
+def test_adaptive_start_cap_must_be_positive() -> None:
+    with pytest.raises(ConfigError) as ei:
+        parse({"simulate": True, "adaptive": {"start_cap": 0}})
+    assert "adaptive.start_cap" in str(ei.value)
