@@ -458,8 +458,9 @@ class Daemon:
         if not done:
             log.error("shutdown_forced", in_flight=len(self.executor.in_flight()))
             brain.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await brain
+            # wait, never `await brain` under suppress(CancelledError): that would also swallow
+            # a cancel of this task (the TaskGroup collects the brain's outcome)
+            await asyncio.wait({brain}, timeout=ABORT_GRACE_S)
 
     async def close(self) -> None:
         if self.control is not None:

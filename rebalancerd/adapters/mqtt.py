@@ -236,14 +236,12 @@ class MqttStream:
                 del inbox[: self.max_batch]
                 yield batch
         finally:
+            # cancel, never await: awaiting them under suppress(CancelledError) would also
+            # swallow a cancel of the consuming task that lands there (shutdown would hang)
             for t in (waiter, watcher):
-                if t is not None and not t.done():
+                if t is not None:
                     t.cancel()
-            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                await watcher
-            if waiter is not None:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await waiter
+                    t.add_done_callback(_retrieve)
 
     def _session_kwargs(self) -> dict[str, Any]:
         if not self.session_expiry_s:
@@ -351,3 +349,10 @@ class Publisher:
 
 
 __all__ = ["Backoff", "BrokerSettings", "MqttConfigError", "MqttStream", "Publisher"]
+
+
+def _retrieve(t: asyncio.Future[Any]) -> None:
+    """Done callback of a helper task cancelled without being awaited: fetch its outcome so
+    asyncio does not log "exception was never retrieved" (a disconnect's MqttError)."""
+    if not t.cancelled():
+        t.exception()

@@ -12,7 +12,6 @@ asyncio and structlog.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -81,11 +80,11 @@ class PolicyWatcher:
             try:
                 await asyncio.wait({sleeper, waiter}, return_when=asyncio.FIRST_COMPLETED)
             finally:
+                # cancel, never await: awaiting a cancelled helper under
+                # suppress(CancelledError) would also swallow a cancel of this task that lands
+                # there, and the watcher would run on (the daemon's shutdown hung on it)
                 for t in (sleeper, waiter):
-                    if not t.done():
-                        t.cancel()
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await t
+                    t.cancel()
             self._requested.clear()
             try:
                 self.poll()

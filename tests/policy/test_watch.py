@@ -80,3 +80,28 @@ async def test_running_watcher_applies_valid_and_refuses_invalid(tmp_path: Path)
         with contextlib.suppress(asyncio.CancelledError):
             await task
     assert task.cancelled()
+
+
+class _InstantClock(SystemClock):
+    """Sleeps return at once: the watcher spins through its wait/cleanup code."""
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(0)
+
+
+async def test_a_cancel_is_never_lost_whatever_the_watcher_is_awaiting(tmp_path: Path) -> None:
+    # Cancel at many different points of the loop: the task must always end cancelled. (A
+    # `suppress(CancelledError)` around awaiting its own cancelled sleeper swallowed a cancel
+    # that landed there, the watcher ran on, and the daemon's TaskGroup never finished.)
+    (tmp_path / "a.yaml").write_text(HEAD + "name: a\n")
+    store = PolicyStore(tmp_path, MemoryMetrics(), SystemClock())
+    store.reload()
+    for spins in range(40):
+        watcher = PolicyWatcher(store, _InstantClock(), interval_s=1.0)
+        task = asyncio.create_task(watcher.run())
+        for _ in range(spins):
+            await asyncio.sleep(0)
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=2.0)
+        assert done, f"cancel lost after {spins} event-loop turns"
+        assert task.cancelled()
