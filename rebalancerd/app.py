@@ -514,7 +514,8 @@ class Daemon:
             try:
                 if self.config_path:
                     out["config"] = self._reload_config()
-                result = await asyncio.to_thread(self.store.reload)
+                reload = self.watcher.reload_now if self.watcher else self.store.reload
+                result = await asyncio.to_thread(reload)
                 self.last_reload = self._reload_summary()
                 out["policy"] = self.last_reload
                 self.notifier.status(result.summary()[:200])

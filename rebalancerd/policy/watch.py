@@ -60,6 +60,13 @@ class PolicyWatcher:
         if self._requested is not None:
             self._requested.set()
 
+    def reload_now(self) -> ReloadResult:
+        """Reload at once (SIGHUP, `rebalancerd reload`) and take the files as seen, so the
+        next poll does not reload (and log) the same change a second time."""
+        self._pending = False
+        self._last = fingerprint(self.store.directory)  # before reading, as in poll()
+        return self.store.reload()
+
     def poll(self) -> ReloadResult | None:
         """Reload if the files changed or a reload was requested; else None."""
         fp = fingerprint(self.store.directory)

@@ -105,3 +105,20 @@ async def test_a_cancel_is_never_lost_whatever_the_watcher_is_awaiting(tmp_path:
         done, _ = await asyncio.wait({task}, timeout=2.0)
         assert done, f"cancel lost after {spins} event-loop turns"
         assert task.cancelled()
+
+
+def test_an_explicit_reload_is_not_repeated_by_the_next_poll(tmp_path: Path) -> None:
+    # SIGHUP after editing a file: one reload, not a second one when the watcher polls.
+    f = tmp_path / "a.yaml"
+    f.write_text(HEAD + "name: a\n")
+    store = PolicyStore(tmp_path, MemoryMetrics(), VirtualClock())
+    store.reload()
+    watcher = PolicyWatcher(store, VirtualClock())
+    bump(f, HEAD + "name: a\nmode: advisory\n")
+    result = watcher.reload_now()
+    assert result.ok and result.changed
+    assert store.current().mode is Mode.ADVISORY
+    assert watcher.poll() is None
+    bump(f, HEAD + "name: a\nmode: balance\n")  # a later edit is still picked up
+    later = watcher.poll()
+    assert later is not None and later.changed
