@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any, Literal, TextIO
 
 import structlog
@@ -61,7 +62,7 @@ def configure(level: str = "info", fmt: Format = "auto", stream: TextIO | None =
         cache_logger_on_first_use=False,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared,
+        foreign_pre_chain=[*shared, _library_event],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
     )
     handler = logging.StreamHandler(out)
@@ -84,6 +85,17 @@ def _colors(stream: TextIO) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+def _library_event(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """A library's stdlib log line (aiomqtt, asyncio, libvirt...) gets an event name like ours,
+    `library_log`, and keeps its text under `message`: alerts and log queries can match on
+    event names without parsing free text."""
+    event_dict["message"] = str(event_dict.get("event", ""))
+    event_dict["event"] = "library_log"
+    return event_dict
 
 
 def get_logger(name: str = "rebalancerd", **bound: Any) -> Any:

@@ -49,7 +49,10 @@ def test_json_lines_with_stable_keys() -> None:
     assert first["event"] == "migration_started" and first["level"] == "info"
     assert first["vm"] == "web-1" and first["migration_id"] == "m-1"
     assert first["logger"] == "rebalancerd.executor" and first["ts"].endswith("Z")
-    assert lines[1]["event"] == "plain record" and lines[1]["level"] == "warning"
+    # a library's line gets an event name like ours and keeps its text
+    assert lines[1]["event"] == "library_log" and lines[1]["level"] == "warning"
+    assert lines[1]["message"] == "plain record" and lines[1]["logger"] == "some.library"
+    assert "message" not in first
     assert "ValueError: boom" in lines[2]["exception"]
 
 
