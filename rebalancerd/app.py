@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -60,6 +60,9 @@ from rebalancerd.policy.store import PolicyStore
 from rebalancerd.policy.watch import PolicyWatcher, make_store
 from rebalancerd.ports import Clock, Hypervisor, HypervisorError, TelemetrySource
 from rebalancerd.snapshot import to_dict as snapshot_to_dict
+
+if TYPE_CHECKING:
+    from rebalancerd.telemetry.collector import CollectorSettings
 
 log = structlog.get_logger("rebalancerd.daemon")
 
@@ -176,18 +179,14 @@ def _real_parts(
 ) -> tuple[TelemetrySource, Hypervisor, Any]:
     from rebalancerd.adapters.libvirt import LibvirtHypervisor
     from rebalancerd.adapters.mqtt import MqttConfigError, MqttStream
-    from rebalancerd.telemetry.collector import Collector, CollectorSettings
+    from rebalancerd.telemetry.collector import Collector
     from rebalancerd.telemetry.schema import subscription_topics
 
     inventory = _load_inventory(cfg)
     if len(inventory) == 0:
         raise StartupError("inventory: no hosts")
     try:
-        settings = CollectorSettings(
-            cluster=cfg.cluster,
-            stale_after_s=cfg.intervals.stale_after_s,
-            max_clock_skew_s=cfg.telemetry_max_clock_skew_s,
-        )
+        settings = collector_settings(cfg)
     except ValueError as e:
         raise StartupError(f"telemetry settings: {e}") from None
     try:
@@ -216,6 +215,24 @@ def open_journal(state_dir: str) -> tuple[Journal, str | None]:
 
 # ---------------------------------------------------------------------------------------------
 # The daemon
+
+
+def collector_settings(cfg: DaemonConfig) -> CollectorSettings:
+    """The telemetry collector's settings from the config (raises ValueError if unusable)."""
+    from rebalancerd.telemetry.collector import CollectorSettings
+
+    t = cfg.telemetry
+    return CollectorSettings(
+        cluster=cfg.cluster,
+        stale_after_s=cfg.intervals.stale_after_s,
+        max_clock_skew_s=cfg.telemetry_max_clock_skew_s,
+        history_len=t.history_len,
+        ewma_alpha=t.ewma_alpha,
+        rate_per_s=t.rate_per_s,
+        rate_burst=t.rate_burst,
+        max_vms_per_host=t.max_vms_per_host,
+        max_payload_bytes=t.max_payload_bytes,
+    )
 
 
 def adaptive_concurrency(cfg: DaemonConfig) -> AdaptiveConcurrency:

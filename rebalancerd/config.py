@@ -82,6 +82,20 @@ class PlannerConfig(_Strict):
     seed: int = 0
 
 
+class TelemetryConfig(_Strict):
+    """How the collector treats agent reports (telemetry/collector.py)."""
+
+    history_len: Annotated[int, Field(ge=1, le=100_000)] = 60
+    """Samples of CPU use kept per VM (for the policies' prediction percentile and window)."""
+    ewma_alpha: Annotated[float, Field(gt=0, le=1)] = 0.3
+    """Smoothing of CPU use (1 = no smoothing)."""
+    rate_per_s: Annotated[float, Field(gt=0, le=10_000)] = 2.0
+    """Sustained messages per second accepted from one host; more are rejected and counted."""
+    rate_burst: Annotated[float, Field(ge=1, le=100_000)] = 20.0
+    max_vms_per_host: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
+    max_payload_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 256 * 1024
+
+
 class AdaptiveConfig(_Strict):
     """Adaptive concurrency (execution/adaptive.py): the policy's concurrency limits are
     ceilings; the executor only runs as many moves at once as it has seen keep downtime within
@@ -124,6 +138,7 @@ class DaemonConfig(_Strict):
     """Cluster name in the telemetry topics (rebalancer/v1/<cluster>/hosts/<host>/...)."""
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
     telemetry_max_clock_skew_s: Annotated[float, Field(gt=0, le=86400)] = 30.0
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     state_dir: str = DEFAULT_STATE_DIR
     """Holds the migration journal; the daemon refuses to act when it cannot write it."""
     policy_dir: str = DEFAULT_POLICY_DIR

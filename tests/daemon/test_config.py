@@ -108,3 +108,17 @@ def test_adaptive_start_cap_must_be_positive() -> None:
     with pytest.raises(ConfigError) as ei:
         parse({"simulate": True, "adaptive": {"start_cap": 0}})
     assert "adaptive.start_cap" in str(ei.value)
+
+
+def test_telemetry_settings_reach_the_collector() -> None:
+    from rebalancerd.app import collector_settings
+
+    section = {"history_len": 240, "ewma_alpha": 1.0, "rate_per_s": 5, "rate_burst": 50}
+    cfg = parse({"inventory": "x", "telemetry": {**section, "max_vms_per_host": 64}})
+    s = collector_settings(cfg)
+    assert (s.history_len, s.ewma_alpha, s.rate_per_s, s.rate_burst) == (240, 1.0, 5.0, 50.0)
+    assert s.max_vms_per_host == 64 and s.stale_after_s == cfg.intervals.stale_after_s
+    assert collector_settings(parse({"inventory": "x"})).history_len == 60
+    with pytest.raises(ConfigError) as ei:
+        parse({"inventory": "x", "telemetry": {"rate_burst": 0.5}})
+    assert "telemetry.rate_burst" in str(ei.value)
