@@ -2,9 +2,9 @@
 
 - ``rebalancerd validate FILE|DIR...``: every problem as ``file:line:column: message``; exit 1
   if there is any. A directory is checked as the set the daemon would load (files together).
-- ``rebalancerd policy diff --old P --new P --snapshot FILE``: plan the snapshot under both
-  policies (P = a file or a directory) and show the moves added, removed and changed, and the
-  scores.
+- ``rebalancerd policy diff --old P --new P --snapshot FILE | --live [--socket S]``: plan the
+  snapshot (or the running daemon's cluster model) under both policies (P = a file or a
+  directory) and show the moves added, removed and changed, and the scores.
 - ``rebalancerd policy show P``: the effective policy of a file or directory.
 - ``rebalancerd policy schema``: the JSON Schema of policy files (``--markdown``: the field
   reference of docs/policies.md; ``--check FILE``: exit 1 if FILE is out of date).
@@ -57,7 +57,12 @@ def register(sub: Any) -> None:
     d = ps.add_parser("diff", help="plan a snapshot under two policies and compare")
     d.add_argument("--old", required=True, metavar="DIR|FILE", help="current policy")
     d.add_argument("--new", required=True, metavar="DIR|FILE", help="edited policy")
-    d.add_argument("--snapshot", required=True, metavar="FILE", help="cluster snapshot (JSON)")
+    src = d.add_mutually_exclusive_group(required=True)
+    src.add_argument("--snapshot", metavar="FILE", help="cluster snapshot (JSON)")
+    src.add_argument(
+        "--live", action="store_true", help="the running daemon's cluster model (control socket)"
+    )
+    d.add_argument("--socket", default=None, help="daemon control socket, with --live")
     d.add_argument(
         "--now",
         metavar="TIME",
@@ -164,7 +169,12 @@ def cmd_diff(args: argparse.Namespace) -> int:
     from rebalancerd import snapshot as snapshot_codec
 
     old, new = _policy(args.old), _policy(args.new)
-    snap = snapshot_codec.load(args.snapshot)
+    if args.live:
+        from rebalancerd.cli.snapshot import fetch_live
+
+        snap = fetch_live(args.socket)
+    else:
+        snap = snapshot_codec.load(args.snapshot)
     make_plan = _planner()
     if args.time_limit <= 0:
         raise CliError("--time-limit must be > 0")
@@ -177,7 +187,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
         print(json.dumps(d.to_dict() | {"now": now}, indent=2, ensure_ascii=False))
     else:
         print(
-            f"snapshot {args.snapshot}: {len(snap.hosts)} hosts, {len(snap.vms)} VMs; "
+            f"{'live cluster' if args.live else 'snapshot ' + args.snapshot}: "
+            f"{len(snap.hosts)} hosts, {len(snap.vms)} VMs; "
             f"old {old.name!r} ({old.mode.value}) vs new {new.name!r} ({new.mode.value})"
         )
         for line in d.lines():

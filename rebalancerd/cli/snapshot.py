@@ -92,18 +92,22 @@ def run(args: argparse.Namespace) -> int:
     return _live(args)
 
 
-def _live(args: argparse.Namespace) -> int:
+def fetch_live(socket: str | None) -> ClusterSnapshot:
+    """The running daemon's cluster model, through its control socket (CliError if not)."""
     try:
         from rebalancerd.control.client import request
     except ImportError:  # pragma: no cover - the control API ships with the daemon
         raise CliError("this build has no control API client") from None
-    sock = args.socket or DEFAULT_SOCKET
+    sock = socket or DEFAULT_SOCKET
     try:
         reply = request(sock, "snapshot")
     except OSError as e:
         raise CliError(f"cannot reach the daemon at {sock}: {e.strerror or e}") from None
     doc = reply.get("snapshot", reply)
     # Validate what the daemon sent with the same codec every offline command uses.
-    snap = codec.loads(json.dumps(doc), f"daemon at {sock}")
-    _emit(codec.dumps(snap), args.output)
+    return codec.loads(json.dumps(doc), f"daemon at {sock}")
+
+
+def _live(args: argparse.Namespace) -> int:
+    _emit(codec.dumps(fetch_live(args.socket)), args.output)
     return 0

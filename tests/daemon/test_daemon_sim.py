@@ -126,6 +126,22 @@ def test_lifecycle_notify_metrics_drain_reload_stop(workdir: Path) -> None:
         assert len(dumped["hosts"]) == 4 and len(dumped["vms"]) == 12
         assert {h["name"]: h["state"] for h in dumped["hosts"]}["sim02"] == "maintenance"
 
+        # `rebalancerd policy diff --live`: a policy edit tried on the live model, offline
+        edited = workdir / "edited.yaml"
+        edited.write_text(POLICY.format(name="edited").replace("mode: balance", "mode: drain"))
+        r = subprocess.run(
+            [REBALANCERD, "policy", "diff", "--old", str(workdir / "policies"), "--new",
+             str(edited), "--live", "--socket", d.socket, "--time-limit", "1", "--json"],
+            capture_output=True,
+            text=True,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+        assert (out["old"]["mode"], out["new"]["mode"]) == ("balance", "drain")
+        assert out["new"]["policy"] == "edited"
+        # planned on the live model: the drained host is in maintenance there, nothing on it
+        assert not [m for m in out["added"] + out["unchanged"] if m["target"] == "sim02"]
+
         # SIGHUP: RELOADING=1 with MONOTONIC_USEC, then READY=1; the new policy is in force
         (workdir / "policies" / "main.yaml").write_text(POLICY.format(name="reloaded"))
         mark = len(d.notify.snapshot())
