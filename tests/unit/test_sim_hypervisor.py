@@ -128,7 +128,9 @@ async def test_sim_telemetry_reports_where_vms_run_after_a_move() -> None:
     from rebalancerd.sim.cluster import LoadModel, SimCluster, SimTelemetry, SimVm, TraceLoad
 
     clock = VirtualClock()
-    c = SimCluster(clock, [Host("a", cores=2, memory_mib=4096), Host("b", cores=2, memory_mib=4096)])
+    c = SimCluster(
+        clock, [Host("a", cores=2, memory_mib=4096), Host("b", cores=2, memory_mib=4096)]
+    )
     c.add_vm("a", SimVm("v", 1, 1024, TraceLoad((100, 900), interval_s=100)))
     c.add_vm("b", SimVm("w", 1, 1024, LoadModel(400, amplitude=0)))
     tel = SimTelemetry(c, interval_s=50)
