@@ -24,6 +24,11 @@ sorted index of the powered-on hosts (no scan of every host per VM). When no pow
 take a VM, the host switched back on is the one with the least full-load watts per unit of CPU
 capacity (the most efficient). Hosts are emptied fewest VMs first (fewest moves per host switched
 off), the least efficient first among equals.
+
+The time limit: relief is a must-do and always runs; emptying is optional and stops at the
+greedy's deadline (``Ctx.deadline``, checked before each host, so a host is emptied completely or
+not at all), noting "greedy host emptying stopped by the wall-clock limit: plan may vary between
+runs", like the balance passes.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ from rebalancerd.planner.problem import Problem
 
 MIN_BAND = 0.05
 """Smallest band between the pack limit and the high watermark (fraction of a host)."""
+EMPTYING = "host emptying"
+"""Phase name of the whole-host emptying in the deadline note (`Ctx.out_of_time`)."""
 
 
 def relief_line(p: Problem) -> float:
@@ -240,7 +247,8 @@ class Consolidator:
     # -- emptying ----------------------------------------------------------------------------
     def empty_hosts(self) -> None:
         """Empty whole hosts, fewest VMs first, while the budget, min_active_hosts and
-        spare_capacity allow and each emptying saves at least hysteresis x the host's power."""
+        spare_capacity allow and each emptying saves at least hysteresis x the host's power.
+        Optional: stops at the deadline, checked before each host (whole hosts only)."""
         ctx, p, s = self.ctx, self.p, self.s
         keep = 1.0 - p.spare_capacity
         on = [h for h in self.usable if s.on[h]]
@@ -253,6 +261,8 @@ class Consolidator:
         for a in order:
             if ctx.moves_left() <= 0:
                 break
+            if ctx.out_of_time(EMPTYING):
+                break  # between hosts: every host is emptied completely or not at all
             if a in ctx.received or not s.on[a] or a not in self.key:
                 continue
             if self.pred(a) > p.low * p.raw_cpu[a]:
@@ -340,7 +350,8 @@ def interleave_targets(
 
 
 def consolidate_mode(ctx: Ctx) -> None:
-    """Phases 3-4 of the greedy in consolidate mode: hotspot relief, then whole-host emptying."""
+    """Phases 3-4 of the greedy in consolidate mode: hotspot relief (always), then whole-host
+    emptying (until ctx.deadline)."""
     c = Consolidator(ctx)
     c.relieve()
     c.empty_hosts()
