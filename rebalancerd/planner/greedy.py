@@ -716,29 +716,10 @@ small clusters CP-SAT's placement already weighs each move's cost, and the band'
 would only buy spread)."""
 
 
-def band(ctx: Ctx, passes: int = BAND_PASSES, vm_moves: int = BAND_VM_MOVES) -> None:
-    """Tighten the gaps with a per-host potential instead of the global max - min: each pass
-    sets a band around the mean, a little narrower than the worst gap, and repairs the hosts
-    outside it worst first (single moves out or in, then swaps), each action lowering the sum
-    of squared excursions outside the band. Hosts tied at an extreme no longer block each
-    other (every host that gets inside counts at once), and one stuck host does not end the
-    pass. A pass is kept only if the score (worst gap, then weighted spread) improves."""
-    p, s = ctx.p, ctx.s
-    hs = obj.balancing(p)
-    if len(hs) < 3:
-        return
-    env = _Env(ctx, hs)
-    pos = env.pos
-    w_n = (env.weight[0] / env.wmax, env.weight[1] / env.wmax)
-    size = (np.array(p.cpu, dtype=np.int64), np.array(p.mem, dtype=np.int64))
-    vpos = np.array([pos.get(s.where[v], -1) for v in range(p.n_vms)], dtype=np.int64)
-    okv = np.array([p.movable[v] and v not in p.aff_of for v in range(p.n_vms)], dtype=bool)
-    home = np.array(
-        [pos.get(p.origin[v], -1) if v in ctx.mandatory else -2 for v in range(p.n_vms)],
-        dtype=np.int64,
-    )
-    times = np.zeros(p.n_vms, dtype=np.int64)
-    mean = [float(env.used[q].sum() / env.raw[q].sum()) for q in (0, 1)]
+def _phi_fn(w_n: tuple[float, float], mean: list[float]) -> Any:
+    """The band potential of hosts with `c` / `m` used out of `rc` / `rm` raw capacity: the
+    weighted sum of squared excursions outside (mean +- t). Elementwise, so evaluating it on
+    any subset of candidates gives bit-identical values."""
 
     def phi(c: Any, m: Any, rc: Any, rm: Any, t: float) -> Any:
         out = 0.0
@@ -747,6 +728,119 @@ def band(ctx: Ctx, passes: int = BAND_PASSES, vm_moves: int = BAND_VM_MOVES) -> 
                 x = np.maximum(np.abs(used_q / raw_q - mean[q]) - t, 0.0)
                 out = out + w_n[q] * x * x
         return out
+
+    return phi
+
+
+class _BandVms:
+    """Per-VM copies of the band pass's per-host figures (the VM's host: used, raw, capacity,
+    potential, and the used/potential once the VM has left), kept up to date for the VMs of the
+    two hosts each move touches instead of being gathered across all VMs for every repair."""
+
+    def __init__(
+        self,
+        ctx: Ctx,
+        env: _Env,
+        vpos: Any,
+        phi: Any,
+        w_n: tuple[float, float],
+        mean: list[float],
+    ) -> None:
+        self.p, self.s, self.env, self.vpos, self.phi = ctx.p, ctx.s, env, vpos, phi
+        self.w_n, self.mean = w_n, mean
+        n = ctx.p.n_vms
+        self.size = (np.array(ctx.p.cpu, dtype=np.int64), np.array(ctx.p.mem, dtype=np.int64))
+        self.rem = (np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64))
+        """Used on the VM's host without the VM."""
+        self.raw = (np.ones(n, dtype=np.float64), np.ones(n, dtype=np.float64))
+        self.cap = (np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64))
+        self.cphi = np.zeros(n, dtype=np.float64)
+        """Potential of the VM's host now."""
+        self.nc = np.zeros(n, dtype=np.float64)
+        """Potential of the VM's host once the VM has left."""
+
+    def reset(self, cur_phi: Any, t: float) -> None:
+        """Everything from scratch (each pass: new band, moves undone)."""
+        on = self.vpos >= 0
+        idx = np.nonzero(on)[0]
+        self._fill(idx, self.vpos[idx], cur_phi, t)
+
+    def update(self, hosts: tuple[int, ...], cur_phi: Any, t: float) -> None:
+        """After a move: the VMs now on the given host positions."""
+        vs = [v for y in hosts for v in self.s.on[self.env.hs[y]]]
+        if vs:
+            idx = np.array(vs, dtype=np.int64)
+            self._fill(idx, self.vpos[idx], cur_phi, t)
+
+    def _fill(self, idx: Any, hp: Any, cur_phi: Any, t: float) -> None:
+        env = self.env
+        for q in (0, 1):
+            self.rem[q][idx] = env.used[q][hp] - self.size[q][idx]
+            self.raw[q][idx] = env.raw[q][hp]
+            self.cap[q][idx] = env.cap[q][hp]
+        self.cphi[idx] = cur_phi[hp]
+        self.nc[idx] = self.phi(
+            self.rem[0][idx], self.rem[1][idx], self.raw[0][idx], self.raw[1][idx], t
+        )
+
+
+def _band_window(
+    w_n: tuple[float, float], mean: list[float], t: float, raw_a: Any, bound: float
+) -> list[tuple[float, float] | None]:
+    """Per resource, the used amounts (exclusive bounds, widened by a safety margin) that a
+    host with raw capacity raw_a may reach while its potential stays below `bound`: each
+    resource's term alone must stay below it. None where the resource has no weight. A
+    conservative pre-filter: the exact potential is still computed for what passes."""
+    out: list[tuple[float, float] | None] = []
+    for q in (0, 1):
+        if w_n[q] <= 0:
+            out.append(None)
+            continue
+        r = math.sqrt(max(bound, 0.0) / w_n[q]) * (1 + 1e-6) + 1e-9
+        out.append(
+            (float(raw_a[q]) * (mean[q] - t - r) - 1.0, float(raw_a[q]) * (mean[q] + t + r) + 1.0)
+        )
+    return out
+
+
+def _in_window(amount: tuple[Any, Any], win: list[tuple[float, float] | None]) -> Any:
+    ok: Any = True
+    for q in (0, 1):
+        lim = win[q]
+        if lim is not None:
+            ok = ok & (amount[q] > lim[0]) & (amount[q] < lim[1])
+    return ok
+
+
+def band(ctx: Ctx, passes: int = BAND_PASSES, vm_moves: int = BAND_VM_MOVES) -> None:
+    """Tighten the gaps with a per-host potential instead of the global max - min: each pass
+    sets a band around the mean, a little narrower than the worst gap, and repairs the hosts
+    outside it worst first (single moves out or in, then swaps), each action lowering the sum
+    of squared excursions outside the band. Hosts tied at an extreme no longer block each
+    other (every host that gets inside counts at once), and one stuck host does not end the
+    pass. A pass is kept only if the score (worst gap, then weighted spread) improves.
+
+    Candidate VMs are scored from per-VM copies of their host's figures (_BandVms), updated
+    for the two hosts a move touches, so a repair does no gathering across all VMs; the
+    choices are exactly those of scoring every VM afresh (same arithmetic per candidate, same
+    order and ties)."""
+    p, s = ctx.p, ctx.s
+    hs = obj.balancing(p)
+    if len(hs) < 3:
+        return
+    env = _Env(ctx, hs)
+    pos = env.pos
+    w_n = (env.weight[0] / env.wmax, env.weight[1] / env.wmax)
+    vpos = np.array([pos.get(s.where[v], -1) for v in range(p.n_vms)], dtype=np.int64)
+    okv = np.array([p.movable[v] and v not in p.aff_of for v in range(p.n_vms)], dtype=bool)
+    home = np.array(
+        [pos.get(p.origin[v], -1) if v in ctx.mandatory else -2 for v in range(p.n_vms)],
+        dtype=np.int64,
+    )
+    times = np.zeros(p.n_vms, dtype=np.int64)
+    mean = [float(env.used[q].sum() / env.raw[q].sum()) for q in (0, 1)]
+    phi = _phi_fn(w_n, mean)
+    vms = _BandVms(ctx, env, vpos, phi, w_n, mean)
 
     env.refresh()
     shrink = BAND_SHRINK
@@ -758,135 +852,18 @@ def band(ctx: Ctx, passes: int = BAND_PASSES, vm_moves: int = BAND_VM_MOVES) -> 
             break
         start = (env.primary, env.spread)
         log: list[tuple[int, int]] = []
-        used, raw, cap = env.used, env.raw, env.cap
+        used, raw = env.used, env.raw
         cur_phi = phi(used[0], used[1], raw[0], raw[1], t)
+        vms.reset(cur_phi, t)
+        # VMs that may move in this pass (not yet excluded per attacked host)
+        free = okv & (vpos >= 0) & (times < vm_moves)
         stuck: set[int] = set()
         while s.n_moves_cached < p.max_moves and not ctx.out_of_time("band tightening"):
             order = _smallest(-cur_phi, 64)
             i = next((int(j) for j in order[:64] if int(j) not in stuck), -1)
             if i < 0 or cur_phi[i] <= 0:
                 break
-            a = hs[i]
-            best: tuple[float, list[tuple[int, int]]] | None = None
-            # single moves out of a
-            for v in sorted(s.on[a]):
-                if not okv[v] or times[v] >= vm_moves or not ctx.can_spend([v]):
-                    continue
-                na = phi(used[0][i] - size[0][v], used[1][i] - size[1][v], raw[0][i], raw[1][i], t)
-                nb = phi(used[0] + size[0][v], used[1] + size[1][v], raw[0], raw[1], t)
-                d = na - cur_phi[i] + nb - cur_phi
-                fit = (used[0] + size[0][v] <= cap[0]) & (used[1] + size[1][v] <= cap[1])
-                d = np.where(fit, d, np.inf)
-                d[i] = np.inf
-                if home[v] >= 0:
-                    d[home[v]] = np.inf
-                for j in _smallest(d, 3, below=-1e-12):
-                    if d[j] >= -1e-12:
-                        break
-                    if s.can_move(v, hs[int(j)]):
-                        if best is None or d[j] < best[0]:
-                            best = (float(d[j]), [(v, hs[int(j)])])
-                        break
-            # single moves into a from anywhere
-            ws = np.nonzero(okv & (vpos >= 0) & (vpos != i) & (home != i) & (times < vm_moves))[0]
-            if ws.size:
-                cp = vpos[ws]
-                na = phi(
-                    used[0][i] + size[0][ws], used[1][i] + size[1][ws], raw[0][i], raw[1][i], t
-                )
-                nc = phi(
-                    used[0][cp] - size[0][ws], used[1][cp] - size[1][ws], raw[0][cp], raw[1][cp], t
-                )
-                d = na - cur_phi[i] + nc - cur_phi[cp]
-                fit = (used[0][i] + size[0][ws] <= cap[0][i]) & (
-                    used[1][i] + size[1][ws] <= cap[1][i]
-                )
-                d = np.where(fit, d, np.inf)
-                for k in _smallest(d, 6, below=-1e-12):
-                    if d[k] >= -1e-12 or (best is not None and d[k] >= best[0]):
-                        break
-                    w = int(ws[k])
-                    if ctx.can_spend([w]) and s.can_move(w, a):
-                        best = (float(d[k]), [(w, a)])
-                        break
-            # swaps: one of a's VMs for one elsewhere (half the gain per move counts)
-            if best is None and ws.size:
-                cp = vpos[ws]
-                for u in sorted(s.on[a]):
-                    if not okv[u] or times[u] >= vm_moves:
-                        continue
-                    dc = size[0][ws] - size[0][u]
-                    dm = size[1][ws] - size[1][u]
-                    an = (used[0][i] + dc, used[1][i] + dm)
-                    bn = (used[0][cp] - dc, used[1][cp] - dm)
-                    na = phi(an[0], an[1], raw[0][i], raw[1][i], t)
-                    nb = phi(bn[0], bn[1], raw[0][cp], raw[1][cp], t)
-                    d = na - cur_phi[i] + nb - cur_phi[cp]
-                    fit = (an[0] <= cap[0][i]) & (an[1] <= cap[1][i])
-                    fit &= (bn[0] <= cap[0][cp]) & (bn[1] <= cap[1][cp])
-                    fit &= cp != home[u]
-                    d = np.where(fit, d, np.inf)
-                    for k in _smallest(d, 3, below=-1e-12):
-                        if d[k] >= -1e-12 or (best is not None and d[k] >= best[0]):
-                            break
-                        w = int(ws[k])
-                        b = hs[int(cp[k])]
-                        if not (ctx.can_spend([u, w]) and p.may_host(u, b) and p.may_host(w, a)):
-                            continue
-                        pair = _feasible_pair(s, (u, b), (w, a))
-                        if pair:
-                            best = (float(d[k]), pair)
-                            break
-            # chains: one of a's VMs to the host that minds it least, one VM from a third host in
-            if best is None and ws.size:
-                for u in sorted(s.on[a]):
-                    if not okv[u] or times[u] >= vm_moves or not ctx.can_spend([u]):
-                        continue
-                    nb = phi(used[0] + size[0][u], used[1] + size[1][u], raw[0], raw[1], t)
-                    db = nb - cur_phi
-                    fit = (used[0] + size[0][u] <= cap[0]) & (used[1] + size[1][u] <= cap[1])
-                    db = np.where(fit, db, np.inf)
-                    db[i] = np.inf
-                    if home[u] >= 0:
-                        db[home[u]] = np.inf
-                    bi = -1
-                    for j in _smallest(db, 3, below=np.inf):
-                        if np.isfinite(db[j]) and s.can_move(u, hs[int(j)]):
-                            bi = int(j)
-                            break
-                    if bi < 0:
-                        continue
-                    sel = (vpos[ws] != bi) & (ws != u)
-                    wsel = ws[sel]
-                    cp = vpos[wsel]
-                    an = (
-                        used[0][i] - size[0][u] + size[0][wsel],
-                        used[1][i] - size[1][u] + size[1][wsel],
-                    )
-                    na = phi(an[0], an[1], raw[0][i], raw[1][i], t)
-                    nc = phi(
-                        used[0][cp] - size[0][wsel],
-                        used[1][cp] - size[1][wsel],
-                        raw[0][cp],
-                        raw[1][cp],
-                        t,
-                    )
-                    d = na - cur_phi[i] + nc - cur_phi[cp] + db[bi]
-                    fit = (an[0] <= cap[0][i]) & (an[1] <= cap[1][i])
-                    d = np.where(fit, d, np.inf)
-                    for k in _smallest(d, 3, below=-1e-12):
-                        if d[k] >= -1e-12 or (best is not None and d[k] >= best[0]):
-                            break
-                        w = int(wsel[k])
-                        b = hs[bi]
-                        if not (ctx.can_spend([u, w]) and p.may_host(w, a)):
-                            continue
-                        s.move(u, b)
-                        good = s.can_move(w, a)
-                        s.move(u, a)
-                        if good:
-                            best = (float(d[k]), [(u, b), (w, a)])
-                            break
+            best = _band_repair(ctx, env, vms, phi, t, cur_phi, free, vpos, home, i)
             if best is None:
                 stuck.add(i)
                 continue
@@ -897,9 +874,11 @@ def band(ctx: Ctx, passes: int = BAND_PASSES, vm_moves: int = BAND_VM_MOVES) -> 
                 times[v] += 1
                 env.move(x, b, p.cpu[v], p.mem[v])
                 vpos[v] = pos[b]
+                free[v] = okv[v] and times[v] < vm_moves
                 for y in (pos[x], pos[b]):
                     stuck.discard(y)
                     cur_phi[y] = phi(used[0][y], used[1][y], raw[0][y], raw[1][y], t)
+                vms.update((pos[x], pos[b]), cur_phi, t)
         env.refresh()
         after = (env.primary, env.spread)
         if not (
@@ -915,6 +894,156 @@ def band(ctx: Ctx, passes: int = BAND_PASSES, vm_moves: int = BAND_VM_MOVES) -> 
             if not log or shrink <= BAND_SHRINK / 4:
                 break
             shrink /= 2  # a narrower step may still go through
+
+
+def _band_repair(
+    ctx: Ctx,
+    env: _Env,
+    vms: _BandVms,
+    phi: Any,
+    t: float,
+    cur_phi: Any,
+    free: Any,
+    vpos: Any,
+    home: Any,
+    i: int,
+) -> tuple[float, list[tuple[int, int]]] | None:
+    """The band pass's best action for the host at position i (outside the band): a single
+    move out or in, else a swap, else a chain; (potential change, moves) or None."""
+    p, s = ctx.p, ctx.s
+    hs = env.hs
+    used, raw, cap = env.used, env.raw, env.cap
+    size = vms.size
+    a = hs[i]
+    on_a = sorted(s.on[a])
+    best: tuple[float, list[tuple[int, int]]] | None = None
+    # single moves out of a
+    for v in on_a:
+        if not free[v] or not ctx.can_spend([v]):
+            continue
+        na = phi(used[0][i] - size[0][v], used[1][i] - size[1][v], raw[0][i], raw[1][i], t)
+        nb = phi(used[0] + size[0][v], used[1] + size[1][v], raw[0], raw[1], t)
+        d = na - cur_phi[i] + nb - cur_phi
+        fit = (used[0] + size[0][v] <= cap[0]) & (used[1] + size[1][v] <= cap[1])
+        d = np.where(fit, d, np.inf)
+        d[i] = np.inf
+        if home[v] >= 0:
+            d[home[v]] = np.inf
+        for j in _smallest(d, 3, below=-1e-12):
+            if d[j] >= -1e-12:
+                break
+            if s.can_move(v, hs[int(j)]):
+                if best is None or d[j] < best[0]:
+                    best = (float(d[j]), [(v, hs[int(j)])])
+                break
+    # single moves into a from anywhere (ws: in VM order, as are all candidate lists below)
+    ws = np.nonzero(free & (vpos != i) & (home != i))[0]
+    if ws.size == 0:
+        return best
+    u_a = (used[0][i], used[1][i])
+    c_a = (cap[0][i], cap[1][i])
+    r_a = (raw[0][i], raw[1][i])
+    phi_a = cur_phi[i]
+    wsz = (size[0][ws], size[1][ws])
+    # A candidate can only lower the potential if a's new potential stays below its own plus
+    # the largest one its partner host can give up (every potential is >= 0).
+    phi_max = float(cur_phi.max())
+    win = _band_window(vms.w_n, vms.mean, t, r_a, float(phi_a) + phi_max + 1e-9)
+    ain = (u_a[0] + wsz[0], u_a[1] + wsz[1])
+    fit = (ain[0] <= c_a[0]) & (ain[1] <= c_a[1])
+    fit &= _in_window(ain, win)
+    k_in = ws[fit]
+    if k_in.size:
+        na = phi(u_a[0] + size[0][k_in], u_a[1] + size[1][k_in], r_a[0], r_a[1], t)
+        d = na - phi_a + vms.nc[k_in] - vms.cphi[k_in]
+        for k in _smallest(d, 6, below=-1e-12):
+            if d[k] >= -1e-12 or (best is not None and d[k] >= best[0]):
+                break
+            w = int(k_in[k])
+            if ctx.can_spend([w]) and s.can_move(w, a):
+                best = (float(d[k]), [(w, a)])
+                break
+    if best is not None:
+        return best
+    us = [u for u in on_a if free[u]]
+    if not us:
+        return None
+    w_rem = (vms.rem[0][ws], vms.rem[1][ws])
+    w_raw = (vms.raw[0][ws], vms.raw[1][ws])
+    w_cap = (vms.cap[0][ws], vms.cap[1][ws])
+    w_cphi = vms.cphi[ws]
+    w_pos = vpos[ws]
+    # swaps: one of a's VMs for one elsewhere (half the gain per move counts)
+    for u in us:
+        su = (int(size[0][u]), int(size[1][u]))
+        an = (u_a[0] - su[0] + wsz[0], u_a[1] - su[1] + wsz[1])
+        bn = (w_rem[0] + su[0], w_rem[1] + su[1])
+        fit = (an[0] <= c_a[0]) & (an[1] <= c_a[1])
+        fit &= (bn[0] <= w_cap[0]) & (bn[1] <= w_cap[1])
+        fit &= w_pos != home[u]
+        fit &= _in_window(an, win)
+        k_sw = np.nonzero(fit)[0]
+        if k_sw.size == 0:
+            continue
+        na = phi(an[0][k_sw], an[1][k_sw], r_a[0], r_a[1], t)
+        nb = phi(bn[0][k_sw], bn[1][k_sw], w_raw[0][k_sw], w_raw[1][k_sw], t)
+        d = na - phi_a + nb - w_cphi[k_sw]
+        for k in _smallest(d, 3, below=-1e-12):
+            if d[k] >= -1e-12 or (best is not None and d[k] >= best[0]):
+                break
+            w = int(ws[k_sw[k]])
+            b = hs[int(w_pos[k_sw[k]])]
+            if not (ctx.can_spend([u, w]) and p.may_host(u, b) and p.may_host(w, a)):
+                continue
+            pair = _feasible_pair(s, (u, b), (w, a))
+            if pair:
+                best = (float(d[k]), pair)
+                break
+    if best is not None:
+        return best
+    # chains: one of a's VMs to the host that minds it least, one VM from a third host in
+    w_nc = vms.nc[ws]
+    for u in us:
+        if not ctx.can_spend([u]):
+            continue
+        nb = phi(used[0] + size[0][u], used[1] + size[1][u], raw[0], raw[1], t)
+        db = nb - cur_phi
+        fit = (used[0] + size[0][u] <= cap[0]) & (used[1] + size[1][u] <= cap[1])
+        db = np.where(fit, db, np.inf)
+        db[i] = np.inf
+        if home[u] >= 0:
+            db[home[u]] = np.inf
+        bi = -1
+        for j in _smallest(db, 3, below=np.inf):
+            if np.isfinite(db[j]) and s.can_move(u, hs[int(j)]):
+                bi = int(j)
+                break
+        if bi < 0:
+            continue
+        su = (int(size[0][u]), int(size[1][u]))
+        an = (u_a[0] - su[0] + wsz[0], u_a[1] - su[1] + wsz[1])
+        fit = (w_pos != bi) & (ws != u) & (an[0] <= c_a[0]) & (an[1] <= c_a[1])
+        bound = float(phi_a) + phi_max + max(0.0, -float(db[bi])) + 1e-9
+        fit &= _in_window(an, _band_window(vms.w_n, vms.mean, t, r_a, bound))
+        k_ch = np.nonzero(fit)[0]
+        if k_ch.size == 0:
+            continue
+        na = phi(an[0][k_ch], an[1][k_ch], r_a[0], r_a[1], t)
+        d = na - phi_a + w_nc[k_ch] - w_cphi[k_ch] + db[bi]
+        for k in _smallest(d, 3, below=-1e-12):
+            if d[k] >= -1e-12 or (best is not None and d[k] >= best[0]):
+                break
+            w = int(ws[k_ch[k]])
+            b = hs[bi]
+            if not (ctx.can_spend([u, w]) and p.may_host(w, a)):
+                continue
+            s.move(u, b)
+            good = s.can_move(w, a)
+            s.move(u, a)
+            if good:
+                best = (float(d[k]), [(u, b), (w, a)])
+                break
+    return best
 
 
 def _feasible_pair(s: State, one: tuple[int, int], two: tuple[int, int]) -> list[tuple[int, int]]:
