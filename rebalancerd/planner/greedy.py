@@ -758,6 +758,31 @@ class _BandVms:
         """Potential of the VM's host now."""
         self.nc = np.zeros(n, dtype=np.float64)
         """Potential of the VM's host once the VM has left."""
+        self.by_size = [np.argsort(self.size[q], kind="stable") for q in (0, 1)]
+        # as floats (exact for any size) so that bisection with a float key does not
+        # convert the whole array on every call
+        self.sorted_size = [self.size[q][self.by_size[q]].astype(np.float64) for q in (0, 1)]
+
+    def candidates(
+        self, elig: Any, base: tuple[int, int], win: list[tuple[float, float] | None]
+    ) -> Any:
+        """The eligible VMs, in index order, whose size added to `base` may fall inside the
+        window, found by bisection on the sizes of the resource whose window holds fewer VMs
+        (the other resource's window is left to the caller)."""
+        pick: tuple[int, int, int] | None = None
+        for q in (0, 1):
+            lim = win[q]
+            if lim is None:
+                continue
+            lo = int(np.searchsorted(self.sorted_size[q], lim[0] - base[q], side="right"))
+            hi = int(np.searchsorted(self.sorted_size[q], lim[1] - base[q], side="left"))
+            if pick is None or hi - lo < pick[2] - pick[1]:
+                pick = (q, lo, hi)
+        if pick is None:
+            return np.nonzero(elig)[0]
+        q, lo, hi = pick
+        c = self.by_size[q][lo:hi]
+        return np.sort(c[elig[c]])
 
     def reset(self, cur_phi: Any, t: float) -> None:
         """Everything from scratch (each pass: new band, moves undone)."""
@@ -917,16 +942,20 @@ def _band_repair(
     a = hs[i]
     on_a = sorted(s.on[a])
     best: tuple[float, list[tuple[int, int]]] | None = None
-    # single moves out of a
-    for v in on_a:
-        if not free[v] or not ctx.can_spend([v]):
-            continue
-        na = phi(used[0][i] - size[0][v], used[1][i] - size[1][v], raw[0][i], raw[1][i], t)
-        nb = phi(used[0] + size[0][v], used[1] + size[1][v], raw[0], raw[1], t)
-        d = na - cur_phi[i] + nb - cur_phi
-        fit = (used[0] + size[0][v] <= cap[0]) & (used[1] + size[1][v] <= cap[1])
-        d = np.where(fit, d, np.inf)
-        d[i] = np.inf
+    # single moves out of a: one row per VM of a, one column per host
+    outs = [v for v in on_a if free[v] and ctx.can_spend([v])]
+    if outs:
+        ov = np.array(outs, dtype=np.int64)
+        osz = (size[0][ov], size[1][ov])
+        na_all = phi(used[0][i] - osz[0], used[1][i] - osz[1], raw[0][i], raw[1][i], t)
+        nused = (used[0][None, :] + osz[0][:, None], used[1][None, :] + osz[1][:, None])
+        nb_all = phi(nused[0], nused[1], raw[0][None, :], raw[1][None, :], t)
+        d_all = (na_all - cur_phi[i])[:, None] + nb_all - cur_phi[None, :]
+        fit_all = (nused[0] <= cap[0][None, :]) & (nused[1] <= cap[1][None, :])
+        d_all = np.where(fit_all, d_all, np.inf)
+        d_all[:, i] = np.inf
+    for row, v in enumerate(outs):
+        d = d_all[row]
         if home[v] >= 0:
             d[home[v]] = np.inf
         for j in _smallest(d, 3, below=-1e-12):
@@ -936,23 +965,21 @@ def _band_repair(
                 if best is None or d[j] < best[0]:
                     best = (float(d[j]), [(v, hs[int(j)])])
                 break
-    # single moves into a from anywhere (ws: in VM order, as are all candidate lists below)
-    ws = np.nonzero(free & (vpos != i) & (home != i))[0]
-    if ws.size == 0:
+    # single moves into a from anywhere; every candidate list below is in VM order
+    elig = free & (vpos != i) & (home != i)
+    if not elig.any():
         return best
-    u_a = (used[0][i], used[1][i])
+    u_a = (int(used[0][i]), int(used[1][i]))
     c_a = (cap[0][i], cap[1][i])
     r_a = (raw[0][i], raw[1][i])
     phi_a = cur_phi[i]
-    wsz = (size[0][ws], size[1][ws])
     # A candidate can only lower the potential if a's new potential stays below its own plus
     # the largest one its partner host can give up (every potential is >= 0).
     phi_max = float(cur_phi.max())
     win = _band_window(vms.w_n, vms.mean, t, r_a, float(phi_a) + phi_max + 1e-9)
-    ain = (u_a[0] + wsz[0], u_a[1] + wsz[1])
-    fit = (ain[0] <= c_a[0]) & (ain[1] <= c_a[1])
-    fit &= _in_window(ain, win)
-    k_in = ws[fit]
+    k_in = vms.candidates(elig, u_a, win)
+    ain = (u_a[0] + size[0][k_in], u_a[1] + size[1][k_in])
+    k_in = k_in[(ain[0] <= c_a[0]) & (ain[1] <= c_a[1]) & _in_window(ain, win)]
     if k_in.size:
         na = phi(u_a[0] + size[0][k_in], u_a[1] + size[1][k_in], r_a[0], r_a[1], t)
         d = na - phi_a + vms.nc[k_in] - vms.cphi[k_in]
@@ -968,30 +995,29 @@ def _band_repair(
     us = [u for u in on_a if free[u]]
     if not us:
         return None
-    w_rem = (vms.rem[0][ws], vms.rem[1][ws])
-    w_raw = (vms.raw[0][ws], vms.raw[1][ws])
-    w_cap = (vms.cap[0][ws], vms.cap[1][ws])
-    w_cphi = vms.cphi[ws]
-    w_pos = vpos[ws]
     # swaps: one of a's VMs for one elsewhere (half the gain per move counts)
     for u in us:
         su = (int(size[0][u]), int(size[1][u]))
-        an = (u_a[0] - su[0] + wsz[0], u_a[1] - su[1] + wsz[1])
-        bn = (w_rem[0] + su[0], w_rem[1] + su[1])
+        base = (u_a[0] - su[0], u_a[1] - su[1])
+        ws = vms.candidates(elig, base, win)
+        an = (base[0] + size[0][ws], base[1] + size[1][ws])
+        bn = (vms.rem[0][ws] + su[0], vms.rem[1][ws] + su[1])
+        w_pos = vpos[ws]
         fit = (an[0] <= c_a[0]) & (an[1] <= c_a[1])
-        fit &= (bn[0] <= w_cap[0]) & (bn[1] <= w_cap[1])
+        fit &= (bn[0] <= vms.cap[0][ws]) & (bn[1] <= vms.cap[1][ws])
         fit &= w_pos != home[u]
         fit &= _in_window(an, win)
         k_sw = np.nonzero(fit)[0]
         if k_sw.size == 0:
             continue
+        ws = ws[k_sw]
         na = phi(an[0][k_sw], an[1][k_sw], r_a[0], r_a[1], t)
-        nb = phi(bn[0][k_sw], bn[1][k_sw], w_raw[0][k_sw], w_raw[1][k_sw], t)
-        d = na - phi_a + nb - w_cphi[k_sw]
+        nb = phi(bn[0][k_sw], bn[1][k_sw], vms.raw[0][ws], vms.raw[1][ws], t)
+        d = na - phi_a + nb - vms.cphi[ws]
         for k in _smallest(d, 3, below=-1e-12):
             if d[k] >= -1e-12 or (best is not None and d[k] >= best[0]):
                 break
-            w = int(ws[k_sw[k]])
+            w = int(ws[k])
             b = hs[int(w_pos[k_sw[k]])]
             if not (ctx.can_spend([u, w]) and p.may_host(u, b) and p.may_host(w, a)):
                 continue
@@ -1002,7 +1028,6 @@ def _band_repair(
     if best is not None:
         return best
     # chains: one of a's VMs to the host that minds it least, one VM from a third host in
-    w_nc = vms.nc[ws]
     for u in us:
         if not ctx.can_spend([u]):
             continue
@@ -1021,19 +1046,23 @@ def _band_repair(
         if bi < 0:
             continue
         su = (int(size[0][u]), int(size[1][u]))
-        an = (u_a[0] - su[0] + wsz[0], u_a[1] - su[1] + wsz[1])
-        fit = (w_pos != bi) & (ws != u) & (an[0] <= c_a[0]) & (an[1] <= c_a[1])
+        base = (u_a[0] - su[0], u_a[1] - su[1])
         bound = float(phi_a) + phi_max + max(0.0, -float(db[bi])) + 1e-9
-        fit &= _in_window(an, _band_window(vms.w_n, vms.mean, t, r_a, bound))
+        win_ch = _band_window(vms.w_n, vms.mean, t, r_a, bound)
+        ws = vms.candidates(elig, base, win_ch)
+        an = (base[0] + size[0][ws], base[1] + size[1][ws])
+        fit = (vpos[ws] != bi) & (ws != u) & (an[0] <= c_a[0]) & (an[1] <= c_a[1])
+        fit &= _in_window(an, win_ch)
         k_ch = np.nonzero(fit)[0]
         if k_ch.size == 0:
             continue
+        ws = ws[k_ch]
         na = phi(an[0][k_ch], an[1][k_ch], r_a[0], r_a[1], t)
-        d = na - phi_a + w_nc[k_ch] - w_cphi[k_ch] + db[bi]
+        d = na - phi_a + vms.nc[ws] - vms.cphi[ws] + db[bi]
         for k in _smallest(d, 3, below=-1e-12):
             if d[k] >= -1e-12 or (best is not None and d[k] >= best[0]):
                 break
-            w = int(ws[k_ch[k]])
+            w = int(ws[k])
             b = hs[bi]
             if not (ctx.can_spend([u, w]) and p.may_host(w, a)):
                 continue
