@@ -954,10 +954,14 @@ def _band_repair(
         fit_all = (nused[0] <= cap[0][None, :]) & (nused[1] <= cap[1][None, :])
         d_all = np.where(fit_all, d_all, np.inf)
         d_all[:, i] = np.inf
+        for row, v in enumerate(outs):
+            if home[v] >= 0:
+                d_all[row, home[v]] = np.inf
+        gains: Any = (d_all < -1e-12).any(axis=1)
     for row, v in enumerate(outs):
+        if not gains[row]:
+            continue  # no host takes v with a lower potential
         d = d_all[row]
-        if home[v] >= 0:
-            d[home[v]] = np.inf
         for j in _smallest(d, 3, below=-1e-12):
             if d[j] >= -1e-12:
                 break
@@ -1028,14 +1032,18 @@ def _band_repair(
     if best is not None:
         return best
     # chains: one of a's VMs to the host that minds it least, one VM from a third host in
-    for u in us:
-        if not ctx.can_spend([u]):
-            continue
-        nb = phi(used[0] + size[0][u], used[1] + size[1][u], raw[0], raw[1], t)
-        db = nb - cur_phi
-        fit = (used[0] + size[0][u] <= cap[0]) & (used[1] + size[1][u] <= cap[1])
-        db = np.where(fit, db, np.inf)
-        db[i] = np.inf
+    # (the trial moves below are undone at once, so all rows can be scored up front)
+    chain_us = [u for u in us if ctx.can_spend([u])]
+    if not chain_us:
+        return None
+    cu = np.array(chain_us, dtype=np.int64)
+    nused = (used[0][None, :] + size[0][cu][:, None], used[1][None, :] + size[1][cu][:, None])
+    db_all = phi(nused[0], nused[1], raw[0][None, :], raw[1][None, :], t) - cur_phi[None, :]
+    fit_all = (nused[0] <= cap[0][None, :]) & (nused[1] <= cap[1][None, :])
+    db_all = np.where(fit_all, db_all, np.inf)
+    db_all[:, i] = np.inf
+    for row, u in enumerate(chain_us):
+        db = db_all[row]
         if home[u] >= 0:
             db[home[u]] = np.inf
         bi = -1
