@@ -524,15 +524,14 @@ class Daemon:
     # -- reload -----------------------------------------------------------------------------
     async def reload(self) -> dict[str, Any]:
         """SIGHUP: re-read the config file (live fields only) and the policies."""
-        assert self.store is not None and self.loop is not None
+        assert self.watcher is not None and self.loop is not None
         async with self._reload_lock:
             self.notifier.reloading()
             out: dict[str, Any] = {"config": None, "policy": None}
             try:
                 if self.config_path:
                     out["config"] = self._reload_config()
-                reload = self.watcher.reload_now if self.watcher else self.store.reload
-                result = await asyncio.to_thread(reload)
+                result = await asyncio.to_thread(self.watcher.reload_now)
                 self.last_reload = self._reload_summary()
                 out["policy"] = self.last_reload
                 self.notifier.status(result.summary()[:200])

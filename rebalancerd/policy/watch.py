@@ -63,15 +63,16 @@ class PolicyWatcher:
     def reload_now(self) -> ReloadResult:
         """Reload at once (SIGHUP, `rebalancerd reload`) and take the files as seen, so the
         next poll does not reload (and log) the same change a second time."""
-        self._pending = False
-        self._last = fingerprint(self.store.directory)  # before reading, as in poll()
-        return self.store.reload()
+        return self._reload(fingerprint(self.store.directory))
 
     def poll(self) -> ReloadResult | None:
         """Reload if the files changed or a reload was requested; else None."""
         fp = fingerprint(self.store.directory)
         if fp == self._last and not self._pending:
             return None
+        return self._reload(fp)
+
+    def _reload(self, fp: Fingerprint) -> ReloadResult:
         self._pending = False
         self._last = fp  # taken before reading: a write during the reload is seen next poll
         return self.store.reload()
