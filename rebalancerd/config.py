@@ -18,6 +18,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from rebalancerd.adapters.mqtt import BrokerSettings
+from rebalancerd.execution import adaptive
+from rebalancerd.telemetry.collector import CollectorSettings
 
 DEFAULT_METRICS_ADDRESS = "127.0.0.1:9477"
 DEFAULT_CONTROL_SOCKET = "/run/rebalancerd/control.sock"
@@ -82,18 +84,24 @@ class PlannerConfig(_Strict):
     seed: int = 0
 
 
+_COLLECTOR = CollectorSettings()
+"""The collector's defaults (its dataclass has slots: no class-level defaults to read)."""
+
+
 class TelemetryConfig(_Strict):
     """How the collector treats agent reports (telemetry/collector.py)."""
 
-    history_len: Annotated[int, Field(ge=1, le=100_000)] = 60
+    history_len: Annotated[int, Field(ge=1, le=100_000)] = _COLLECTOR.history_len
     """Samples of CPU use kept per VM (for the policies' prediction percentile and window)."""
-    ewma_alpha: Annotated[float, Field(gt=0, le=1)] = 0.3
+    ewma_alpha: Annotated[float, Field(gt=0, le=1)] = _COLLECTOR.ewma_alpha
     """Smoothing of CPU use (1 = no smoothing)."""
-    rate_per_s: Annotated[float, Field(gt=0, le=10_000)] = 2.0
+    rate_per_s: Annotated[float, Field(gt=0, le=10_000)] = _COLLECTOR.rate_per_s
     """Sustained messages per second accepted from one host; more are rejected and counted."""
-    rate_burst: Annotated[float, Field(ge=1, le=100_000)] = 20.0
-    max_vms_per_host: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
-    max_payload_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 256 * 1024
+    rate_burst: Annotated[float, Field(ge=1, le=100_000)] = _COLLECTOR.rate_burst
+    max_vms_per_host: Annotated[int, Field(ge=1, le=1_000_000)] = _COLLECTOR.max_vms_per_host
+    max_payload_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = (
+        _COLLECTOR.max_payload_bytes
+    )
 
 
 class AdaptiveConfig(_Strict):
@@ -104,12 +112,12 @@ class AdaptiveConfig(_Strict):
     slow_start: bool = True
     """Start a fresh cluster (nothing learned yet) at `start_cap` moves at once; false: at the
     policy's max_concurrent (the first overshoot is what it learns from)."""
-    start_cap: Annotated[int, Field(ge=1, le=1000)] = 2
+    start_cap: Annotated[int, Field(ge=1, le=1000)] = adaptive.START_CAP
     """Moves at once before anything was learned (1 is the strictest)."""
-    trigger_fraction: Annotated[float, Field(gt=0, le=1)] = 0.8
+    trigger_fraction: Annotated[float, Field(gt=0, le=1)] = adaptive.TRIGGER_FRACTION
     """A move whose downtime passes this fraction of its limit cuts the cap; growth needs the
     predicted downtime at the next level to stay under it."""
-    history_s: Annotated[float, Field(gt=0, le=30 * 86400)] = 3600.0
+    history_s: Annotated[float, Field(gt=0, le=30 * 86400)] = adaptive.HISTORY_S
     """How long a measured downtime counts (an old overshoot must not block a level forever)."""
 
 

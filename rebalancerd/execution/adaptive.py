@@ -48,6 +48,11 @@ from typing import Any
 TOTAL = "*"
 """Scope name of the cluster-wide cap (host caps use the host name)."""
 
+START_CAP = 2
+"""Moves at once on a fresh cluster (slow start), the default of the daemon config too."""
+TRIGGER_FRACTION = 0.8
+HISTORY_S = 3600.0
+
 
 @dataclass(frozen=True, slots=True)
 class CapChange:
@@ -74,13 +79,13 @@ class AdaptiveConcurrency:
         self,
         *,
         decrease: float = 0.5,
-        trigger_fraction: float = 0.8,
+        trigger_fraction: float = TRIGGER_FRACTION,
         cooloff_s: float = 300.0,
         slow_start: bool = True,
-        start_cap: int = 2,
+        start_cap: int = START_CAP,
         headroom: float = 1.5,
         min_samples: int = 3,
-        history_s: float = 3600.0,
+        history_s: float = HISTORY_S,
         keep: int = 16,
     ) -> None:
         if not 0.0 < decrease < 1.0:
