@@ -137,24 +137,22 @@ def min_moves_to_gap(p: Any, gap: float, worse: bool = False) -> int:
     over L (only the band's breakpoints matter). The drain itself is not counted: the baselines
     drain first, one move at a time, our plans drain in parallel waves (max_per_source)."""
     from rebalancerd.planner import objective as obj
+    from rebalancerd.planner.state import State
 
     hs = obj.balancing(p)
     if len(hs) < 2:
         return 0
+    start = State(p)
     wc, wm = obj.weights(p)
     top = max(wc, wm)
-    resources = [(p.mem, p.raw_mem, wm / top)]
+    resources = [(start.mem, p.raw_mem, wm / top)]
     if worse and wc > 0:
-        resources.append((p.cpu, p.raw_cpu, wc / top))
+        resources.append((start.cpu, p.raw_cpu, wc / top))
     need_all = 0
-    for size, raw, w in resources:
+    for used, raw, w in resources:
         if w <= 0:
             continue
-        placed = dict.fromkeys(hs, 0)
-        for v in range(p.n_vms):
-            if p.origin[v] in placed:
-                placed[p.origin[v]] += size[v]
-        load = sorted(w * placed[h] / raw[h] for h in hs)
+        load = sorted(w * used[h] / raw[h] for h in hs)
         best: int | None = None
         for low in sorted(set(load) | {x - gap for x in load}):
             above = sum(1 for x in load if x > low + gap + 1e-9)
