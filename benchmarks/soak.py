@@ -24,8 +24,6 @@ import json
 import math
 import random
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +41,7 @@ from rebalancerd.observability import MemoryMetrics
 from rebalancerd.telemetry.collector import Collector, CollectorSettings
 from rebalancerd.telemetry.inventory import inventory_from_mapping
 from rebalancerd.telemetry.schema import subscription_topics, telemetry_topic
+from tests.fixtures.mqtt import MosquittoBroker
 
 CLUSTER = "soak"
 T0 = 1_767_225_600.0
@@ -238,26 +237,14 @@ def main() -> int:
     ap.add_argument("--plan-every", type=float, default=1800.0)
     ap.add_argument("--plan-limit", type=float, default=2.0)
     args = ap.parse_args()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
     tmp = Path(tempfile.mkdtemp(prefix="rebalancerd-soak-"))
-    conf = tmp / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nuser root\n"
-        "log_dest stderr\nlog_type error\nmax_queued_messages 0\nmax_inflight_messages 1000\n"
-    )
-    broker = subprocess.Popen(["mosquitto", "-c", str(conf)], stderr=subprocess.DEVNULL)
+    broker = MosquittoBroker(tmp, ["max_queued_messages 0", "max_inflight_messages 1000"])
     try:
-        for _ in range(100):
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-            time.sleep(0.05)
-        res = asyncio.run(soak(args, port))
+        broker.start()
+        res = asyncio.run(soak(args, broker.port))
         print(json.dumps(res))
     finally:
-        broker.terminate()
-        broker.wait(timeout=10)
+        broker.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     return 0 if res["exceptions"] == 0 else 1
 

@@ -28,7 +28,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,12 +38,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def host_name(i: int) -> str:
@@ -394,20 +387,15 @@ def main() -> int:
     if args.role == "publisher":
         return run_publisher(args)
 
-    port = free_port()
+    from tests.fixtures.mqtt import MosquittoBroker
+
     tmp = Path(tempfile.mkdtemp(prefix="rebalancerd-bench-"))
-    conf = tmp / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nuser root\n"
-        "log_dest stderr\nlog_type error\nmax_queued_messages 0\nmax_queued_bytes 0\n"
-        "max_inflight_messages 1000\n"
+    broker = MosquittoBroker(
+        tmp, ["max_queued_messages 0", "max_queued_bytes 0", "max_inflight_messages 1000"]
     )
-    broker = subprocess.Popen(["mosquitto", "-c", str(conf)], stderr=subprocess.DEVNULL)
     try:
-        for _ in range(100):
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-            time.sleep(0.05)
+        broker.start()
+        port = broker.port
         payload_len = len(template("benchA", host_name(0), args.vms, 1) % (1, time.time()))
         print(f"hosts {args.hosts}, {args.vms} VMs/host, payload {payload_len} bytes, "
               f"backlog {args.hosts * args.rounds} messages")  # fmt: skip
@@ -457,8 +445,7 @@ def main() -> int:
         }
         print(json.dumps(figures))
     finally:
-        broker.terminate()
-        broker.wait(timeout=10)
+        broker.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
