@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 
+from rebalancerd.domain.load import Weights
 from rebalancerd.domain.model import (
     AffinityGroup,
     ClusterRules,
@@ -20,6 +21,16 @@ from rebalancerd.domain.model import (
     Vm,
 )
 from rebalancerd.policy.schema import Policy, Scope
+
+
+def policy_weights(policy: Policy) -> Weights:
+    """The load weights a policy asks for: the one mapping from policy to `domain.load.Weights`,
+    used by planner, executor, loop and replay alike. A policy that weighs neither CPU nor memory
+    (only the network, which the load vector does not hold yet) counts both equally."""
+    w = policy.targets.weights
+    if w.cpu + w.memory <= 0:
+        return Weights(1.0, 1.0)
+    return Weights(cpu=w.cpu, memory=w.memory)
 
 
 def matches(name: str, patterns: Iterable[str]) -> bool:
