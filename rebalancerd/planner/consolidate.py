@@ -26,9 +26,9 @@ capacity (the most efficient). Hosts are emptied fewest VMs first (fewest moves 
 off), the least efficient first among equals.
 
 The time limit: relief is a must-do and always runs; emptying is optional and stops at the
-greedy's deadline (``Ctx.deadline``, checked before each host, so a host is emptied completely or
-not at all), noting "greedy host emptying stopped by the wall-clock limit: plan may vary between
-runs", like the balance passes.
+greedy's deadline (``GreedyContext.deadline``, checked before each host, so a host is emptied
+completely or not at all), noting "greedy host emptying stopped by the wall-clock limit: plan
+may vary between runs", like the balance passes.
 """
 
 from __future__ import annotations
@@ -39,13 +39,14 @@ from collections.abc import Callable, Sequence
 from rebalancerd.domain.model import percentile_of
 from rebalancerd.domain.plan import ReasonKind
 from rebalancerd.planner import objective as obj
-from rebalancerd.planner.greedy import Ctx, Mandatory, unit_fits, unit_of
+from rebalancerd.planner.greedy.context import GreedyContext, Mandatory
+from rebalancerd.planner.greedy.scoring import unit_fits, unit_of
 from rebalancerd.planner.problem import Problem
 
 MIN_BAND = 0.05
 """Smallest band between the pack limit and the high watermark (fraction of a host)."""
 EMPTYING = "host emptying"
-"""Phase name of the whole-host emptying in the deadline note (`Ctx.out_of_time`)."""
+"""Phase name of the whole-host emptying in the deadline note (`GreedyContext.out_of_time`)."""
 
 
 def relief_line(p: Problem) -> float:
@@ -75,7 +76,7 @@ def vm_history(p: Problem, v: int) -> list[int]:
 
 
 class Consolidator:
-    def __init__(self, ctx: Ctx) -> None:
+    def __init__(self, ctx: GreedyContext) -> None:
         self.ctx = ctx
         p, s = ctx.p, ctx.s
         self.p, self.s = p, s
@@ -349,7 +350,7 @@ def interleave_targets(
     return out
 
 
-def consolidate_mode(ctx: Ctx) -> None:
+def consolidate_mode(ctx: GreedyContext) -> None:
     """Phases 3-4 of the greedy in consolidate mode: hotspot relief (always), then whole-host
     emptying (until ctx.deadline)."""
     c = Consolidator(ctx)

@@ -21,7 +21,8 @@ from rebalancerd.domain.plan import (
 from rebalancerd.planner import cpsat
 from rebalancerd.planner import objective as obj
 from rebalancerd.planner.consolidate import interleave_targets
-from rebalancerd.planner.greedy import Mandatory, has_soft_rules, locked, repolish, run_greedy
+from rebalancerd.planner.greedy.context import Mandatory
+from rebalancerd.planner.greedy.run import has_soft_rules, locked, repolish, run_greedy
 from rebalancerd.planner.problem import Problem, build_problem
 from rebalancerd.planner.sequence import Hop, sequence
 from rebalancerd.planner.state import State

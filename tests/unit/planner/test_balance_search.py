@@ -8,7 +8,9 @@ from typing import Any
 
 from rebalancerd.planner import make_plan, verify_plan
 from rebalancerd.planner import objective as obj
-from rebalancerd.planner.greedy import Ctx, GState, band, polish
+from rebalancerd.planner.greedy.band import band
+from rebalancerd.planner.greedy.context import GreedyContext, MoveCountState
+from rebalancerd.planner.greedy.polish import polish
 from rebalancerd.planner.problem import Problem, build_problem
 from rebalancerd.planner.sequence import _build_step, sequence
 from rebalancerd.planner.state import State
@@ -52,7 +54,7 @@ def test_polish_swaps_when_no_single_move_helps() -> None:
             trial = start.copy()
             trial.move(v, h)
             assert _worst_gap(p, trial) >= before - 1e-9, (p.vms[v].name, p.hosts[h].name)
-    ctx = Ctx(p, GState(p))
+    ctx = GreedyContext(p, MoveCountState(p))
     polish(ctx)
     moves = {(p.vms[v].name, p.hosts[o].name, p.hosts[h].name) for v, o, h in ctx.s.moves()}
     assert _worst_gap(p, ctx.s) < before - 0.05, moves
@@ -64,7 +66,7 @@ def test_polish_and_band_never_break_capacity_or_worsen_the_worst_gap() -> None:
     for seed in range(3):
         s = skewed_snapshot(24, 300, seed, anti_affinity_groups=3)
         p = _problem(s, headroom=0.1)
-        ctx = Ctx(p, GState(p))
+        ctx = GreedyContext(p, MoveCountState(p))
         start = _worst_gap(p, ctx.s)
         polish(ctx)
         after_polish = _worst_gap(p, ctx.s)

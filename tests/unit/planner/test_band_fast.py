@@ -1,4 +1,4 @@
-"""The band pass's fast path (planner/greedy.py band: per-VM host figures kept up to date,
+"""The band pass's fast path (planner/greedy/band.py: per-VM host figures kept up to date,
 candidates pre-filtered by a potential window) makes exactly the choices of the straightforward
 version below, which scores every candidate VM across the whole cluster for every repair: same
 moves, same order, on random clusters with anti-affinity, maintenance hosts, mandatory moves,
@@ -12,23 +12,19 @@ import numpy as np
 import pytest
 
 from rebalancerd.planner import objective as obj
-from rebalancerd.planner.greedy import (
+from rebalancerd.planner.greedy.band import (
     BAND_PASSES,
     BAND_SHRINK,
     BAND_VM_MOVES,
     REBAND_PASSES,
     REBAND_VM_MOVES,
-    TOL,
-    Ctx,
-    GState,
-    _Env,
-    _feasible_pair,
-    _smallest,
     band,
-    drain,
-    fix_rules,
-    polish,
+    feasible_pair,
 )
+from rebalancerd.planner.greedy.context import GreedyContext, MoveCountState
+from rebalancerd.planner.greedy.mandatory import drain, fix_rules
+from rebalancerd.planner.greedy.polish import polish
+from rebalancerd.planner.greedy.view import TOL, HostLoadView, smallest
 from rebalancerd.planner.problem import Problem, build_problem
 from rebalancerd.planner.state import State
 from rebalancerd.policy.resolve import apply_policy
@@ -37,8 +33,8 @@ from rebalancerd.sim.synthetic import skewed_snapshot
 from .helpers import loose_limits, policy
 
 
-class TraceState(GState):
-    """GState that records every move, including the trial moves of feasibility checks."""
+class TraceState(MoveCountState):
+    """MoveCountState that records every move, including the trial moves of feasibility checks."""
 
     __slots__ = ("trace",)
 
@@ -51,13 +47,15 @@ class TraceState(GState):
         super().move(v, h)
 
 
-def reference_band(ctx: Ctx, passes: int = BAND_PASSES, vm_moves: int = BAND_VM_MOVES) -> None:
+def reference_band(
+    ctx: GreedyContext, passes: int = BAND_PASSES, vm_moves: int = BAND_VM_MOVES
+) -> None:
     """The band pass as first written: every candidate scored afresh across all VMs."""
     p, s = ctx.p, ctx.s
     hs = obj.balancing(p)
     if len(hs) < 3:
         return
-    env = _Env(ctx, hs)
+    env = HostLoadView(ctx, hs)
     pos = env.pos
     w_n = (env.weight[0] / env.wmax, env.weight[1] / env.wmax)
     size = (np.array(p.cpu, dtype=np.int64), np.array(p.mem, dtype=np.int64))
@@ -92,7 +90,7 @@ def reference_band(ctx: Ctx, passes: int = BAND_PASSES, vm_moves: int = BAND_VM_
         cur_phi = phi(used[0], used[1], raw[0], raw[1], t)
         stuck: set[int] = set()
         while s.n_moves_cached < p.max_moves and not ctx.out_of_time("band tightening"):
-            order = _smallest(-cur_phi, 64)
+            order = smallest(-cur_phi, 64)
             i = next((int(j) for j in order[:64] if int(j) not in stuck), -1)
             if i < 0 or cur_phi[i] <= 0:
                 break
@@ -110,7 +108,7 @@ def reference_band(ctx: Ctx, passes: int = BAND_PASSES, vm_moves: int = BAND_VM_
                 d[i] = np.inf
                 if home[v] >= 0:
                     d[home[v]] = np.inf
-                for j in _smallest(d, 3, below=-1e-12):
+                for j in smallest(d, 3, below=-1e-12):
                     if d[j] >= -1e-12:
                         break
                     if s.can_move(v, hs[int(j)]):
@@ -132,7 +130,7 @@ def reference_band(ctx: Ctx, passes: int = BAND_PASSES, vm_moves: int = BAND_VM_
                     used[1][i] + size[1][ws] <= cap[1][i]
                 )
                 d = np.where(fit, d, np.inf)
-                for k in _smallest(d, 6, below=-1e-12):
+                for k in smallest(d, 6, below=-1e-12):
                     if d[k] >= -1e-12 or (best is not None and d[k] >= best[0]):
                         break
                     w = int(ws[k])
@@ -156,14 +154,14 @@ def reference_band(ctx: Ctx, passes: int = BAND_PASSES, vm_moves: int = BAND_VM_
                     fit &= (bn[0] <= cap[0][cp]) & (bn[1] <= cap[1][cp])
                     fit &= cp != home[u]
                     d = np.where(fit, d, np.inf)
-                    for k in _smallest(d, 3, below=-1e-12):
+                    for k in smallest(d, 3, below=-1e-12):
                         if d[k] >= -1e-12 or (best is not None and d[k] >= best[0]):
                             break
                         w = int(ws[k])
                         b = hs[int(cp[k])]
                         if not (ctx.can_spend([u, w]) and p.may_host(u, b) and p.may_host(w, a)):
                             continue
-                        pair = _feasible_pair(s, (u, b), (w, a))
+                        pair = feasible_pair(s, (u, b), (w, a))
                         if pair:
                             best = (float(d[k]), pair)
                             break
@@ -180,7 +178,7 @@ def reference_band(ctx: Ctx, passes: int = BAND_PASSES, vm_moves: int = BAND_VM_
                     if home[u] >= 0:
                         db[home[u]] = np.inf
                     bi = -1
-                    for j in _smallest(db, 3, below=np.inf):
+                    for j in smallest(db, 3, below=np.inf):
                         if np.isfinite(db[j]) and s.can_move(u, hs[int(j)]):
                             bi = int(j)
                             break
@@ -204,7 +202,7 @@ def reference_band(ctx: Ctx, passes: int = BAND_PASSES, vm_moves: int = BAND_VM_
                     d = na - cur_phi[i] + nc - cur_phi[cp] + db[bi]
                     fit = (an[0] <= cap[0][i]) & (an[1] <= cap[1][i])
                     d = np.where(fit, d, np.inf)
-                    for k in _smallest(d, 3, below=-1e-12):
+                    for k in smallest(d, 3, below=-1e-12):
                         if d[k] >= -1e-12 or (best is not None and d[k] >= best[0]):
                             break
                         w = int(wsel[k])
@@ -247,18 +245,18 @@ def reference_band(ctx: Ctx, passes: int = BAND_PASSES, vm_moves: int = BAND_VM_
             shrink /= 2  # a narrower step may still go through
 
 
-def _start(p: Problem) -> Ctx:
+def _start(p: Problem) -> GreedyContext:
     """A greedy state before the band pass: drains, rule fixes, minimax polish."""
-    ctx = Ctx(p, GState(p))
+    ctx = GreedyContext(p, MoveCountState(p))
     drain(ctx, False)
     fix_rules(ctx, False)
     polish(ctx)
     return ctx
 
 
-def _run(p: Problem, base: Ctx, fn: Any, passes: int, vm_moves: int) -> tuple[Any, ...]:
+def _run(p: Problem, base: GreedyContext, fn: Any, passes: int, vm_moves: int) -> tuple[Any, ...]:
     s = TraceState(p, base.s.where)
-    ctx = Ctx(
+    ctx = GreedyContext(
         p,
         s,
         moved_mib=base.moved_mib,

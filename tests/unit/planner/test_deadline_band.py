@@ -10,9 +10,16 @@ from typing import Any
 import pytest
 
 from rebalancerd.domain.plan import ReasonKind
-from rebalancerd.planner import greedy, make_plan, verify_plan
+from rebalancerd.planner import make_plan, verify_plan
 from rebalancerd.planner import objective as obj
-from rebalancerd.planner.greedy import Ctx, GState, reband, repolish, run_greedy
+from rebalancerd.planner.greedy import run
+from rebalancerd.planner.greedy.balance import balance
+from rebalancerd.planner.greedy.band import band, reband
+from rebalancerd.planner.greedy.context import GreedyContext, MoveCountState
+from rebalancerd.planner.greedy.mandatory import drain
+from rebalancerd.planner.greedy.polish import SOURCES_PER_PULL, best_pull, polish
+from rebalancerd.planner.greedy.run import repolish, run_greedy
+from rebalancerd.planner.greedy.view import HostLoadView, smallest
 from rebalancerd.planner.problem import Problem, build_problem
 from rebalancerd.planner.state import State
 from rebalancerd.policy.resolve import apply_policy
@@ -67,15 +74,16 @@ def test_expired_time_limit_gives_a_safe_plan_with_the_drains() -> None:
 
 @pytest.mark.parametrize("phase", ["polish", "band"])
 def test_a_pass_started_after_the_deadline_moves_nothing(phase: str) -> None:
+    passes = {"polish": polish, "band": band}
     s = _snapshot()
     pol = policy(limits=loose_limits())
     p = _problem(s, pol)
-    ctx = Ctx(p, GState(p))
-    greedy.drain(ctx, False)
-    greedy.balance(ctx)
+    ctx = GreedyContext(p, MoveCountState(p))
+    drain(ctx, False)
+    balance(ctx)
     before = list(ctx.s.where)
     ctx.deadline = time.perf_counter() - 1.0
-    getattr(greedy, phase)(ctx)
+    passes[phase](ctx)
     assert ctx.s.where == before
     assert len(ctx.notes) == 1 and "stopped by the wall-clock limit" in ctx.notes[0]
 
@@ -85,9 +93,9 @@ def test_reband_lowers_the_worse_gap_or_changes_nothing(seed: int) -> None:
     s = skewed_snapshot(48, 600, seed=seed, maintenance_hosts=seed % 2)
     pol = policy(limits=loose_limits())
     p = _problem(s, pol)
-    ctx = Ctx(p, GState(p))
-    greedy.drain(ctx, False)
-    greedy.balance(ctx)  # no polish or band yet: hosts left outside the band
+    ctx = GreedyContext(p, MoveCountState(p))
+    drain(ctx, False)
+    balance(ctx)  # no polish or band yet: hosts left outside the band
     before = list(ctx.s.where)
     worst = obj.worst_gap(p, ctx.s)
     reband(ctx)
@@ -108,9 +116,9 @@ def test_reband_tightens_a_balance_pass_result() -> None:
         s = skewed_snapshot(48, 600, seed=seed, maintenance_hosts=seed % 2)
         pol = policy(limits=loose_limits())
         p = _problem(s, pol)
-        ctx = Ctx(p, GState(p))
-        greedy.drain(ctx, False)
-        greedy.balance(ctx)
+        ctx = GreedyContext(p, MoveCountState(p))
+        drain(ctx, False)
+        balance(ctx)
         worst = obj.worst_gap(p, ctx.s)
         reband(ctx)
         improved += obj.worst_gap(p, ctx.s) < worst - 1e-9
@@ -119,14 +127,14 @@ def test_reband_tightens_a_balance_pass_result() -> None:
 
 def test_repolish_bands_only_large_clusters(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
-    monkeypatch.setattr(greedy, "reband", lambda ctx: calls.append(ctx.p.n_hosts))
+    monkeypatch.setattr(run, "reband", lambda ctx: calls.append(ctx.p.n_hosts))
     s = skewed_snapshot(24, 300, seed=1)
     pol = policy(limits=loose_limits())
     p = _problem(s, pol)
     ctx = run_greedy(p)
     repolish(ctx)
     assert calls == []
-    monkeypatch.setattr(greedy, "REBAND_MIN_HOSTS", 8)
+    monkeypatch.setattr(run, "REBAND_MIN_HOSTS", 8)
     repolish(ctx)
     assert calls == [24]
 
@@ -141,7 +149,7 @@ def test_the_deadline_does_not_change_a_plan_that_has_time() -> None:
 
 
 def _pull_by_hand(
-    ctx: Ctx, env: Any, sources: list[int], i: int, r: int
+    ctx: GreedyContext, env: Any, sources: list[int], i: int, r: int
 ) -> tuple[float, float, float, int, int] | None:
     """The polish's pull move scored one VM at a time (the pre-vectorised loop)."""
     p, s = ctx.p, ctx.s
@@ -175,17 +183,17 @@ def test_vectorised_pull_picks_the_move_the_scalar_loop_picks(seed: int) -> None
     s = skewed_snapshot(40, 500, seed=seed)
     pol = policy(limits=loose_limits())
     p = _problem(s, pol)
-    ctx = Ctx(p, GState(p))
-    greedy.balance(ctx)
+    ctx = GreedyContext(p, MoveCountState(p))
+    balance(ctx)
     hs = obj.balancing(p)
-    env = greedy._Env(ctx, hs)
+    env = HostLoadView(ctx, hs)
     found = 0
     for r in (0, 1):
-        for i in [int(j) for j in greedy._smallest(env.load[r], 6)]:
-            order = greedy._smallest(-env.load[r], greedy.SOURCES_PER_PULL)
+        for i in [int(j) for j in smallest(env.load[r], 6)]:
+            order = smallest(-env.load[r], SOURCES_PER_PULL)
             sources = [int(j) for j in order if int(j) != i]
             want = _pull_by_hand(ctx, env, sources, i, r)
-            got = greedy._best_pull(
+            got = best_pull(
                 ctx, env, {}, sources, i, r, float(env.load[r][i]), obj.mean_host_mem(p)
             )
             assert (got is None) == (want is None)

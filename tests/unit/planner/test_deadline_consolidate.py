@@ -10,9 +10,12 @@ from typing import Any
 import pytest
 
 from rebalancerd.domain.plan import MigrationPlan, ReasonKind
-from rebalancerd.planner import greedy, make_plan, verify_plan
+from rebalancerd.planner import make_plan, verify_plan
 from rebalancerd.planner.consolidate import consolidate_mode
-from rebalancerd.planner.greedy import Ctx, GState, run_greedy
+from rebalancerd.planner.greedy import context as greedy_context
+from rebalancerd.planner.greedy.context import GreedyContext, MoveCountState
+from rebalancerd.planner.greedy.mandatory import drain, fix_rules
+from rebalancerd.planner.greedy.run import run_greedy
 from rebalancerd.planner.problem import Problem, build_problem
 from rebalancerd.policy.resolve import apply_policy
 from rebalancerd.policy.schema import Policy
@@ -46,7 +49,7 @@ def _final_hosts(s: Any, plan: MigrationPlan) -> dict[str, str]:
     return where
 
 
-def _half_emptied(ctx: Ctx) -> list[int]:
+def _half_emptied(ctx: GreedyContext) -> list[int]:
     """Hosts that lost a VM to an energy move but still carry VMs."""
     sources = {
         o
@@ -56,7 +59,7 @@ def _half_emptied(ctx: Ctx) -> list[int]:
     return sorted(h for h in sources if ctx.s.on[h])
 
 
-def _energy(ctx: Ctx) -> dict[int, int]:
+def _energy(ctx: GreedyContext) -> dict[int, int]:
     return {
         v: h
         for v, _o, h in ctx.s.moves()
@@ -96,13 +99,13 @@ class _TickClock:
         return self.now
 
 
-def _cut_after(p: Problem, ticks: float, monkeypatch: pytest.MonkeyPatch) -> Ctx:
+def _cut_after(p: Problem, ticks: float, monkeypatch: pytest.MonkeyPatch) -> GreedyContext:
     clock = _TickClock()
     with monkeypatch.context() as m:
-        m.setattr(greedy, "time", clock)
-        ctx = Ctx(p, GState(p), deadline=ticks)
-        greedy.drain(ctx, True)
-        greedy.fix_rules(ctx, True)
+        m.setattr(greedy_context, "time", clock)
+        ctx = GreedyContext(p, MoveCountState(p), deadline=ticks)
+        drain(ctx, True)
+        fix_rules(ctx, True)
         consolidate_mode(ctx)
     return ctx
 

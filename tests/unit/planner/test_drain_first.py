@@ -10,7 +10,7 @@ import pytest
 
 from rebalancerd.domain.plan import ReasonKind
 from rebalancerd.planner import make_plan, verify_plan
-from rebalancerd.planner.greedy import run_greedy
+from rebalancerd.planner.greedy.run import run_greedy
 from rebalancerd.planner.problem import build_problem
 from rebalancerd.policy.resolve import apply_policy
 from rebalancerd.sim.synthetic import skewed_snapshot

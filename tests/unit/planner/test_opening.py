@@ -9,7 +9,8 @@ import pytest
 
 from rebalancerd.planner import baselines, make_plan, verify_plan
 from rebalancerd.planner import objective as obj
-from rebalancerd.planner.greedy import run_greedy
+from rebalancerd.planner.greedy import opening
+from rebalancerd.planner.greedy.run import run_greedy
 from rebalancerd.planner.problem import Problem, build_problem
 from rebalancerd.planner.sequence import sequence
 from rebalancerd.planner.state import State
@@ -117,16 +118,14 @@ def test_balancing_twice_gives_the_same_opening() -> None:
 def test_opening_costs_at_most_half_the_hysteresis_of_final_spread(
     hosts: int, vms: int, seed: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from rebalancerd.planner import greedy
-
     s = skewed_snapshot(hosts, vms, seed)
     pol = _policy(memory_only=False)
     chosen = run_greedy(_problem(s, pol))
-    monkeypatch.setattr(greedy, "OPENING_MAX_HOSTS", 0)
+    monkeypatch.setattr(opening, "OPENING_MAX_HOSTS", 0)
     without = run_greedy(_problem(s, pol))
     assert not without.opening
     p = chosen.p
-    tol = greedy.OPENING_TOLERANCE * p.hysteresis
+    tol = opening.OPENING_TOLERANCE * p.hysteresis
     assert obj.spread(p, chosen.s) <= obj.spread(without.p, without.s) + tol + 1e-12
 
 

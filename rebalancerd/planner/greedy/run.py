@@ -1,0 +1,133 @@
+"""run_greedy: the greedy phases in order (drains, rule fixes, then the mode's passes), and the
+passes again after CP-SAT (repolish)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from rebalancerd.planner import objective as obj
+from rebalancerd.planner.greedy.balance import balance
+from rebalancerd.planner.greedy.band import REBAND_MIN_HOSTS, band, reband
+from rebalancerd.planner.greedy.context import GreedyContext, MoveCountState
+from rebalancerd.planner.greedy.mandatory import drain, fix_rules
+from rebalancerd.planner.greedy.opening import OPENING_TOLERANCE, opening
+from rebalancerd.planner.greedy.polish import polish
+from rebalancerd.planner.problem import Problem
+from rebalancerd.planner.state import State
+
+GREEDY_SHARE = 0.9
+"""The optional greedy passes stop at this share of the time left to the deadline, so that
+CP-SAT gets some of it even on a loaded machine (at 2,000 hosts / 25,000 VMs on a quiet
+machine the greedy needs 2-3.5 s of a 5 s limit, the LNS 0.5-0.7 s)."""
+REPOLISH_GRACE = 0.5
+"""The passes after CP-SAT (repolish) may run until the deadline plus this share of the time
+limit: they start only before the deadline, and on a quiet machine need ~2 s at 2,000 hosts."""
+
+
+def run_greedy(p: Problem, deadline: float = math.inf) -> GreedyContext:
+    """The greedy plan. `deadline` is a time.perf_counter() value (the plan's time limit):
+    drains and rule fixes always run; the optional passes (opening, balance, polish, band)
+    stop at GREEDY_SHARE of the time left, each leaving a valid placement, and say so in the
+    notes. The returned ctx.deadline is the one for repolish (the deadline plus
+    REPOLISH_GRACE of the time limit)."""
+    start = time.perf_counter()
+    limit = deadline - start
+    stop = start + GREEDY_SHARE * limit if math.isfinite(limit) else math.inf
+    ctx = _run_greedy(p, stop)
+    ctx.deadline = deadline + REPOLISH_GRACE * max(0.0, limit) if math.isfinite(limit) else math.inf
+    return ctx
+
+
+def _run_greedy(p: Problem, stop: float) -> GreedyContext:
+    from rebalancerd.policy.schema import Mode
+
+    ctx = GreedyContext(p, MoveCountState(p), deadline=stop)
+    pack = p.mode is Mode.CONSOLIDATE
+    drain(ctx, pack)
+    fix_rules(ctx, pack)
+    if p.mode is Mode.DRAIN:
+        return ctx
+    if pack:
+        from rebalancerd.planner.consolidate import consolidate_mode
+
+        consolidate_mode(ctx)  # hotspot relief into a band, then whole-host emptying
+    else:
+        plain = None
+        if not soft_rules_broken(p, ctx.s):
+            # The opening only sees the gap; where soft rules are broken (e.g. VMs asked to move
+            # back home), the passes and CP-SAT, which weigh them, choose which VMs move.
+            opening(ctx)
+        if ctx.opening:  # the same without the opening, to compare
+            plain = GreedyContext(p, MoveCountState(p), deadline=stop)
+            drain(plain, pack)
+            fix_rules(plain, pack)
+            _balance_passes(plain)
+        with locked(p, ctx.opening):
+            _balance_passes(ctx)
+        if plain is not None:
+            # A faster start may cost a little final spread, at most half the hysteresis.
+            loss = obj.spread(p, ctx.s) - obj.spread(p, plain.s)
+            if loss > OPENING_TOLERANCE * p.hysteresis:
+                plain.notes.append(
+                    f"opening descent dropped: its final spread is {loss:.3f} worse "
+                    f"than without it (> {OPENING_TOLERANCE} x hysteresis)"
+                )
+                return plain
+    return ctx
+
+
+def has_soft_rules(p: Problem) -> bool:
+    return bool(p.soft_pins) or any(not g.hard for g in p.groups)
+
+
+def soft_rules_broken(p: Problem, s: State) -> bool:
+    """True if a soft pin or a soft (anti-)affinity group is broken in state `s`."""
+    if any(s.where[v] not in hosts for v, hosts, _w, _n in p.soft_pins):
+        return True
+    for g in p.groups:
+        if g.hard:
+            continue
+        homes = [s.where[v] for v in g.vms]
+        if g.anti and len(set(homes)) < len(homes):
+            return True
+        if not g.anti and len(set(homes)) > 1:
+            return True
+    return False
+
+
+def _balance_passes(ctx: GreedyContext) -> None:
+    balance(ctx)  # hosts above capacity with headroom go first
+    polish(ctx)
+    band(ctx)
+
+
+def repolish(ctx: GreedyContext) -> list[str]:
+    """Band tightening and minimax polish again after CP-SAT changed ctx.s in place (its
+    rounds minimise the weighted sum of the gaps, and may leave the worse gap a little higher
+    than it could be, and a few hosts outside the band). Stops at ctx.deadline; returns the
+    notes it added."""
+    p, s = ctx.p, ctx.s
+    moves = s.moves()
+    s.n_moves_cached = len(moves)
+    ctx.moved_mib = sum(p.move_mib[v] for v, _, _ in moves)
+    n_notes = len(ctx.notes)
+    if len(obj.balancing(p)) > REBAND_MIN_HOSTS:
+        reband(ctx)
+    polish(ctx)
+    return ctx.notes[n_notes:]
+
+
+@contextmanager
+def locked(p: Problem, vms: list[int]) -> Iterator[None]:
+    """Treat `vms` as immovable (where they are now) inside the block."""
+    was = [(v, p.movable[v]) for v in vms]
+    for v in vms:
+        p.movable[v] = False
+    try:
+        yield
+    finally:
+        for v, m in was:
+            p.movable[v] = m
