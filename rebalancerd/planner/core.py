@@ -22,7 +22,7 @@ from rebalancerd.planner import cpsat
 from rebalancerd.planner import objective as obj
 from rebalancerd.planner.consolidate import interleave_targets
 from rebalancerd.planner.greedy.context import Mandatory
-from rebalancerd.planner.greedy.run import has_soft_rules, locked, repolish, run_greedy
+from rebalancerd.planner.greedy.run import has_soft_rules, repolish, run_greedy
 from rebalancerd.planner.problem import Problem, build_problem
 from rebalancerd.planner.sequence import Hop, sequence
 from rebalancerd.planner.state import State
@@ -75,14 +75,13 @@ def make_plan(
     # phase gave them (a smaller CP-SAT model: on the maintenance benchmark snapshots the final
     # gaps came out lower, 8 hosts 0.031 -> 0.004, 32 hosts 0.047 -> 0.039, 128 hosts 0.039 ->
     # 0.031).
-    kept = ctx.opening + [
-        v
-        for v, m in ctx.mandatory.items()
-        if m.kind in (ReasonKind.DRAIN, ReasonKind.EVACUATE) and v not in ctx.opening
-    ]
+    kept = frozenset(ctx.opening) | {
+        v for v, m in ctx.mandatory.items() if m.kind in (ReasonKind.DRAIN, ReasonKind.EVACUATE)
+    }
     if not skip_cp and p.max_moves > 0 and time.perf_counter() < deadline - 0.05:
-        with locked(p, kept):
-            info = cpsat.improve(p, s, time_limit_s=time_limit_s, seed=seed, deadline=deadline)
+        info = cpsat.improve(
+            p, s, time_limit_s=time_limit_s, seed=seed, deadline=deadline, fixed=kept
+        )
         if info.status != "SKIPPED":
             planner = "greedy+cp-sat"
             status = info.status
@@ -97,8 +96,7 @@ def make_plan(
             and not has_soft_rules(p)
             and time.perf_counter() < deadline
         ):
-            with locked(p, kept):
-                notes.extend(repolish(ctx))
+            notes.extend(repolish(ctx, kept))
 
     mandatory = {v: m for v, m in ctx.mandatory.items() if m.kind in MANDATORY_KINDS}
     s = _hysteresis(p, s, mandatory, notes)

@@ -67,11 +67,13 @@ def balance_score(p: Problem, s: State) -> float:
     return obj.spread(p, s) + obj.total_move_cost(p, s) + soft_penalty(p, s)
 
 
-def _free_vms(p: Problem, s: State, hosts: list[int]) -> list[int]:
+def _free_vms(p: Problem, s: State, hosts: list[int], fixed: frozenset[int]) -> list[int]:
+    """The VMs on `hosts` the model may re-place: movable, not in `fixed`, not in a hard
+    affinity group, and on a host they may run on."""
     out: list[int] = []
     for h in hosts:
         for v in sorted(s.on[h]):
-            if p.movable[v] and v not in p.aff_of and p.may_host(v, s.where[v]):
+            if p.movable[v] and v not in fixed and v not in p.aff_of and p.may_host(v, s.where[v]):
                 out.append(v)
     return out
 
@@ -108,11 +110,20 @@ def _apply(s: State, where: dict[int, int]) -> None:
         s.move(v, h)
 
 
-def improve(p: Problem, s: State, *, time_limit_s: float, seed: int, deadline: float) -> CpInfo:
-    """Improve `s` in place. `deadline` is a time.perf_counter() value (safety net only)."""
+def improve(
+    p: Problem,
+    s: State,
+    *,
+    time_limit_s: float,
+    seed: int,
+    deadline: float,
+    fixed: frozenset[int] = frozenset(),
+) -> CpInfo:
+    """Improve `s` in place, leaving the VMs in `fixed` where they are. `deadline` is a
+    time.perf_counter() value (safety net only)."""
     info = CpInfo()
     hosts_all = [h for h in range(p.n_hosts) if p.receive[h] or s.on[h]]
-    free_all = _free_vms(p, s, hosts_all)
+    free_all = _free_vms(p, s, hosts_all, fixed)
     if not free_all or p.max_moves == 0 or p.mode is Mode.DRAIN:
         return info
     if p.n_hosts <= FULL_MAX_HOSTS and len(free_all) <= FULL_MAX_VMS:
@@ -136,11 +147,18 @@ def improve(p: Problem, s: State, *, time_limit_s: float, seed: int, deadline: f
             info.objective = res.objective / div if res.objective is not None else None
             info.bound = res.bound / div if res.bound is not None else None
         return info
-    return _lns(p, s, info, time_limit_s=time_limit_s, seed=seed, deadline=deadline)
+    return _lns(p, s, info, time_limit_s=time_limit_s, seed=seed, deadline=deadline, fixed=fixed)
 
 
 def _lns(
-    p: Problem, s: State, info: CpInfo, *, time_limit_s: float, seed: int, deadline: float
+    p: Problem,
+    s: State,
+    info: CpInfo,
+    *,
+    time_limit_s: float,
+    seed: int,
+    deadline: float,
+    fixed: frozenset[int],
 ) -> CpInfo:
     rng = random.Random(seed)
     rounds = max(1, int(0.1 * time_limit_s / LNS_ROUND_DET))
@@ -160,7 +178,7 @@ def _lns(
             hosts = _moved_hosts(p, s, rng)
             if not hosts:
                 hosts = _extreme_hosts(p, s, bal, rng)
-        vms = _free_vms(p, s, hosts)
+        vms = _free_vms(p, s, hosts, fixed)
         if len(vms) > LNS_MAX_VMS:
             vms = sorted(rng.sample(vms, LNS_MAX_VMS))
         if not vms:

@@ -90,7 +90,7 @@ def balance(ctx: GreedyContext) -> None:
         ra_c, ra_m = p.raw_cpu[a], p.raw_mem[a]
         over = s.over_capacity(a)
         for v in s.on[a]:
-            if v in ctx.touched or not p.movable[v] or v in p.aff_of:
+            if v in ctx.touched or not ctx.may_move(v) or v in p.aff_of:
                 continue
             if not ctx.can_spend([v]):
                 continue

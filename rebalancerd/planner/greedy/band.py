@@ -171,7 +171,7 @@ def band(ctx: GreedyContext, passes: int = BAND_PASSES, vm_moves: int = BAND_VM_
     pos = env.pos
     w_n = (env.weight[0] / env.wmax, env.weight[1] / env.wmax)
     vpos = np.array([pos.get(s.where[v], -1) for v in range(p.n_vms)], dtype=np.int64)
-    okv = np.array([p.movable[v] and v not in p.aff_of for v in range(p.n_vms)], dtype=bool)
+    okv = np.array([ctx.may_move(v) and v not in p.aff_of for v in range(p.n_vms)], dtype=bool)
     home = np.array(
         [pos.get(p.origin[v], -1) if v in ctx.mandatory else -2 for v in range(p.n_vms)],
         dtype=np.int64,

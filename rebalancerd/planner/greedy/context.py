@@ -47,6 +47,13 @@ class GreedyContext:
     CP-SAT's wall-clock limit: every move made so far is valid, so the placement always is)."""
     stopped: list[str] = field(default_factory=list)
     """Passes stopped by the deadline."""
+    fixed: frozenset[int] = frozenset()
+    """VMs the balance passes (balance, polish, band) must leave where they are now, on top of
+    the problem's immovable ones: the opening's moves, and in repolish the drained VMs too."""
+
+    def may_move(self, v: int) -> bool:
+        """v is movable in the problem and not held in place by `fixed`."""
+        return self.p.movable[v] and v not in self.fixed
 
     def out_of_time(self, phase: str) -> bool:
         """True (and noted once per phase) once the deadline has passed."""

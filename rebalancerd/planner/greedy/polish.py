@@ -88,7 +88,7 @@ def polish(ctx: GreedyContext) -> None:
             si = i
             a = hs[si]
             for v in sorted(s.on[a]):
-                if not p.movable[v] or v in p.aff_of or moved.get(v, 0) >= POLISH_VM_MOVES:
+                if not ctx.may_move(v) or v in p.aff_of or moved.get(v, 0) >= POLISH_VM_MOVES:
                     continue
                 home = -1  # a VM moved for a must-do reason may move on, never back home
                 if v in ctx.mandatory:
@@ -174,7 +174,7 @@ def best_pull(
     src: list[int] = []
     for k, si in enumerate(sources):
         for v in sorted(s.on[hs[si]]):
-            if not p.movable[v] or v in p.aff_of or moved.get(v, 0) >= POLISH_VM_MOVES:
+            if not ctx.may_move(v) or v in p.aff_of or moved.get(v, 0) >= POLISH_VM_MOVES:
                 continue
             # a VM moved for a must-do reason may move on, never back home
             if v in ctx.mandatory and pos.get(p.origin[v], -1) == i:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from rebalancerd.planner import objective as obj
 from rebalancerd.planner.greedy.balance import balance
@@ -65,8 +63,8 @@ def _run_greedy(p: Problem, stop: float) -> GreedyContext:
             drain(plain, pack)
             fix_rules(plain, pack)
             _balance_passes(plain)
-        with locked(p, ctx.opening):
-            _balance_passes(ctx)
+        ctx.fixed = frozenset(ctx.opening)  # the later passes leave the opening's moves in place
+        _balance_passes(ctx)
         if plain is not None:
             # A faster start may cost a little final spread, at most half the hysteresis.
             loss = obj.spread(p, ctx.s) - obj.spread(p, plain.s)
@@ -104,12 +102,13 @@ def _balance_passes(ctx: GreedyContext) -> None:
     band(ctx)
 
 
-def repolish(ctx: GreedyContext) -> list[str]:
+def repolish(ctx: GreedyContext, fixed: frozenset[int]) -> list[str]:
     """Band tightening and minimax polish again after CP-SAT changed ctx.s in place (its
     rounds minimise the weighted sum of the gaps, and may leave the worse gap a little higher
-    than it could be, and a few hosts outside the band). Stops at ctx.deadline; returns the
-    notes it added."""
+    than it could be, and a few hosts outside the band). The VMs in `fixed` stay where they
+    are. Stops at ctx.deadline; returns the notes it added."""
     p, s = ctx.p, ctx.s
+    ctx.fixed = fixed
     moves = s.moves()
     s.n_moves_cached = len(moves)
     ctx.moved_mib = sum(p.move_mib[v] for v, _, _ in moves)
@@ -118,16 +117,3 @@ def repolish(ctx: GreedyContext) -> list[str]:
         reband(ctx)
     polish(ctx)
     return ctx.notes[n_notes:]
-
-
-@contextmanager
-def locked(p: Problem, vms: list[int]) -> Iterator[None]:
-    """Treat `vms` as immovable (where they are now) inside the block."""
-    was = [(v, p.movable[v]) for v in vms]
-    for v in vms:
-        p.movable[v] = False
-    try:
-        yield
-    finally:
-        for v, m in was:
-            p.movable[v] = m

@@ -31,7 +31,9 @@ class SwapSearch:
         pos = env.pos
         self.size = (np.array(p.cpu, dtype=np.int64), np.array(p.mem, dtype=np.int64))
         self.pos = np.array([pos.get(s.where[v], -1) for v in range(p.n_vms)], dtype=np.int64)
-        self.ok = np.array([p.movable[v] and v not in p.aff_of for v in range(p.n_vms)], dtype=bool)
+        self.ok = np.array(
+            [ctx.may_move(v) and v not in p.aff_of for v in range(p.n_vms)], dtype=bool
+        )
         # A VM moved for a must-do reason (drain, rule, capacity) never goes back home.
         self.home = np.array(
             [pos.get(p.origin[v], -1) if v in ctx.mandatory else -2 for v in range(p.n_vms)],

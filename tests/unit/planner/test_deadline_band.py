@@ -132,10 +132,10 @@ def test_repolish_bands_only_large_clusters(monkeypatch: pytest.MonkeyPatch) -> 
     pol = policy(limits=loose_limits())
     p = _problem(s, pol)
     ctx = run_greedy(p)
-    repolish(ctx)
+    repolish(ctx, frozenset())
     assert calls == []
     monkeypatch.setattr(run, "REBAND_MIN_HOSTS", 8)
-    repolish(ctx)
+    repolish(ctx, frozenset())
     assert calls == [24]
 
 
