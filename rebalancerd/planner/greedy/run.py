@@ -7,6 +7,7 @@ import math
 import time
 
 from rebalancerd.planner import objective as obj
+from rebalancerd.planner.consolidate import consolidate_mode
 from rebalancerd.planner.greedy.balance import balance
 from rebalancerd.planner.greedy.band import REBAND_MIN_HOSTS, band, reband
 from rebalancerd.planner.greedy.context import GreedyContext, MoveCountState
@@ -15,6 +16,7 @@ from rebalancerd.planner.greedy.opening import OPENING_TOLERANCE, opening
 from rebalancerd.planner.greedy.polish import polish
 from rebalancerd.planner.problem import Problem
 from rebalancerd.planner.state import State
+from rebalancerd.policy.schema import Mode
 
 GREEDY_SHARE = 0.9
 """The optional greedy passes stop at this share of the time left to the deadline, so that
@@ -40,8 +42,6 @@ def run_greedy(p: Problem, deadline: float = math.inf) -> GreedyContext:
 
 
 def _run_greedy(p: Problem, stop: float) -> GreedyContext:
-    from rebalancerd.policy.schema import Mode
-
     ctx = GreedyContext(p, MoveCountState(p), deadline=stop)
     pack = p.mode is Mode.CONSOLIDATE
     drain(ctx, pack)
@@ -49,8 +49,6 @@ def _run_greedy(p: Problem, stop: float) -> GreedyContext:
     if p.mode is Mode.DRAIN:
         return ctx
     if pack:
-        from rebalancerd.planner.consolidate import consolidate_mode
-
         consolidate_mode(ctx)  # hotspot relief into a band, then whole-host emptying
     else:
         plain = None
