@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from rebalancerd.domain.model import ClusterSnapshot, Host, HostState, Vm
 from rebalancerd.domain.plan import ReasonKind
+from rebalancerd.planner.objectives.demand import cpu_demand_for
 from rebalancerd.policy.schema import Mode, Policy
 
 # Migration cost: a dirty page rate makes a migration resend memory; count this many seconds.
@@ -212,12 +213,10 @@ def build_problem(
                 else:
                     aff_of.setdefault(m, gi)
 
-    if policy.mode == Mode.CONSOLIDATE:
-        # Current use: what capacity with headroom must hold at every step. Consolidate
-        # predicts per host from the summed history of the VMs on it (planner/consolidate.py).
-        cpu = [v.cpu_used_mc for v in vms]
-    else:
-        cpu = [v.cpu_demand_mc(percentile=pct, window=win) for v in vms]
+    # The CPU figure the mode's objective counts (planner/objectives/demand.py): consolidate
+    # counts current use, the others the predicted demand.
+    cpu_demand = cpu_demand_for(Mode(policy.mode))
+    cpu = [cpu_demand.of(v, pct, win) for v in vms]
     mem = [v.memory_mib for v in vms]
     cost = [v.memory_mib + v.local_disk_mib + v.dirty_rate_mib_s * DIRTY_SECONDS for v in vms]
     move_mib = [v.memory_mib + v.local_disk_mib for v in vms]

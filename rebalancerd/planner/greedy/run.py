@@ -7,16 +7,12 @@ import math
 import time
 
 from rebalancerd.planner import objective as obj
-from rebalancerd.planner.consolidate import consolidate_mode
-from rebalancerd.planner.greedy.balance import balance
-from rebalancerd.planner.greedy.band import REBAND_MIN_HOSTS, band, reband
+from rebalancerd.planner.greedy.band import REBAND_MIN_HOSTS, reband
 from rebalancerd.planner.greedy.context import GreedyContext, MoveCountState
 from rebalancerd.planner.greedy.mandatory import drain, fix_rules
-from rebalancerd.planner.greedy.opening import OPENING_TOLERANCE, opening
 from rebalancerd.planner.greedy.polish import polish
+from rebalancerd.planner.objectives.registry import objective_for
 from rebalancerd.planner.problem import Problem
-from rebalancerd.planner.state import State
-from rebalancerd.policy.schema import Mode
 
 GREEDY_SHARE = 0.9
 """The optional greedy passes stop at this share of the time left to the deadline, so that
@@ -42,62 +38,11 @@ def run_greedy(p: Problem, deadline: float = math.inf) -> GreedyContext:
 
 
 def _run_greedy(p: Problem, stop: float) -> GreedyContext:
+    objective = objective_for(p.mode)
     ctx = GreedyContext(p, MoveCountState(p), deadline=stop)
-    pack = p.mode is Mode.CONSOLIDATE
-    drain(ctx, pack)
-    fix_rules(ctx, pack)
-    if p.mode is Mode.DRAIN:
-        return ctx
-    if pack:
-        consolidate_mode(ctx)  # hotspot relief into a band, then whole-host emptying
-    else:
-        plain = None
-        if not soft_rules_broken(p, ctx.s):
-            # The opening only sees the gap; where soft rules are broken (e.g. VMs asked to move
-            # back home), the passes and CP-SAT, which weigh them, choose which VMs move.
-            opening(ctx)
-        if ctx.opening:  # the same without the opening, to compare
-            plain = GreedyContext(p, MoveCountState(p), deadline=stop)
-            drain(plain, pack)
-            fix_rules(plain, pack)
-            _balance_passes(plain)
-        ctx.fixed = frozenset(ctx.opening)  # the later passes leave the opening's moves in place
-        _balance_passes(ctx)
-        if plain is not None:
-            # A faster start may cost a little final spread, at most half the hysteresis.
-            loss = obj.spread(p, ctx.s) - obj.spread(p, plain.s)
-            if loss > OPENING_TOLERANCE * p.hysteresis:
-                plain.notes.append(
-                    f"opening descent dropped: its final spread is {loss:.3f} worse "
-                    f"than without it (> {OPENING_TOLERANCE} x hysteresis)"
-                )
-                return plain
-    return ctx
-
-
-def has_soft_rules(p: Problem) -> bool:
-    return bool(p.soft_pins) or any(not g.hard for g in p.groups)
-
-
-def soft_rules_broken(p: Problem, s: State) -> bool:
-    """True if a soft pin or a soft (anti-)affinity group is broken in state `s`."""
-    if any(s.where[v] not in hosts for v, hosts, _w, _n in p.soft_pins):
-        return True
-    for g in p.groups:
-        if g.hard:
-            continue
-        homes = [s.where[v] for v in g.vms]
-        if g.anti and len(set(homes)) < len(homes):
-            return True
-        if not g.anti and len(set(homes)) > 1:
-            return True
-    return False
-
-
-def _balance_passes(ctx: GreedyContext) -> None:
-    balance(ctx)  # hosts above capacity with headroom go first
-    polish(ctx)
-    band(ctx)
+    drain(ctx, objective.pack)
+    fix_rules(ctx, objective.pack)
+    return objective.greedy_passes(ctx)
 
 
 def repolish(ctx: GreedyContext, fixed: frozenset[int]) -> list[str]:

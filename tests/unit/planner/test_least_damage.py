@@ -4,7 +4,7 @@ them: a host that sends a big VM gets its replacement next, not at the end of th
 from __future__ import annotations
 
 from rebalancerd.planner import objective as obj
-from rebalancerd.planner.core import _least_damage
+from rebalancerd.planner.ordering import least_damage
 from rebalancerd.planner.problem import build_problem
 from rebalancerd.planner.state import State
 from rebalancerd.policy.resolve import apply_policy
@@ -27,7 +27,7 @@ def test_the_replacement_follows_the_big_departure() -> None:
     dest = {ix["a1"]: hx["B"], ix["c1"]: hx["A"]}
     dest |= {ix[f"x{i}"]: hx["E"] for i in range(3)}
     given = [ix["a1"], ix["x0"], ix["x1"], ix["x2"], ix["c1"]]
-    out = _least_damage(given, p, State(p), dest, obj.balancing(p), 0.0, 1.0)
+    out = least_damage(given, p, State(p), dest, obj.balancing(p), 0.0, 1.0)
     assert sorted(out) == sorted(given)
     assert out.index(ix["c1"]) == out.index(ix["a1"]) + 1
 
