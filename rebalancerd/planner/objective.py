@@ -22,10 +22,8 @@ DEFAULT_CURVE = PowerCurve(
 
 
 def weights(p: Problem) -> tuple[float, float]:
-    wc, wm = p.w_cpu, p.w_mem
-    if wc + wm <= 0:
-        return 1.0, 1.0
-    return wc, wm
+    """(CPU, memory) weights: the policy's, as policy.resolve.policy_weights maps them."""
+    return p.w_cpu, p.w_mem
 
 
 def balancing(p: Problem) -> list[int]:

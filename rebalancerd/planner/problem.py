@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from rebalancerd.domain.model import ClusterSnapshot, Host, HostState, Vm
 from rebalancerd.domain.plan import ReasonKind
 from rebalancerd.planner.objectives.demand import cpu_demand_for
+from rebalancerd.policy.resolve import policy_weights
 from rebalancerd.policy.schema import Mode, Policy
 
 # Migration cost: a dirty page rate makes a migration resend memory; count this many seconds.
@@ -224,6 +225,7 @@ def build_problem(
     budget = policy.limits.max_per_cycle
     if max_moves is not None:
         budget = min(budget, max_moves)
+    weights = policy_weights(policy)  # the one policy -> weights mapping ((0, 0) counts as (1, 1))
     return Problem(
         snapshot=snapshot,
         mode=Mode(policy.mode),
@@ -250,8 +252,8 @@ def build_problem(
         groups=groups,
         anti_of=anti_of,
         aff_of=aff_of,
-        w_cpu=t.weights.cpu,
-        w_mem=t.weights.memory,
+        w_cpu=weights.cpu,
+        w_mem=weights.memory,
         high=t.high_watermark,
         low=t.low_watermark,
         headroom=headroom,
