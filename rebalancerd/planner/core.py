@@ -1,4 +1,7 @@
-"""make_plan: greedy, then CP-SAT, then hysteresis, sequencing and explanations."""
+"""make_plan: greedy, then CP-SAT, then hysteresis, sequencing and explanations.
+
+What differs by mode (greedy passes, CP-SAT, bound, move order, reported value) comes from the
+mode's objective (planner/objectives/); the moves' order is planner/ordering.py's."""
 
 from __future__ import annotations
 
@@ -127,31 +130,30 @@ def make_plan(
 
 
 def _hysteresis(p: Problem, s: State, mandatory: dict[int, Mandatory], notes: list[str]) -> State:
-    """Drop the optional moves when they improve the objective by less than the hysteresis."""
+    """Drop the optional moves when together they improve the spread by less than the
+    hysteresis (for objectives that apply it to the whole plan)."""
     optional = [v for v, _, _ in s.moves() if v not in mandatory]
     if not optional:
         return s
     base_where = list(p.origin)
-    for v, m in mandatory.items():
-        _ = m
+    for v in mandatory:
         base_where[v] = s.where[v]
     base = State(p, base_where)
     if any(base.over_capacity(h) and not State(p).over_capacity(h) for h in range(p.n_hosts)):
         return s  # the mandatory moves need room the optional ones make
     gain = obj.spread(p, base) - obj.spread(p, s)
-    what = "spread"
     if gain < p.hysteresis:
         notes.append(
-            f"{len(optional)} optional moves improve {what} by {gain:.3f} < hysteresis "
+            f"{len(optional)} optional moves improve spread by {gain:.3f} < hysteresis "
             f"{p.hysteresis:.3f}: not moving"
         )
         return base
     return s
 
 
-class _Score:
-    """Objective after each migration: imbalance (weighted load max - min over active hosts) or
-    cluster power (consolidate)."""
+class _StepScore:
+    """The score before and after each migration of the plan: imbalance (weighted load max - min
+    over active hosts) or, for objectives scored by power, the cluster's power draw."""
 
     def __init__(self, p: Problem, s: State, power_mode: bool) -> None:
         self.p = p
@@ -199,7 +201,7 @@ def _explain(
     objective: Objective,
 ) -> tuple[list[PlanStep], State]:
     cur = start.copy()
-    score = _Score(p, cur, objective.steps_scored_by_power)
+    score = _StepScore(p, cur, objective.steps_scored_by_power)
     wc, wm = score.wc, score.wm
     load0 = {
         h: (start.cpu[h] / p.raw_cpu[h], start.mem[h] / p.raw_mem[h]) for h in range(p.n_hosts)

@@ -19,9 +19,11 @@ def verify_plan(
     frozen: frozenset[str] = frozenset(),
     max_moves: int | None = None,
     max_mib: int | None = None,
+    applied: bool = False,
 ) -> list[str]:
-    """Violations, one line each (empty = the plan is safe in any order inside each step)."""
-    snap = apply_policy(policy, snapshot, now)
+    """Violations, one line each (empty = the plan is safe in any order inside each step).
+    With applied=True the snapshot already has the policy applied (as make_plan's)."""
+    snap = snapshot if applied else apply_policy(policy, snapshot, now)
     p = build_problem(snap, policy, frozen=frozen, max_moves=max_moves, max_mib=max_mib)
     cur = State(p)
     out: list[str] = []
