@@ -14,6 +14,9 @@ from rebalancerd.planner.state import State
 
 @dataclass(slots=True)
 class Mandatory:
+    """Why a VM had to move (drain, evacuation, hard rule, capacity relief; consolidate also
+    records its energy moves here): the reason its migration gives."""
+
     kind: ReasonKind
     detail: str
     rule: str | None = None
@@ -31,6 +34,9 @@ class MoveCountState(State):
 
 @dataclass(slots=True)
 class GreedyContext:
+    """One greedy run: the problem, the placement being built, the budget it has spent, why
+    each VM moved, and its notes. Every pass reads and extends it."""
+
     p: Problem
     s: MoveCountState
     moved_mib: int = 0
