@@ -94,9 +94,10 @@ def make_plan(
     if objective.whole_plan_hysteresis:  # (consolidate applies it per emptied host)
         s = _hysteresis(p, s, mandatory, notes)
 
-    if not s.moves():
+    moves = s.moves()
+    if not moves:
         status = "NOTHING_TO_DO" if status in ("GREEDY", "LNS", "SKIPPED") else status
-    dest = {v: h for v, _, h in s.moves()}
+    dest = {v: h for v, _, h in moves}
     order, strict = objective.order_moves(
         p, by_priority(p, s, mandatory), dest, mandatory, ctx.opening
     )
