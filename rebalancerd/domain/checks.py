@@ -476,13 +476,11 @@ PRECHECKS: list[Check] = [
 reason reported). Append to it (or monkeypatch it) and the planner, executor and replay all
 honour the new check."""
 
-WAITING_REASONS = frozenset({c.reason for c in PRECHECKS if c.waits} | {ReasonCode.STAGGER})
-"""Reasons that make a move wait for a slot inside its step instead of skipping it."""
 
-
-def waits(why: ReasonCode) -> bool:
-    """A failure with this reason waits (current list, so a monkeypatched check counts too)."""
-    return why is ReasonCode.STAGGER or any(c.waits and c.reason is why for c in PRECHECKS)
+def waits(why: str) -> bool:
+    """A failure with this reason waits (read from the current list, so that a check added to
+    it counts too)."""
+    return why == ReasonCode.STAGGER or any(c.waits and c.reason == why for c in PRECHECKS)
 
 
 class SnapshotFacts:
