@@ -22,7 +22,14 @@ from rebalancerd.domain.checks import (
     SnapshotFacts,
     first_failure,
 )
-from rebalancerd.domain.model import AffinityGroup, ClusterSnapshot, Host, HostState, Vm
+from rebalancerd.domain.model import (
+    AffinityGroup,
+    ClusterRules,
+    ClusterSnapshot,
+    Host,
+    HostState,
+    Vm,
+)
 from rebalancerd.domain.plan import Migration, ReasonKind
 from rebalancerd.domain.rules import planned_cpu_mc
 from rebalancerd.execution.adaptive import AdaptiveConcurrency
@@ -66,10 +73,10 @@ class StatesOverlay(Mapping[str, HostState]):
         return len(self._base)
 
 
-def vm_anti_groups(snap: ClusterSnapshot) -> dict[str, list[AffinityGroup]]:
+def vm_anti_groups_of(rules: ClusterRules) -> dict[str, list[AffinityGroup]]:
     """VM -> its hard anti-affinity groups."""
     out: dict[str, list[AffinityGroup]] = {}
-    for g in snap.rules.groups:
+    for g in rules.groups:
         if g.anti and g.hard:
             for vm in g.vms:
                 out.setdefault(vm, []).append(g)
@@ -152,7 +159,7 @@ def new_wave(
         hard_pins=eff.rules.hard_pins(),
         baseline=baseline,
         loads=loads,
-        anti_groups=vm_anti_groups(eff),
+        anti_groups=vm_anti_groups_of(eff.rules),
     )
 
 
