@@ -13,8 +13,8 @@ from typing import Protocol
 
 import structlog
 
+from rebalancerd.domain import checks
 from rebalancerd.domain.checks import (
-    PRECHECKS,
     WINDOW_REASON,
     Level,
     LimitValues,
@@ -310,6 +310,6 @@ def precheck(m: Migration, wave: Wave, ex: ExecutorView, *, dry: bool = False) -
     """The first pre-check `m` fails (its reason), or None. A dry run (nothing moves) skips the
     checks on free slots."""
     failed = first_failure(
-        PRECHECKS, ExecutorFacts(m, wave, ex, dry=dry), levels=DRY_LEVELS if dry else None
+        checks.PRECHECKS, ExecutorFacts(m, wave, ex, dry=dry), levels=DRY_LEVELS if dry else None
     )
     return None if failed is None else str(failed[1])

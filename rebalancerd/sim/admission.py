@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from rebalancerd.domain import checks
 from rebalancerd.domain.checks import (
-    PRECHECKS,
     WINDOW_REASON,
     LimitValues,
     ReasonCode,
@@ -255,7 +255,7 @@ class Admission:
                         cpu_used_mc=int(cpu_mc[mv.vm]),
                     )
                     facts = ReplayFacts(self, cycle, mv, vm, hnames[mv.target])
-                    failed = first_failure(PRECHECKS, facts)
+                    failed = first_failure(checks.PRECHECKS, facts)
                     if failed is not None:
                         why = str(failed[1])
                         if waits(why) and len(cycle.running):
