@@ -9,6 +9,10 @@ waits for a slot inside its step; any other failed check skips it with a reason)
 
 Dry-run (the executor's flag or ``policy.dry_run``) and advisory mode never call the hypervisor:
 pure checks run and every move is reported as skipped with reason ``dry_run`` / ``advisory``.
+
+This module orchestrates; the parts live beside it: the pre-checks in `precheck.py` (the list is
+`domain/checks.py`), one move in `moves.py`, reconciliation in `reconcile.py`, the adaptive
+controller's feed in `adaptive_feed.py`, the reports in `records.py`.
 """
 
 from __future__ import annotations

@@ -19,7 +19,6 @@ from rebalancerd.domain.checks import (
     Level,
     LimitValues,
     ReasonCode,
-    SnapshotFacts,
     first_failure,
 )
 from rebalancerd.domain.model import (
@@ -32,6 +31,7 @@ from rebalancerd.domain.model import (
 )
 from rebalancerd.domain.plan import Migration, ReasonKind
 from rebalancerd.domain.rules import planned_cpu_mc
+from rebalancerd.domain.snapshot_facts import SnapshotFacts
 from rebalancerd.execution.adaptive import AdaptiveConcurrency
 from rebalancerd.execution.guards import CircuitBreaker
 from rebalancerd.execution.journal import Journal, JournalError

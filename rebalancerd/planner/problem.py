@@ -10,10 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from rebalancerd.domain import checks
-from rebalancerd.domain.checks import Check, Level, ReasonCode, SnapshotFacts
+from rebalancerd.domain.checks import Check, Level, ReasonCode
 from rebalancerd.domain.model import ClusterSnapshot, Host, HostState, Vm
 from rebalancerd.domain.plan import ReasonKind
 from rebalancerd.domain.rules import capacity_with_headroom
+from rebalancerd.domain.snapshot_facts import SnapshotFacts
 from rebalancerd.policy.schema import Mode, Policy
 
 # Migration cost: a dirty page rate makes a migration resend memory; count this many seconds.

@@ -23,11 +23,11 @@ from rebalancerd.domain.checks import (
     WINDOW_REASON,
     LimitValues,
     ReasonCode,
-    SnapshotFacts,
     first_failure,
     waits,
 )
 from rebalancerd.domain.model import AffinityGroup, ClusterRules, Host, Vm
+from rebalancerd.domain.snapshot_facts import SnapshotFacts
 from rebalancerd.execution.limits import HostLoads, RunningMoves
 from rebalancerd.execution.precheck import vm_anti_groups_of
 from rebalancerd.execution.settings import class_spec_for
