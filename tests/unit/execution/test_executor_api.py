@@ -72,3 +72,14 @@ async def test_execute_observed_leaves_the_judging_to_the_caller() -> None:
     assert len(calls) == 1  # default: execute judges the snapshot itself
     await ex.execute(plan([mig("vm1-0", "h1", "h2")]), cluster(), policy(), observed=True)
     assert len(calls) == 1
+
+
+async def test_network_only_weights_use_the_shared_policy_mapping() -> None:
+    """Drift fix: the executor takes its load weights from `policy_weights` (the one policy ->
+    Weights mapping). A policy weighing only the network used to make execute() raise
+    (Weights(0, 0)); it now counts CPU and memory equally, as the planner and loop do."""
+    ex, hv, _, _, _ = make()
+    pol = policy(targets={"weights": {"cpu": 0, "memory": 0, "network": 1}})
+    rep = await ex.execute(plan([mig("vm0-0", "h0", "h1")]), cluster(), pol)
+    assert [r.vm for r in rep.succeeded] == ["vm0-0"] and hv.calls == [("vm0-0", "h0", "h1")]
+    ex.observe_snapshot(cluster(), pol)  # judging a later snapshot raises no more either
