@@ -219,3 +219,54 @@ def test_limit_reasons_are_the_executors(write_day: WriteDay) -> None:
     target = int(here.host_of[0])
     r3 = Replay(tr, Scripted({1: [[(0, target)]]}), policy(), hosts=4).run()
     assert r3.limit_blocks == {"same_host": 1}
+
+
+def balance(pol: Policy) -> Policy:
+    return pol.model_copy(update={"mode": "balance"})
+
+
+def test_capacity_holds_balance_mode_to_predicted_demand(write_day: WriteDay) -> None:
+    """Drift fix: the CPU a target must hold is the planner's figure: in balance mode the
+    predicted demand (the policy's percentile of the recent samples), not the current one."""
+    tr = read_planetlab(write_day({f"vm{i}": [90] * 5 + [10] for i in range(4)}))
+    start = np.array([1, 0, 0, 2], dtype=np.int64)
+    script = {5: [[(0, 0)]]}  # at the last sample (10 %): 250 + 200 + 100 fit on host 0
+    now = Replay(tr, Scripted(script), policy(), hosts=4, initial_placement=start).run()
+    assert now.summary["migrations"] == 1  # consolidate: current use
+    # balance: predicted 2250 + 1800 + 900 = 4950 > 0.9 x 3720
+    pred = Replay(tr, Scripted(script), balance(policy()), hosts=4, initial_placement=start).run()
+    assert pred.summary["migrations"] == 0
+    assert pred.limit_blocks == {"capacity": 1}
+
+
+def test_policy_rules_hold_at_admission(write_day: WriteDay) -> None:
+    """Drift fix: the policy's rules (here an exclusion) hold for every decider's moves."""
+    tr = constant_day(write_day)
+    rules = {"exclusions": [tr.vms[3]]}
+    pol = Policy.model_validate({**policy().model_dump(mode="json"), "rules": rules})
+    r = Replay(tr, Scripted({1: [[(3, 0)]]}), pol, hosts=4).run()
+    assert r.summary["migrations"] == 0
+    assert r.limit_blocks == {"excluded": 1}
+
+
+def test_a_blackout_starting_inside_an_interval_stops_later_starts(write_day: WriteDay) -> None:
+    """Drift fix: like the executor, the replay checks the windows when each move starts, not
+    only at the interval's start. Sample 11 starts at 00:55; the blackout at 00:56."""
+    tr = constant_day(write_day)
+    pol = policy(blackouts=[{"start": "00:56", "end": "02:00"}])
+    # vm0 hops between hosts 1-3 (-1: from wherever it is), 10 x 13.9 s: all would fit in 300 s
+    hops = [[ProposedMove(0, -1, 1 + i % 3)] for i in range(10)]
+
+    class Hops:
+        name = "hops"
+
+        def decide(self, view: View) -> Sequence[Sequence[ProposedMove]]:
+            return hops if view.sample == 11 else ()
+
+    rp = Replay(tr, Hops(), pol, hosts=4, initial_placement=np.zeros(4, np.int64))
+    dur = rp.dc.migration_time_s(0, 0, 1)
+    r = rp.run()
+    started_before = sum(1 for i in range(len(hops)) if i * dur < 60.0)
+    assert 0 < started_before < len(hops)
+    assert r.timeline.migrations[11] == started_before
+    assert r.limit_blocks["blackout"] >= 1 and "interval_end" not in r.limit_blocks
