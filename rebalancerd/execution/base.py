@@ -13,7 +13,7 @@ from rebalancerd.execution.adaptive import AdaptiveConcurrency
 from rebalancerd.execution.guards import CircuitBreaker, HelpTracker
 from rebalancerd.execution.journal import Journal
 from rebalancerd.execution.limits import RunningMoves
-from rebalancerd.execution.precheck import HostStates
+from rebalancerd.execution.precheck import HostStates, Wave
 from rebalancerd.execution.records import ExecutionReport, InFlight, move_record
 from rebalancerd.ports import Clock, Hypervisor, MetricsSink
 
@@ -54,6 +54,8 @@ class ExecutorBase:
     """Moves in flight by migration id."""
     running: RunningMoves
     """The same moves, counted per source / target (what the pre-checks read)."""
+    _wave: Wave | None
+    """The wave of the latest execute() call."""
     _stop: bool
     _slot: asyncio.Event
 

@@ -85,6 +85,7 @@ class Executor(MoveRunner, Reconciler):
         self._running = {}
         self.running = RunningMoves()
         self._abort_reasons = {}
+        self._wave = None
         self._stop = False
         self._slot = asyncio.Event()
 
@@ -163,6 +164,7 @@ class Executor(MoveRunner, Reconciler):
                 return report
         baseline = imbalance(eff, weights=policy_weights(policy))
         wave = new_wave(eff, policy, cooldowns, open_vms, baseline, self.running)
+        self._wave = wave
         if mode_reason is not None:
             for m in plan.migrations:
                 self._dry(report, wave, m, mode_reason)

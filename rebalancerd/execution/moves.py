@@ -263,6 +263,9 @@ class MoveRunner(AdaptiveFeed):
             self.running.end(mid)
             self._abort_reasons.pop(mid, None)
             wave.loads.remove(m.target, m.vm)
+            if self._wave is not None and self._wave is not wave:
+                # a later wave counted this move among the target's incoming VMs
+                self._wave.loads.remove(m.target, m.vm)
             self.metrics.set("migrations_in_flight", float(len(self._running)))
             self.metrics.set("migration_remaining_bytes", 0.0, vm=m.vm)
 
