@@ -31,7 +31,7 @@ import signal
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,6 +55,7 @@ from rebalancerd.domain.model import ClusterRules, ClusterSnapshot, Host, HostSt
 from rebalancerd.execution.adaptive import AdaptiveConcurrency
 from rebalancerd.execution.executor import Executor
 from rebalancerd.execution.journal import Journal, JournalError
+from rebalancerd.execution.precheck import StatesOverlay
 from rebalancerd.loop import ControlLoop, CycleReport, policy_weights
 from rebalancerd.policy.store import PolicyStore
 from rebalancerd.policy.watch import PolicyWatcher, make_store
@@ -344,7 +345,7 @@ class Daemon:
             self.metrics,
             self.journal,
             dry_run=cfg.dry_run,
-            fresh=self._fresh,
+            host_states=self._host_states,
             adaptive=adaptive_concurrency(cfg),
         )
         self.loop = ControlLoop(
@@ -730,9 +731,16 @@ class Daemon:
         self._cycle_started = self.clock.monotonic()
         return self.overlay(snap)
 
-    def _fresh(self) -> ClusterSnapshot:
+    def _host_states(self) -> Mapping[str, HostState]:
+        """The telemetry's host states with operator drains applied (as `overlay` does)."""
         assert self.telemetry is not None
-        return self.overlay(self.telemetry.current())
+        states = self.telemetry.host_states()
+        drained = {
+            h: HostState.MAINTENANCE
+            for h in self.drained
+            if h in states and states[h] is not HostState.STALE
+        }
+        return StatesOverlay(drained, states) if drained else states
 
     def overlay(self, snap: ClusterSnapshot) -> ClusterSnapshot:
         """The telemetry snapshot with operator intent applied: drained hosts in maintenance,

@@ -6,11 +6,11 @@ Nothing here does I/O; the value types are frozen dataclasses.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from rebalancerd.domain.model import ClusterSnapshot
+from rebalancerd.domain.model import ClusterSnapshot, HostState
 
 # --------------------------------------------------------------------------------------------
 # Clock
@@ -47,6 +47,11 @@ class TelemetrySource(Protocol):
 
     def data_age_s(self) -> float:
         """Age in seconds of the oldest fresh host report the model relies on (inf if none)."""
+        ...
+
+    def host_states(self) -> Mapping[str, HostState]:
+        """The current state of every known host, as `current()` would report it, without
+        building the snapshot: looking one host up costs O(1)."""
         ...
 
 

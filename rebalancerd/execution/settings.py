@@ -55,24 +55,90 @@ class PrecopyEstimate:
     downtime_ms: float | None
 
 
+@dataclass(frozen=True, slots=True)
+class PrecopyTiming:
+    """Outcome of the pre-copy model for one migration (pure function of its inputs)."""
+
+    converged: bool
+    total_s: float
+    downtime_ms: float | None
+    transferred_mib: float
+    rounds: int
+    postcopy: bool
+    aborted: bool
+
+
+def precopy_timing(
+    memory_mib: float,
+    dirty_rate_mib_s: float,
+    bandwidth_mib_s: float,
+    max_downtime_ms: float,
+    *,
+    time_budget_s: float = math.inf,
+    local_disk_mib: float = 0.0,
+    postcopy_after_s: float | None = None,
+    auto_converge: bool = False,
+    switchover_ms: float = 0.0,
+) -> PrecopyTiming:
+    """The one pre-copy model (see the module docstring), used by the settings' prediction
+    (`estimate_precopy`) and by the simulated hypervisor (`sim.hypervisor.migration_timing`).
+
+    Non-shared disk is copied first. Then round 0 sends all memory; each next round sends what
+    was dirtied during the previous one (auto-converge throttles the guest: the dirty rate
+    shrinks 20 % more each round from round 3 on, down to 1 % of the original). When what is
+    left fits in the downtime limit the guest is paused and the rest copied (downtime = left / B
+    + `switchover_ms`). If it has not converged when `postcopy_after_s` passes, the guest
+    switches to the target and the rest is pulled in. If the time budget runs out first (or
+    after MAX_ROUNDS rounds) the job is aborted."""
+    bw = bandwidth_mib_s
+    if bw <= 0:
+        return PrecopyTiming(False, 0.0, None, 0.0, 0, False, True)
+    budget = time_budget_s
+    t = local_disk_mib / bw
+    sent = float(local_disk_mib)
+    if t >= budget:
+        return PrecopyTiming(False, budget, None, budget * bw, 0, False, True)
+    left = float(memory_mib)
+    dirty = dirty_rate_mib_s
+    rounds = 0
+    limit_mib = bw * max_downtime_ms / 1000.0
+    while True:
+        if left <= limit_mib and rounds > 0:
+            down_ms = left / bw * 1000.0 + switchover_ms
+            return PrecopyTiming(
+                True, t + left / bw, down_ms, sent + left, rounds + 1, False, False
+            )
+        dur = left / bw
+        pc = postcopy_after_s
+        if pc is not None and t + dur > pc and rounds > 0:
+            # switch to post-copy at pc: the guest runs on the target from now on
+            t_switch = max(t, pc)
+            done = bw * (t_switch - t)
+            remaining = max(0.0, left - done)
+            total = t_switch + remaining / bw
+            return PrecopyTiming(True, total, switchover_ms, sent + left, rounds + 1, True, False)
+        if t + dur > budget or rounds >= MAX_ROUNDS:
+            return PrecopyTiming(
+                False, min(budget, t + dur), None, sent + bw * (budget - t), rounds, False, True
+            )
+        t += dur
+        sent += left
+        rounds += 1
+        if auto_converge and rounds >= 3:
+            dirty = max(dirty_rate_mib_s * 0.01, dirty * 0.8)
+        left = min(float(memory_mib), dirty * dur)
+
+
 def estimate_precopy(
     memory_mib: float, dirty_rate_mib_s: float, bandwidth_mib_s: float, max_downtime_ms: float
 ) -> PrecopyEstimate:
-    """Predict a plain pre-copy migration (see the module docstring)."""
+    """Predict a plain pre-copy migration (no budget, no disk, no auto-converge or post-copy)."""
     if bandwidth_mib_s <= 0:
         return PrecopyEstimate(False, 0, math.inf, None)
-    limit = bandwidth_mib_s * max_downtime_ms / 1000.0
-    left = float(memory_mib)
-    t = 0.0
-    for rounds in range(MAX_ROUNDS + 1):
-        if rounds > 0 and left <= limit:
-            return PrecopyEstimate(
-                True, rounds + 1, t + left / bandwidth_mib_s, left / bandwidth_mib_s * 1000.0
-            )
-        dur = left / bandwidth_mib_s
-        t += dur
-        left = min(float(memory_mib), dirty_rate_mib_s * dur)
-    return PrecopyEstimate(False, MAX_ROUNDS, math.inf, None)
+    t = precopy_timing(memory_mib, dirty_rate_mib_s, bandwidth_mib_s, max_downtime_ms)
+    if not t.converged:
+        return PrecopyEstimate(False, MAX_ROUNDS, math.inf, None)
+    return PrecopyEstimate(True, t.rounds, t.total_s, t.downtime_ms)
 
 
 def class_spec_for(policy: Policy, vm: Vm) -> tuple[str, MigrationSettingsSpec]:

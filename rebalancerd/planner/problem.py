@@ -9,8 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from rebalancerd.domain import checks
+from rebalancerd.domain.checks import Check, Level, ReasonCode
 from rebalancerd.domain.model import ClusterSnapshot, Host, HostState, Vm
 from rebalancerd.domain.plan import ReasonKind
+from rebalancerd.domain.rules import capacity_with_headroom
+from rebalancerd.domain.snapshot_facts import SnapshotFacts
 from rebalancerd.planner.objectives.demand import cpu_demand_for
 from rebalancerd.policy.resolve import policy_weights
 from rebalancerd.policy.schema import Mode, Policy
@@ -111,10 +115,52 @@ class Problem:
         return mem / self.raw_mem[h]
 
 
-def _cpu_compatible(vm: Vm, host: Host) -> bool:
-    if vm.cpu_model and host.cpu_model and vm.cpu_model != host.cpu_model:
-        return False
-    return vm.required_cpu_features <= host.cpu_features
+_WHY_FIXED = {
+    ReasonCode.EXCLUDED: "excluded by policy (never-migrate or out of scope)",
+    ReasonCode.NOT_MIGRATABLE: "not migratable (devices that cannot move)",
+    ReasonCode.SOURCE_STALE: "host {host} is stale",
+}
+"""How the plan explains a VM the pre-checks keep in place (others: the check's name)."""
+
+
+def _planner_checks() -> tuple[list[Check], list[Check], list[Check]]:
+    """The pre-checks the planner evaluates from the snapshot alone: VM-level ones (may the VM
+    move at all), host-level ones (may the host receive) and VM-and-host ones (cached per
+    signature)."""
+    evaluable = [c for c in checks.PRECHECKS if c.planner_evaluable]
+    vm_level = [c for c in evaluable if c.level is Level.VM]
+    host_level = [c for c in evaluable if c.level is Level.TARGET and c.signature is None]
+    pair_level = [c for c in evaluable if c.level is Level.TARGET and c.signature is not None]
+    return vm_level, host_level, pair_level
+
+
+def _allowed_hosts(
+    vms: list[Vm], hosts: list[Host], facts_of: SnapshotFacts, pair_level: list[Check]
+) -> list[frozenset[int] | None]:
+    """Per VM, the hosts every VM-and-host check allows (None = any): each check evaluated once
+    per distinct signature and host (a VM with no CPU needs, no pin: no evaluation at all)."""
+    cache: dict[tuple[int, object], frozenset[int]] = {}
+    allowed: list[frozenset[int] | None] = []
+    for v in vms:
+        facts_of.reset(v.name, v.host)
+        a: frozenset[int] | None = None
+        for ci, c in enumerate(pair_level):
+            assert c.signature is not None
+            sig = c.signature(facts_of)
+            if sig is None:
+                continue
+            key = (ci, sig)
+            ok = cache.get(key)
+            if ok is None:
+                ok_hosts: list[int] = []
+                for i, h in enumerate(hosts):
+                    facts_of.target_name = h.name
+                    if c.test(facts_of) is None:
+                        ok_hosts.append(i)
+                ok = cache[key] = frozenset(ok_hosts)
+            a = ok if a is None else a & ok
+        allowed.append(a)
+    return allowed
 
 
 def build_problem(
@@ -136,9 +182,8 @@ def build_problem(
 
     raw_cpu = [h.cpu_capacity_mc for h in hosts]
     raw_mem = [h.memory_mib for h in hosts]
-    cap_cpu = [int((1.0 - headroom) * c) for c in raw_cpu]
-    cap_mem = [int((1.0 - headroom) * m) for m in raw_mem]
-    receive = [h.state is HostState.ACTIVE for h in hosts]
+    cap_cpu = [capacity_with_headroom(c, headroom) for c in raw_cpu]
+    cap_mem = [capacity_with_headroom(m, headroom) for m in raw_mem]
     empty_reason: list[ReasonKind | None] = []
     for h in hosts:
         if h.state is HostState.MAINTENANCE:
@@ -149,43 +194,34 @@ def build_problem(
             empty_reason.append(None)
 
     rules = snapshot.rules
-    exclusions = rules.exclusions
     hard_pins = rules.hard_pins()
+    vm_level, host_level, pair_level = _planner_checks()
+    facts = SnapshotFacts(
+        "", "", "", snapshot.vm_map(), snapshot.host_map(), rules.exclusions, hard_pins
+    )
+    receive: list[bool] = []
+    for h in hosts:  # the host may receive VMs (active)
+        facts.target_name = h.name
+        receive.append(all(c.test(facts) is None for c in host_level))
     origin = [host_index[v.host] for v in vms]
     movable: list[bool] = []
     why_fixed: dict[int, str] = {}
     for i, v in enumerate(vms):
         why = ""
-        if v.name in exclusions:
-            why = "excluded by policy (never-migrate or out of scope)"
-        elif not v.migratable:
-            why = "not migratable (devices that cannot move)"
-        elif hosts[origin[i]].state is HostState.STALE:
-            why = f"host {v.host} is stale"
-        elif v.name in frozen:
+        facts.reset(v.name, v.host)
+        for c in vm_level:
+            code = c.test(facts)
+            if code is not None:
+                why = _WHY_FIXED.get(code, f"pre-check {c.name}: {code}").format(host=v.host)
+                break
+        if not why and v.name in frozen:
             why = "frozen this cycle (cooldown or in flight)"
         movable.append(not why)
         if why:
             why_fixed[i] = why
 
     # Allowed hosts: hard pins and CPU compatibility; computed once per distinct signature.
-    allowed: list[frozenset[int] | None] = []
-    compat_cache: dict[tuple[str, frozenset[str]], frozenset[int] | None] = {}
-    for v in vms:
-        sig = (v.cpu_model, v.required_cpu_features)
-        if sig not in compat_cache:
-            if not v.cpu_model and not v.required_cpu_features:
-                compat_cache[sig] = None
-            else:
-                compat_cache[sig] = frozenset(
-                    i for i, h in enumerate(hosts) if _cpu_compatible(v, h)
-                )
-        a = compat_cache[sig]
-        pin = hard_pins.get(v.name)
-        if pin is not None:
-            pset = frozenset(host_index[n] for n in pin if n in host_index)
-            a = pset if a is None else a & pset
-        allowed.append(a)
+    allowed = _allowed_hosts(vms, hosts, facts, pair_level)
 
     soft_pins = [
         (

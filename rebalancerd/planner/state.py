@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rebalancerd.domain.rules import anti_affinity_count_ok, fits
 from rebalancerd.planner.problem import Problem
 
 
@@ -49,9 +50,13 @@ class State:
     # -- checks ------------------------------------------------------------------------------
     def fits(self, v: int, h: int, extra_cpu: int = 0, extra_mem: int = 0) -> bool:
         p = self.p
-        return (
-            self.cpu[h] + extra_cpu + p.cpu[v] <= p.cap_cpu[h]
-            and self.mem[h] + extra_mem + p.mem[v] <= p.cap_mem[h]
+        return fits(
+            self.cpu[h] + extra_cpu,
+            self.mem[h] + extra_mem,
+            p.cpu[v],
+            p.mem[v],
+            p.cap_cpu[h],
+            p.cap_mem[h],
         )
 
     def anti_ok(self, v: int, h: int) -> bool:
@@ -60,7 +65,7 @@ class State:
             n = self.anti_count.get((g, h), 0)
             if self.where[v] == h:
                 n -= 1
-            if n > 0:
+            if not anti_affinity_count_ok(n):
                 return False
         return True
 

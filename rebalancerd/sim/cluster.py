@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -141,6 +142,22 @@ class SimCluster:
         )
 
 
+class _HostStates(Mapping[str, HostState]):
+    """The simulated hosts' states as a mapping (a view: no copy)."""
+
+    def __init__(self, hosts: Mapping[str, Host]) -> None:
+        self._hosts = hosts
+
+    def __getitem__(self, name: str) -> HostState:
+        return self._hosts[name].state
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._hosts)
+
+    def __len__(self) -> int:
+        return len(self._hosts)
+
+
 class SimTelemetry:
     """ports.TelemetrySource over a SimCluster: samples every `interval_s` of clock time."""
 
@@ -162,6 +179,9 @@ class SimTelemetry:
         if self._last is None:
             self.tick()
         return self.cluster.snapshot()
+
+    def host_states(self) -> Mapping[str, HostState]:
+        return _HostStates(self.cluster.hosts)
 
     def data_age_s(self) -> float:
         if self._last is None:

@@ -1,6 +1,7 @@
 """A simulated hypervisor fleet with a live-migration timing model (implements ports.Hypervisor).
 
-Timing model (pre-copy, as QEMU does it):
+Timing model (pre-copy, as QEMU does it; the executor's own model, `execution.settings.
+precopy_timing`, so that the settings are chosen with the model the simulation runs):
 - round 0 sends all guest memory at the bandwidth B (MiB/s; link speed when unlimited);
 - each next round sends what was dirtied during the previous round: min(memory, D * t_prev),
   with D the dirty rate (auto-converge throttles the guest: D shrinks 20 % more each round from
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from rebalancerd.execution.settings import PrecopyTiming, precopy_timing
 from rebalancerd.ports import (
     Clock,
     DomainInfo,
@@ -32,7 +34,6 @@ from rebalancerd.ports import (
 )
 
 SWITCHOVER_MS = 15.0
-MAX_ROUNDS = 30
 PROGRESS_TICK_S = 1.0
 
 
@@ -59,62 +60,26 @@ class SimHost:
     domains: dict[str, SimDomain] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class Timing:
-    """Outcome of the timing model for one migration (pure function of its inputs)."""
-
-    converged: bool
-    total_s: float
-    downtime_ms: float | None
-    transferred_mib: float
-    rounds: int
-    postcopy: bool
-    aborted: bool
-
-
 def migration_timing(
     memory_mib: float,
     dirty_rate_mib_s: float,
     settings: MigrationSettings,
     link_mib_s: float,
     local_disk_mib: float = 0.0,
-) -> Timing:
-    """Simulate one pre-copy migration. Pure; see the module docstring for the model."""
-    bw = min(link_mib_s, settings.bandwidth_mib_s or link_mib_s)
-    if bw <= 0:
-        return Timing(False, 0.0, None, 0.0, 0, False, True)
-    budget = settings.time_budget_s
-    t = local_disk_mib / bw
-    sent = float(local_disk_mib)
-    if t >= budget:
-        return Timing(False, budget, None, budget * bw, 0, False, True)
-    left = float(memory_mib)
-    dirty = dirty_rate_mib_s
-    rounds = 0
-    limit_mib = bw * settings.max_downtime_ms / 1000.0
-    while True:
-        if left <= limit_mib and rounds > 0:
-            down_ms = left / bw * 1000.0 + SWITCHOVER_MS
-            return Timing(True, t + left / bw, down_ms, sent + left, rounds + 1, False, False)
-        dur = left / bw
-        pc = settings.postcopy_after_s
-        if pc is not None and t + dur > pc and rounds > 0:
-            # switch to post-copy at pc: the guest runs on the target from now on
-            t_switch = max(t, pc)
-            done = bw * (t_switch - t)
-            remaining = max(0.0, left - done)
-            total = t_switch + remaining / bw
-            return Timing(True, total, SWITCHOVER_MS, sent + left, rounds + 1, True, False)
-        if t + dur > budget or rounds >= MAX_ROUNDS:
-            return Timing(
-                False, min(budget, t + dur), None, sent + bw * (budget - t), rounds, False, True
-            )
-        t += dur
-        sent += left
-        rounds += 1
-        if settings.auto_converge and rounds >= 3:
-            dirty = max(dirty_rate_mib_s * 0.01, dirty * 0.8)
-        left = min(float(memory_mib), dirty * dur)
+) -> PrecopyTiming:
+    """One simulated migration: the executor's pre-copy model (`settings.precopy_timing`) with
+    these settings over a link of `link_mib_s`, and a fixed switch-over cost. Pure."""
+    return precopy_timing(
+        memory_mib,
+        dirty_rate_mib_s,
+        min(link_mib_s, settings.bandwidth_mib_s or link_mib_s),
+        settings.max_downtime_ms,
+        time_budget_s=settings.time_budget_s,
+        local_disk_mib=local_disk_mib,
+        postcopy_after_s=settings.postcopy_after_s,
+        auto_converge=settings.auto_converge,
+        switchover_ms=SWITCHOVER_MS,
+    )
 
 
 class SimHypervisor:

@@ -1,9 +1,10 @@
 """Discrete-event replay of a CPU trace on the CloudSim data centre, with a pluggable decider.
 
 Each scheduling interval (300 s) the decider sees the state at the interval's start and returns
-ordered steps of moves (the migrations inside a step may run together). The replay applies the
-policy's limits the way the executor does (cooldown, moves per cycle, concurrency overall / per
-source / per target, MiB per sliding hour, time windows and blackouts) and runs the migrations
+ordered steps of moves (the migrations inside a step may run together). The replay admits them
+with the daemon's own pre-checks (`sim/admission.py`: rules, capacity with the policy's headroom,
+cooldown, moves per cycle, concurrency overall / per source / per target, MiB per sliding hour,
+time windows and blackouts; the reasons are the executor's) and runs the migrations
 with CloudSim's timing: RAM / (bandwidth / 2) seconds, 10 % of the VM's MIPS lost on the source
 meanwhile and 10 % of it already carried by the target. Every migration start and end is an
 event: all hosts are re-evaluated (utilisation interpolated linearly between trace samples) and
@@ -15,7 +16,6 @@ Deterministic: the same trace, decider, policy and seed give the same result.
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,8 +25,9 @@ import numpy as np
 import numpy.typing as npt
 
 from rebalancerd.domain.model import ClusterSnapshot, Host, Vm
-from rebalancerd.execution.windows import window_block
-from rebalancerd.policy.schema import Limits, Policy
+from rebalancerd.policy.resolve import policy_rules
+from rebalancerd.policy.schema import Mode, Policy
+from rebalancerd.sim.admission import Admission, ProposedMove
 from rebalancerd.sim.cloudsim import (
     MIGRATION_DEGRADATION,
     TARGET_SHARE,
@@ -45,14 +46,6 @@ BoolArray = npt.NDArray[np.bool_]
 ProgressFn = Callable[[int, int], None]
 
 _MIB = 1024 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class Move:
-    vm: int
-    source: int
-    target: int
-    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -83,7 +76,7 @@ class View:
 class Decider(Protocol):
     name: str
 
-    def decide(self, view: View) -> Sequence[Sequence[Move]]: ...
+    def decide(self, view: View) -> Sequence[Sequence[ProposedMove]]: ...
 
 
 class NoMigration:
@@ -91,7 +84,7 @@ class NoMigration:
 
     name = "no-migration"
 
-    def decide(self, view: View) -> Sequence[Sequence[Move]]:
+    def decide(self, view: View) -> Sequence[Sequence[ProposedMove]]:
         return ()
 
 
@@ -134,7 +127,7 @@ class PlannerDecider:
         self.wall_limited = 0
         """Cycles where the planner hit its wall-clock limit (its result may then vary)."""
 
-    def decide(self, view: View) -> Sequence[Sequence[Move]]:
+    def decide(self, view: View) -> Sequence[Sequence[ProposedMove]]:
         if self._hosts is None:
             self._hosts = view.dc.domain_hosts(enforce_memory=view.enforce_memory)
             self._host_index = {n: i for i, n in enumerate(view.dc.host_names)}
@@ -156,14 +149,14 @@ class PlannerDecider:
         self.statuses[plan.stats.status] = self.statuses.get(plan.stats.status, 0) + 1
         if any("wall-clock" in n or "stopped at the time limit" in n for n in plan.stats.notes):
             self.wall_limited += 1
-        steps: list[list[Move]] = []
+        steps: list[list[ProposedMove]] = []
         for step in plan.steps:
             moves = []
             for m in step.migrations:
                 if m.vm not in self._vm_index or m.target not in self._host_index:
                     continue
                 moves.append(
-                    Move(
+                    ProposedMove(
                         self._vm_index[m.vm],
                         self._host_index.get(m.source, -1),
                         self._host_index[m.target],
@@ -173,33 +166,6 @@ class PlannerDecider:
             if moves:
                 steps.append(moves)
         return steps
-
-
-# -- limits ---------------------------------------------------------------------------------
-
-
-@dataclass
-class LimitState:
-    """Cooldowns and the sliding-hour byte budget, kept across cycles."""
-
-    limits: Limits
-    cooldown_until: dict[int, float] = field(default_factory=dict)
-    recent_mib: deque[tuple[float, float]] = field(default_factory=deque)
-    blocked: dict[str, int] = field(default_factory=dict)
-
-    def frozen(self, t: float) -> frozenset[int]:
-        return frozenset(v for v, until in self.cooldown_until.items() if until > t)
-
-    def mib_left(self, t: float) -> float | None:
-        cap = self.limits.max_mib_per_hour
-        if cap is None:
-            return None
-        while self.recent_mib and self.recent_mib[0][0] <= t - 3600.0:
-            self.recent_mib.popleft()
-        return cap - sum(m for _, m in self.recent_mib)
-
-    def block(self, why: str) -> None:
-        self.blocked[why] = self.blocked.get(why, 0) + 1
 
 
 # -- the replay -----------------------------------------------------------------------------
@@ -285,10 +251,25 @@ class Replay:
         self.acc = MetricsAccumulator(
             power_of=lambda u: power_w(self.dc.watts, u), total_mips=self.dc.total_mips
         )
-        self.limits = LimitState(policy.limits)
         self.timeline = Timeline()
         self.epoch = trace_epoch(trace)
-        self._running = 0
+        domain_hosts = self.dc.domain_hosts(enforce_memory=enforce_memory)
+        names = ClusterSnapshot(
+            domain_hosts,
+            tuple(
+                Vm(n, self.dc.host_names[int(h)], 1, int(self.dc.vm_ram[i]))
+                for i, (n, h) in enumerate(zip(self.dc.vm_names, self.host_of, strict=True))
+            ),
+        )
+        self.admission = Admission(
+            self.dc,
+            policy,
+            domain_hosts,
+            policy_rules(policy, names),
+            epoch=self.epoch,
+            enforce_memory=enforce_memory,
+        )
+        self.limits = self.admission.limits
 
     # -- physics ------------------------------------------------------------------------------
     def _evaluate(self, t: float) -> tuple[FloatArray, FloatArray, FloatArray]:
@@ -319,96 +300,20 @@ class Replay:
         return used, host_req, power
 
     # -- one interval -------------------------------------------------------------------------
-    def _schedule(
-        self, steps: Sequence[Sequence[Move]], t0: float, t1: float, demand: FloatArray
-    ) -> list[Move]:
-        """Admit moves under the limits; returns them with start/end in self._events."""
-        lim = self.policy.limits
-        dc = self.dc
-        planned_host: dict[int, int] = {}
-        ram_used = np.bincount(self.host_of, dc.vm_ram, minlength=dc.n_hosts)
-        frozen = self.limits.frozen(t0)
-        mib_left = self.limits.mib_left(t0)
-        running: list[tuple[float, Move]] = []
-        tau = t0
-        admitted: list[Move] = []
-        per_cycle = lim.max_per_cycle
-        block = window_block(lim, self.epoch + t0)
-        if block is not None:
-            if any(steps):
-                self.limits.block(block)
-            return []
-        host_cpu = np.bincount(self.host_of, demand, minlength=dc.n_hosts)
-        for step in steps:
-            pending = list(step)
-            while pending:
-                running = [(e, m) for e, m in running if e > tau]
-                progressed = False
-                for mv in list(pending):
-                    if len(admitted) >= per_cycle:
-                        self.limits.block("max_per_cycle")
-                        pending.clear()
-                        break
-                    here = planned_host.get(mv.vm, int(self.host_of[mv.vm]))
-                    if mv.target == here or (mv.source >= 0 and mv.source != here):
-                        pending.remove(mv)
-                        self.limits.block("stale")
-                        continue
-                    if mv.vm in frozen and mv.vm not in planned_host:
-                        pending.remove(mv)
-                        self.limits.block("cooldown")
-                        continue
-                    if (
-                        self.enforce_memory
-                        and ram_used[mv.target] + dc.vm_ram[mv.vm] > dc.host_ram[mv.target]
-                    ) or host_cpu[mv.target] + demand[mv.vm] > dc.total_mips[mv.target]:
-                        pending.remove(mv)
-                        self.limits.block("capacity")
-                        continue
-                    mib = float(dc.vm_ram[mv.vm])
-                    if mib_left is not None and mib > mib_left:
-                        pending.remove(mv)
-                        self.limits.block("budget")
-                        continue
-                    busy_src = sum(1 for _, m in running if m.source == here)
-                    busy_dst = sum(1 for _, m in running if m.target == mv.target)
-                    if (
-                        len(running) >= lim.max_concurrent
-                        or busy_src >= lim.max_per_source
-                        or busy_dst >= lim.max_per_target
-                    ):
-                        continue  # wait for a running migration to end
-                    dur = dc.migration_time_s(mv.vm, here, mv.target)
-                    if tau + dur > t1:
-                        pending.remove(mv)
-                        self.limits.block("interval_end")
-                        continue
-                    move = Move(mv.vm, here, mv.target, mv.reason)
-                    running.append((tau + dur, move))
-                    self._events.append((tau, 0, move))
-                    self._events.append((tau + dur, 1, move))
-                    admitted.append(move)
-                    pending.remove(mv)
-                    planned_host[mv.vm] = mv.target
-                    ram_used[mv.target] += dc.vm_ram[mv.vm]
-                    host_cpu[mv.target] += demand[mv.vm]
-                    if mib_left is not None:
-                        mib_left -= mib
-                    self.limits.recent_mib.append((tau, mib))
-                    self.limits.cooldown_until[mv.vm] = tau + dur + lim.cooldown_s
-                    self.acc.peak_concurrent = max(self.acc.peak_concurrent, len(running))
-                    progressed = True
-                if pending and not progressed:
-                    if not running:
-                        for _ in pending:
-                            self.limits.block("concurrency")
-                        break
-                    tau = min(e for e, _ in running)
-            # the next step starts when this one is done
-            if running:
-                tau = max(tau, max(e for e, _ in running))
-                running = []
-        return admitted
+    def _cpu_figure(self, k: int, demand_mips: FloatArray) -> IntArray:
+        """The CPU (mc) the pre-checks hold each VM to: the planner's figure (current use in
+        consolidate mode, else the policy's percentile of the recent history, at least current
+        use), from the trace as `snapshot_of` shows it to the planner."""
+        cur: IntArray = np.rint(demand_mips).astype(np.int64)
+        if self.policy.mode == Mode.CONSOLIDATE:
+            return cur
+        pred = self.policy.targets.prediction
+        lo = max(0, k - pred.window + 1)
+        hist = np.rint(self.trace.cpu[:, lo : k + 1] * self.dc.vm_mips[:, None]).astype(np.int64)
+        n = hist.shape[1]
+        rank = max(1, min(n, -(-int(pred.percentile * n) // 100)))
+        high: IntArray = np.sort(hist, axis=1)[:, rank - 1]
+        return np.maximum(cur, high)
 
     def run(self, progress: ProgressFn | None = None) -> ReplayResult:
         started = time.perf_counter()
@@ -435,17 +340,21 @@ class Replay:
                 enforce_memory=self.enforce_memory,
             )
             steps = self.decider.decide(view) if left_moves > 0 else ()
-            self._events: list[tuple[float, int, Move]] = []
-            admitted = self._schedule(steps, t0, t1, view.demand_mips)
+            admitted, peak = self.admission.schedule(
+                steps, t0, t1, self.host_of, self._cpu_figure(k, view.demand_mips)
+            )
+            self.acc.peak_concurrent = max(self.acc.peak_concurrent, peak)
             self.acc.migrations += len(admitted)
-            self.acc.bytes_moved += int(sum(self.dc.vm_ram[m.vm] for m in admitted)) * _MIB
-            self._events.sort(key=lambda e: (e[0], e[1], e[2].vm))
+            self.acc.bytes_moved += int(sum(self.dc.vm_ram[m.vm] for _, _, m in admitted)) * _MIB
+            events = [(start, 0, m) for start, _, m in admitted]
+            events += [(end, 1, m) for _, end, m in admitted]
+            events.sort(key=lambda e: (e[0], e[1], e[2].vm))
             i = 0
             first = True
-            while i < len(self._events):
-                tau = self._events[i][0]
-                while i < len(self._events) and self._events[i][0] == tau:
-                    _, kind, mv = self._events[i]
+            while i < len(events):
+                tau = events[i][0]
+                while i < len(events) and events[i][0] == tau:
+                    _, kind, mv = events[i]
                     if kind == 0:
                         self.mig_target[mv.vm] = mv.target
                     else:
@@ -516,7 +425,7 @@ class ThresholdMmt:
         self.threshold = threshold
         self.name = f"THR-MMT {threshold}"
 
-    def decide(self, view: View) -> Sequence[Sequence[Move]]:
+    def decide(self, view: View) -> Sequence[Sequence[ProposedMove]]:
         dc = view.dc
         thr = self.threshold
         req = view.demand_mips
@@ -527,7 +436,7 @@ class ThresholdMmt:
         members: list[list[int]] = [[] for _ in range(dc.n_hosts)]
         for v in range(dc.n_vms):
             members[int(view.host_of[v])].append(v)
-        moves: list[Move] = []
+        moves: list[ProposedMove] = []
         target_of: dict[int, int] = {}
 
         def find_host(v: int, excluded: BoolArray) -> int:
@@ -569,7 +478,7 @@ class ThresholdMmt:
             load[th] += req[v]
             count[th] += 1
             target_of[v] = th
-            moves.append(Move(v, int(view.host_of[v]), th, "overload"))
+            moves.append(ProposedMove(v, int(view.host_of[v]), th, "overload"))
         # underloaded hosts, ranked by their utilisation at the interval start; hosts off at the
         # start are neither candidates nor targets (CloudSim's switched-off hosts)
         util = start_load / dc.total_mips
@@ -603,7 +512,7 @@ class ThresholdMmt:
                 continue
             for v, t in trial:
                 target_of[v] = t
-                moves.append(Move(v, h, t, "underload"))
+                moves.append(ProposedMove(v, h, t, "underload"))
                 skip_under[t] = True
         return [moves] if moves else []
 

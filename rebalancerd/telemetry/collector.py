@@ -21,7 +21,7 @@ Rules (docs/telemetry.md):
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -149,6 +149,23 @@ class VmView:
     samples: int
 
 
+class _HostStates(Mapping[str, HostState]):
+    """A collector's host states as a mapping: each lookup reads that host only."""
+
+    def __init__(self, collector: Collector) -> None:
+        self._c = collector
+
+    def __getitem__(self, name: str) -> HostState:
+        c = self._c
+        return c._state(c._hosts[name], c.clock.monotonic())[0]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._c._hosts)
+
+    def __len__(self) -> int:
+        return len(self._c._hosts)
+
+
 class Collector:
     """Implements ports.TelemetrySource."""
 
@@ -227,6 +244,10 @@ class Collector:
             taken_at=taken if ages else None,
         )
 
+    def host_states(self) -> Mapping[str, HostState]:
+        """Every inventory host's state now (as `current()` reports it), computed per lookup."""
+        return _HostStates(self)
+
     def data_age_s(self) -> float:
         now = self.clock.monotonic()
         worst = -1.0
@@ -259,10 +280,6 @@ class Collector:
     def report_lag_s(self, name: str) -> float:
         """How old the host's last accepted report was when it was ingested (seconds)."""
         return self._hosts[name].lag
-
-    def host_states(self) -> dict[str, HostState]:
-        now = self.clock.monotonic()
-        return {n: self._state(hs, now)[0] for n, hs in self._hosts.items()}
 
     def vm_count(self) -> int:
         return sum(len(hs.vms) for hs in self._hosts.values())

@@ -18,8 +18,9 @@ from rebalancerd.adapters.clock import SystemClock
 from rebalancerd.adapters.libvirt import HypervisorEvent, LibvirtHypervisor
 from rebalancerd.domain.model import ClusterSnapshot, Host, Vm
 from rebalancerd.domain.plan import Migration, MigrationPlan, PlanStep, Reason, ReasonKind
-from rebalancerd.execution.executor import ExecutionReport, Executor
+from rebalancerd.execution.executor import Executor
 from rebalancerd.execution.journal import Journal
+from rebalancerd.execution.records import ExecutionReport
 from rebalancerd.observability import MemoryMetrics
 from rebalancerd.policy.schema import Policy
 from tests.fixtures.lab import Lab

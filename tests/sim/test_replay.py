@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from rebalancerd.policy.schema import Policy
-from rebalancerd.sim.replay import Move, NoMigration, Replay, View
+from rebalancerd.sim.admission import ProposedMove
+from rebalancerd.sim.replay import NoMigration, Replay, View
 from rebalancerd.sim.traces import read_planetlab
 from tests.sim.conftest import WriteDay
 
@@ -24,6 +25,11 @@ def policy(**limits: Any) -> Policy:
     )
 
 
+def with_headroom(pol: Policy, headroom: float) -> Policy:
+    targets = pol.targets.model_copy(update={"headroom": headroom})
+    return pol.model_copy(update={"targets": targets})
+
+
 class Scripted:
     """Moves given VMs to given hosts at given intervals (the replay enforces cooldowns)."""
 
@@ -33,10 +39,10 @@ class Scripted:
         self.script = script
         self.seen_frozen: list[frozenset[int]] = []
 
-    def decide(self, view: View) -> Sequence[Sequence[Move]]:
+    def decide(self, view: View) -> Sequence[Sequence[ProposedMove]]:
         self.seen_frozen.append(view.frozen)
         steps = self.script.get(view.sample, [])
-        return [[Move(v, int(view.host_of[v]), h) for v, h in step] for step in steps]
+        return [[ProposedMove(v, int(view.host_of[v]), h) for v, h in step] for step in steps]
 
 
 class PingPong:
@@ -44,9 +50,9 @@ class PingPong:
 
     name = "ping-pong"
 
-    def decide(self, view: View) -> Sequence[Sequence[Move]]:
+    def decide(self, view: View) -> Sequence[Sequence[ProposedMove]]:
         here = int(view.host_of[3])
-        return [[Move(3, here, 0 if here == 3 else 3)]]
+        return [[ProposedMove(3, here, 0 if here == 3 else 3)]]
 
 
 def constant_day(write_day: WriteDay, pct: int = 40) -> Any:
@@ -108,7 +114,7 @@ def test_max_per_cycle_and_concurrency(write_day: WriteDay) -> None:
     r = Replay(tr, Scripted(script), policy(max_per_cycle=2, max_concurrent=1), hosts=4).run()
     assert r.summary["migrations"] == 2
     assert r.summary["peak_concurrent_migrations"] == 1
-    assert r.limit_blocks.get("max_per_cycle", 0) >= 1
+    assert r.limit_blocks.get("per_cycle_limit", 0) >= 1
     r2 = Replay(tr, Scripted(script), policy(max_concurrent=2), hosts=4).run()
     assert r2.summary["peak_concurrent_migrations"] == 2
     # vm0 and vm2 both go to host 0: one per target at a time, so three moves, two at once at most
@@ -168,10 +174,10 @@ class Hop:
 
     name = "hop"
 
-    def decide(self, view: View) -> Sequence[Sequence[Move]]:
+    def decide(self, view: View) -> Sequence[Sequence[ProposedMove]]:
         if view.sample != 1:
             return ()
-        return [[Move(3, int(view.host_of[3]), 0)], [Move(3, 0, 2)]]
+        return [[ProposedMove(3, int(view.host_of[3]), 0)], [ProposedMove(3, 0, 2)]]
 
 
 def test_a_temporary_hop_runs_in_step_order(write_day: WriteDay) -> None:
@@ -182,3 +188,85 @@ def test_a_temporary_hop_runs_in_step_order(write_day: WriteDay) -> None:
     assert rp.host_of[3] == 2
     assert r.summary["peak_concurrent_migrations"] == 1
     assert r.timeline.migrations[1] == 2
+
+
+def test_capacity_keeps_the_policys_headroom_free(write_day: WriteDay) -> None:
+    """Drift fix: the replay holds targets to capacity minus the policy's headroom, as the
+    planner and the executor do (it used to compare with the raw capacity)."""
+    tr = read_planetlab(write_day({f"vm{i}": [90] * 6 for i in range(4)}))
+    start = np.array([1, 0, 0, 2], dtype=np.int64)  # host 0 (3720 MIPS) holds 2700
+    script = {1: [[(3, 0)]]}  # vm3 (450) makes 3150
+    roomy = policy()  # the schema's 10 % headroom
+    r = Replay(tr, Scripted(script), roomy, hosts=4, initial_placement=start).run()
+    assert r.summary["migrations"] == 1  # 3150 <= 0.9 x 3720 = 3348
+    tight = with_headroom(roomy, 0.2)  # 0.8 x 3720 = 2976 < 3150
+    r2 = Replay(tr, Scripted(script), tight, hosts=4, initial_placement=start).run()
+    assert r2.summary["migrations"] == 0
+    assert r2.limit_blocks["capacity"] == 1
+
+
+def test_limit_reasons_are_the_executors(write_day: WriteDay) -> None:
+    """Drift fix: the replay's block reasons carry the executor's names."""
+    tr = constant_day(write_day, pct=10)
+    script = {1: [[(0, 0), (1, 2), (2, 0)], [(1, 1)]]}
+    r = Replay(tr, Scripted(script), policy(max_per_cycle=1, max_concurrent=1), hosts=4).run()
+    assert r.limit_blocks.get("per_cycle_limit", 0) >= 1 and "max_per_cycle" not in r.limit_blocks
+    budget = policy(max_mib_per_hour=100)  # less than any VM's RAM (613 MB and up)
+    r2 = Replay(tr, Scripted({1: [[(0, 0)]]}), budget, hosts=4).run()
+    assert r2.summary["migrations"] == 0
+    assert r2.limit_blocks == {"mib_per_hour": 1}
+    here = Replay(tr, Scripted({1: [[(0, 1)]]}), policy(), hosts=4)
+    target = int(here.host_of[0])
+    r3 = Replay(tr, Scripted({1: [[(0, target)]]}), policy(), hosts=4).run()
+    assert r3.limit_blocks == {"same_host": 1}
+
+
+def balance(pol: Policy) -> Policy:
+    return pol.model_copy(update={"mode": "balance"})
+
+
+def test_capacity_holds_balance_mode_to_predicted_demand(write_day: WriteDay) -> None:
+    """Drift fix: the CPU a target must hold is the planner's figure: in balance mode the
+    predicted demand (the policy's percentile of the recent samples), not the current one."""
+    tr = read_planetlab(write_day({f"vm{i}": [90] * 5 + [10] for i in range(4)}))
+    start = np.array([1, 0, 0, 2], dtype=np.int64)
+    script = {5: [[(0, 0)]]}  # at the last sample (10 %): 250 + 200 + 100 fit on host 0
+    now = Replay(tr, Scripted(script), policy(), hosts=4, initial_placement=start).run()
+    assert now.summary["migrations"] == 1  # consolidate: current use
+    # balance: predicted 2250 + 1800 + 900 = 4950 > 0.9 x 3720
+    pred = Replay(tr, Scripted(script), balance(policy()), hosts=4, initial_placement=start).run()
+    assert pred.summary["migrations"] == 0
+    assert pred.limit_blocks == {"capacity": 1}
+
+
+def test_policy_rules_hold_at_admission(write_day: WriteDay) -> None:
+    """Drift fix: the policy's rules (here an exclusion) hold for every decider's moves."""
+    tr = constant_day(write_day)
+    rules = {"exclusions": [tr.vms[3]]}
+    pol = Policy.model_validate({**policy().model_dump(mode="json"), "rules": rules})
+    r = Replay(tr, Scripted({1: [[(3, 0)]]}), pol, hosts=4).run()
+    assert r.summary["migrations"] == 0
+    assert r.limit_blocks == {"excluded": 1}
+
+
+def test_a_blackout_starting_inside_an_interval_stops_later_starts(write_day: WriteDay) -> None:
+    """Drift fix: like the executor, the replay checks the windows when each move starts, not
+    only at the interval's start. Sample 11 starts at 00:55; the blackout at 00:56."""
+    tr = constant_day(write_day)
+    pol = policy(blackouts=[{"start": "00:56", "end": "02:00"}])
+    # vm0 hops between hosts 1-3 (-1: from wherever it is), 10 x 13.9 s: all would fit in 300 s
+    hops = [[ProposedMove(0, -1, 1 + i % 3)] for i in range(10)]
+
+    class Hops:
+        name = "hops"
+
+        def decide(self, view: View) -> Sequence[Sequence[ProposedMove]]:
+            return hops if view.sample == 11 else ()
+
+    rp = Replay(tr, Hops(), pol, hosts=4, initial_placement=np.zeros(4, np.int64))
+    dur = rp.dc.migration_time_s(0, 0, 1)
+    r = rp.run()
+    started_before = sum(1 for i in range(len(hops)) if i * dur < 60.0)
+    assert 0 < started_before < len(hops)
+    assert r.timeline.migrations[11] == started_before
+    assert r.limit_blocks["blackout"] >= 1 and "interval_end" not in r.limit_blocks

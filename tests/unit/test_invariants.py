@@ -35,8 +35,9 @@ from rebalancerd.domain.model import (
     Vm,
 )
 from rebalancerd.domain.plan import Migration, MigrationPlan, PlanStep, Reason, ReasonKind
-from rebalancerd.execution.executor import ExecutionReport, Executor
+from rebalancerd.execution.executor import Executor
 from rebalancerd.execution.journal import Journal
+from rebalancerd.execution.records import ExecutionReport
 from rebalancerd.observability import MemoryMetrics
 from rebalancerd.planner import make_plan
 from rebalancerd.policy.schema import Policy

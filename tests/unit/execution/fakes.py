@@ -149,9 +149,10 @@ class FakeHypervisor:
 
 
 def policy(**limits: object) -> Policy:
-    """A balance policy with the given limits (and `dry_run`/`mode`/`rules`/`migration` keys)."""
+    """A balance policy with the given limits (and `dry_run`/`mode`/`rules`/`migration`/
+    `targets` keys)."""
     doc: dict[str, object] = {"apiVersion": "rebalancerd/v1", "kind": "Policy"}
-    for k in ("dry_run", "mode", "rules", "migration"):
+    for k in ("dry_run", "mode", "rules", "migration", "targets"):
         if k in limits:
             doc[k] = limits.pop(k)
     lim = {"cooldown_s": 0.0, "max_per_source": 10, "max_per_target": 10, "max_concurrent": 10}

@@ -154,7 +154,7 @@ async def test_stale_source_and_fresh_telemetry() -> None:
     assert [r.reason for r in rep.skipped] == ["source_stale"]
     # target turns stale in fresh telemetry after the plan was made
     fresh = cluster().with_host_states({"h2": HostState.STALE})
-    ex2, hv2, _, _, _ = make(fresh=lambda: fresh)
+    ex2, hv2, _, _, _ = make(host_states=lambda: {h.name: h.state for h in fresh.hosts})
     rep2 = await ex2.execute(plan([mig("vm0-0", "h0", "h2")]), cluster(), policy())
     assert [r.reason for r in rep2.skipped] == ["target_stale"] and hv2.calls == []
 
@@ -163,11 +163,12 @@ async def test_rules_exclusion_pin_anti_affinity_and_capacity() -> None:
     snap = cluster(memory_mib=8192)  # 3 VMs x 2048 on each host: room for exactly one more
     ex, hv, _, _, _ = make(snap)
     pol = policy(
+        targets={"headroom": 0.0},  # all of the 8192 may be used (headroom: the next test)
         rules={
             "exclusions": ["vm0-*"],
             "pins": [{"vm": "vm1-0", "hosts": ["h1", "h2"]}],
             "anti_affinity": [{"name": "aa", "vms": ["vm2-0", "vm3-1"]}],
-        }
+        },
     )
     moves = [
         mig("vm0-0", "h0", "h1"),  # excluded
@@ -184,6 +185,62 @@ async def test_rules_exclusion_pin_anti_affinity_and_capacity() -> None:
         "vm1-1": "capacity",
     }
     assert hv.calls == [("vm2-1", "h2", "h0")]
+
+
+async def test_capacity_keeps_the_policys_headroom_free() -> None:
+    """Drift fix: the executor holds the target to capacity minus the policy's headroom, as the
+    planner does (it used to compare with the raw capacity)."""
+    snap = cluster(memory_mib=8192)  # 3 x 2048 on each host: 2048 left of the raw 8192
+    moves = [mig("vm2-1", "h2", "h0")]
+    rep = await make(snap)[0].execute(plan(moves), snap, policy(targets={"headroom": 0.0}))
+    assert [r.vm for r in rep.succeeded] == ["vm2-1"]
+    # with 10 % headroom only 7372 MiB may be used: 6144 + 2048 does not fit
+    ex, hv, _, _, _ = make(snap)
+    rep = await ex.execute(plan(moves), snap, policy(targets={"headroom": 0.1}))
+    assert [r.reason for r in rep.skipped] == ["capacity"] and hv.calls == []
+
+
+async def test_capacity_counts_predicted_cpu_demand_in_balance_mode() -> None:
+    """Drift fix: the CPU the executor counts on the target is the planner's figure (predicted
+    demand in balance mode: a percentile of the history), not only current use."""
+    hosts = (Host("a", 4, 65536), Host("b", 4, 65536))  # 4000 mc, 3600 with 10 % headroom
+    busy = tuple(1500 for _ in range(12))
+    vms = (
+        Vm("on-b", "b", 2, 1024, cpu_used_mc=500, cpu_history_mc=busy),
+        Vm("mover", "a", 2, 1024, cpu_used_mc=500, cpu_history_mc=busy),
+    )
+    snap = ClusterSnapshot(hosts, vms)
+    ex, _, _, _, _ = make(snap)
+    rep = await ex.execute(plan([mig("mover", "a", "b")]), snap, policy())
+    # current use 500 + 500 would fit; predicted 1500 + 1500 = 3000 fits too
+    assert [r.vm for r in rep.succeeded] == ["mover"]
+    hot = tuple(2000 for _ in range(12))
+    vms2 = (
+        Vm("on-b", "b", 2, 1024, cpu_used_mc=500, cpu_history_mc=hot),
+        Vm("mover", "a", 2, 1024, cpu_used_mc=500, cpu_history_mc=hot),
+    )
+    snap2 = ClusterSnapshot(hosts, vms2)
+    ex2, hv2, _, _, _ = make(snap2)
+    rep2 = await ex2.execute(plan([mig("mover", "a", "b")]), snap2, policy())
+    # predicted 2000 + 2000 = 4000 > 3600, although current use (1000) is far below
+    assert [r.reason for r in rep2.skipped] == ["capacity"] and hv2.calls == []
+
+
+async def test_target_listing_no_cpu_features_offers_none() -> None:
+    """Drift fix: a guest that requires CPU features cannot go to a host that lists none (the
+    executor used to skip the check then; the planner never did)."""
+    hosts = (
+        Host("a", 8, 32768, cpu_features=frozenset({"avx2", "aes"})),
+        Host("b", 8, 32768),
+        Host("c", 8, 32768, cpu_features=frozenset({"avx2", "aes", "sse4"})),
+    )
+    vms = (Vm("v", "a", 1, 1024, required_cpu_features=frozenset({"avx2"})),)
+    snap = ClusterSnapshot(hosts, vms)
+    ex, hv, _, _, _ = make(snap)
+    rep = await ex.execute(plan([mig("v", "a", "b")]), snap, policy())
+    assert [r.reason for r in rep.skipped] == ["cpu_incompatible"] and hv.calls == []
+    rep = await ex.execute(plan([mig("v", "a", "c")]), snap, policy())
+    assert [r.vm for r in rep.succeeded] == ["v"]
 
 
 async def test_cpu_compatibility_and_unmigratable() -> None:

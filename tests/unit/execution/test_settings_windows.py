@@ -16,6 +16,8 @@ from rebalancerd.execution.settings import (
 )
 from rebalancerd.execution.windows import window_block
 from rebalancerd.policy.schema import Limits, MigrationSettingsSpec, Policy
+from rebalancerd.ports import MigrationSettings
+from rebalancerd.sim.hypervisor import SWITCHOVER_MS, migration_timing
 
 
 def vm(mem: int = 4096, dirty: float = 0.0, **kw: object) -> Vm:
@@ -185,3 +187,21 @@ def test_downtime_margin_only_when_precopy_still_converges() -> None:
     assert not estimate_precopy(4096, 350.0, 400, 180).converges
     # an idle VM aims lower than the limit
     assert choose_settings(vm(4096), spec(bandwidth_mib_s=400)).max_downtime_ms == 180
+
+
+def test_settings_predict_with_the_model_the_simulation_runs() -> None:
+    """One pre-copy model: the estimate the settings are chosen with and the simulated
+    hypervisor's timing agree on plain pre-copy (no budget cut, no disk, no post-copy)."""
+    for mem, dirty, bw, down in [
+        (4096, 0.0, 1000, 300),
+        (4096, 350.0, 400, 300),
+        (8192, 90, 500, 50),
+    ]:
+        est = estimate_precopy(mem, dirty, bw, down)
+        sim = migration_timing(
+            mem, dirty, MigrationSettings(down, bw, time_budget_s=1e9), link_mib_s=1e6
+        )
+        assert est.converges and sim.converged
+        assert (est.rounds, est.total_s) == (sim.rounds, sim.total_s)
+        assert est.downtime_ms is not None and sim.downtime_ms is not None
+        assert sim.downtime_ms == pytest.approx(est.downtime_ms + SWITCHOVER_MS)

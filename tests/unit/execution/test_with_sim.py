@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from rebalancerd.adapters.clock import VirtualClock
 from rebalancerd.domain.model import ClusterSnapshot, Host, Vm
-from rebalancerd.execution.executor import ExecutionReport, Executor
+from rebalancerd.execution.executor import Executor
 from rebalancerd.execution.journal import Journal
+from rebalancerd.execution.records import ExecutionReport
 from rebalancerd.observability import MemoryMetrics
 from rebalancerd.sim.hypervisor import SimDomain, SimHypervisor
 from tests.unit.execution.fakes import mig, plan, policy
