@@ -6,7 +6,7 @@ Nothing here does I/O; the value types are frozen dataclasses.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -48,6 +48,16 @@ class TelemetrySource(Protocol):
     def data_age_s(self) -> float:
         """Age in seconds of the oldest fresh host report the model relies on (inf if none)."""
         ...
+
+
+Message = tuple[str, bytes]
+"""One raw telemetry message: (topic, payload)."""
+
+
+class MessageStream(Protocol):
+    """Where raw telemetry messages come from (the MQTT adapter, or a test)."""
+
+    def batches(self) -> AsyncIterator[list[Message]]: ...
 
 
 # --------------------------------------------------------------------------------------------
