@@ -297,14 +297,40 @@ class Executor:
             log.info("executor_stop_requested", in_flight=len(self._running))
         self._stop = True
 
+    async def abort_all(self, reason: str) -> list[str]:
+        """Ask the hypervisor to abort every migration in flight (the VM stays on its source);
+        the moves' own tasks record the outcome. Returns the migration ids asked to abort."""
+        asked: list[str] = []
+        for f in self.in_flight():
+            try:
+                await self.hypervisor.abort(f.vm, f.source)
+            except Exception as e:
+                log.error(
+                    "migration_abort_failed", vm=f.vm, migration_id=f.migration_id, error=str(e)
+                )
+                continue
+            log.warning(
+                "migration_abort_requested",
+                vm=f.vm,
+                host=f.source,
+                target=f.target,
+                migration_id=f.migration_id,
+                why=reason,
+            )
+            asked.append(f.migration_id)
+        return asked
+
     def backoff_remaining(self) -> float:
         """Seconds left of the 'moves stopped helping' pause (0 = none). For the loop."""
         return self.help.remaining(self.clock.monotonic())
 
-    def observe_snapshot(self, snapshot: ClusterSnapshot, policy: Policy) -> str | None:
-        """Judge whether the last wave helped, from a fresh snapshot (the loop may call this
-        every cycle; execute() calls it too). Returns the tracker's verdict, if any."""
-        eff = apply_policy(policy, snapshot, self.clock.now())
+    def observe_snapshot(
+        self, snapshot: ClusterSnapshot, policy: Policy, *, applied: bool = False
+    ) -> str | None:
+        """Judge whether the last wave helped, from a fresh snapshot (the loop calls this once
+        every cycle; execute() calls it too unless `applied`). Returns the tracker's verdict, if
+        any. `applied=True`: `snapshot` already has the policy applied."""
+        eff = snapshot if applied else apply_policy(policy, snapshot, self.clock.now())
         imb = imbalance(eff, weights=_weights(policy))
         verdict = self.help.observe(imb, eff.placement(), self.clock.monotonic())
         if verdict is not None:
@@ -319,8 +345,15 @@ class Executor:
 
     # -- execute ----------------------------------------------------------------------------------
     async def execute(
-        self, plan: MigrationPlan, snapshot: ClusterSnapshot, policy: Policy
+        self,
+        plan: MigrationPlan,
+        snapshot: ClusterSnapshot,
+        policy: Policy,
+        *,
+        applied: bool = False,
     ) -> ExecutionReport:
+        """`applied=True`: `snapshot` already has the policy applied and the caller (the control
+        loop) already showed it to `observe_snapshot` this cycle."""
         now = self.clock.now()
         mode_reason: str | None = None
         if self.dry_run or policy.dry_run:
@@ -334,8 +367,11 @@ class Executor:
         self.metrics.set("migration_concurrency_effective", float(cap))
         if plan.empty:
             return report
-        self.observe_snapshot(snapshot, policy)
-        eff = apply_policy(policy, snapshot, now)
+        if applied:
+            eff = snapshot
+        else:
+            self.observe_snapshot(snapshot, policy)
+            eff = apply_policy(policy, snapshot, now)
         try:
             cooldowns = self.journal.cooldowns(now)
             open_vms = frozenset(e.vm for e in self.journal.open_moves())

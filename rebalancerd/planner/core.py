@@ -49,10 +49,12 @@ def make_plan(
     frozen: frozenset[str] = frozenset(),
     max_moves: int | None = None,
     max_mib: int | None = None,
+    applied: bool = False,
 ) -> MigrationPlan:
+    """`applied=True`: `snapshot` already has the policy applied (the control loop did it)."""
     t0 = time.perf_counter()
     deadline = t0 + max(0.0, time_limit_s)
-    snap = apply_policy(policy, snapshot, now)
+    snap = snapshot if applied else apply_policy(policy, snapshot, now)
     p = build_problem(snap, policy, frozen=frozen, max_moves=max_moves, max_mib=max_mib)
     weights = Weights(*obj.weights(p))
     pct, win = policy.targets.prediction.percentile, policy.targets.prediction.window
