@@ -254,7 +254,8 @@ async def collector_phases(args: argparse.Namespace, port: int) -> dict[str, flo
     from rebalancerd.adapters.clock import SystemClock
     from rebalancerd.adapters.mqtt import BrokerSettings, MqttStream
     from rebalancerd.observability import MemoryMetrics
-    from rebalancerd.telemetry.collector import Collector, CollectorSettings, Message
+    from rebalancerd.ports import Message
+    from rebalancerd.telemetry.collector import Collector, CollectorSettings
     from rebalancerd.telemetry.inventory import inventory_from_mapping
     from rebalancerd.telemetry.schema import subscription_topics
 

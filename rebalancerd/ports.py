@@ -6,7 +6,7 @@ Nothing here does I/O; the value types are frozen dataclasses.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -53,6 +53,16 @@ class TelemetrySource(Protocol):
         """The current state of every known host, as `current()` would report it, without
         building the snapshot: looking one host up costs O(1)."""
         ...
+
+
+Message = tuple[str, bytes]
+"""One raw telemetry message: (topic, payload)."""
+
+
+class MessageStream(Protocol):
+    """Where raw telemetry messages come from (the MQTT adapter, or a test)."""
+
+    def batches(self) -> AsyncIterator[list[Message]]: ...
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,8 +22,7 @@ from paho.mqtt.properties import Properties
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rebalancerd.observability import NullMetrics
-from rebalancerd.ports import MetricsSink
-from rebalancerd.telemetry.collector import Message
+from rebalancerd.ports import Message, MetricsSink
 
 log = structlog.get_logger("rebalancerd.mqtt")
 
@@ -155,7 +154,7 @@ def _capturing_queue(
 
 
 class MqttStream:
-    """``telemetry.collector.MessageStream`` over MQTT: subscribes (QoS 1), yields batches of
+    """``ports.MessageStream`` over MQTT: subscribes (QoS 1), yields batches of
     ``(topic, payload)`` drained from aiomqtt's bounded queue, and reconnects and resubscribes
     with jittered backoff whenever the broker goes away. Runs until cancelled."""
 

@@ -5,7 +5,8 @@ A notification is one datagram of ``KEY=VALUE`` lines sent to the AF_UNIX socket
 
 - ``READY=1`` once the daemon serves; ``STATUS=...`` human status lines;
 - ``WATCHDOG=1`` keep-alives: the daemon sends them only while its control loop is healthy (see
-  ``app.py``), never from a free-running timer, so a wedged loop gets the service restarted;
+  ``daemon/health.py``), never from a free-running timer, so a wedged loop gets the service
+  restarted;
 - ``RELOADING=1`` + ``MONOTONIC_USEC=`` when a reload starts, ``READY=1`` when it ends;
 - ``STOPPING=1`` when shutting down.
 

@@ -15,9 +15,10 @@ from typing import Any, TextIO
 
 from rebalancerd.adapters.clock import ScaledClock
 from rebalancerd.cli.main import CliError
+from rebalancerd.daemon.loop import ControlLoop, CycleReport
 from rebalancerd.domain.load import host_loads, imbalance
-from rebalancerd.loop import ControlLoop, CycleReport, policy_weights
 from rebalancerd.observability import MemoryMetrics
+from rebalancerd.policy.resolve import policy_weights
 from rebalancerd.policy.schema import Policy
 from rebalancerd.sim.cluster import SimTelemetry, demo_cluster
 

@@ -32,12 +32,13 @@ def register(subparsers: Any) -> None:
 
 async def _run(args: argparse.Namespace) -> int:
     from rebalancerd import logging as rlog
-    from rebalancerd.app import Daemon, StartupError, _load_inventory
     from rebalancerd.cli.main import CliError
-    from rebalancerd.config import ConfigError, load
+    from rebalancerd.daemon.config import ConfigError, load_config
+    from rebalancerd.daemon.daemon import Daemon
+    from rebalancerd.daemon.wiring import StartupError, read_inventory
 
     try:
-        cfg = load(args.config)
+        cfg = load_config(args.config)
     except ConfigError as e:
         raise CliError(str(e)) from None
     updates: dict[str, Any] = {}
@@ -58,7 +59,7 @@ async def _run(args: argparse.Namespace) -> int:
         hosts = None
         if not cfg.simulate:
             try:
-                hosts = len(_load_inventory(cfg))
+                hosts = len(read_inventory(cfg))
             except StartupError as e:
                 raise CliError(str(e)) from None
         out = {"config": args.config, "ok": True, "simulate": cfg.simulate, "hosts": hosts}

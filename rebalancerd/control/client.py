@@ -24,7 +24,7 @@ class ControlError(OSError):
 
 
 def default_socket() -> str:
-    from rebalancerd.config import DEFAULT_CONTROL_SOCKET
+    from rebalancerd.daemon.config import DEFAULT_CONTROL_SOCKET
 
     return os.environ.get("REBALANCERD_CONTROL_SOCKET", DEFAULT_CONTROL_SOCKET)
 

@@ -2,7 +2,8 @@
 
 The collector is transport-agnostic: ``ingest``/``ingest_batch`` take ``(topic, payload)`` pairs
 and are pure bookkeeping (no I/O), so tests, benchmarks and the simulation feed it directly, and
-``adapters/mqtt.py`` feeds it from a broker. ``run()`` pumps a ``MessageStream`` until cancelled.
+``adapters/mqtt.py`` feeds it from a broker. ``run()`` pumps a ``ports.MessageStream`` until
+cancelled.
 
 Rules (docs/telemetry.md):
 
@@ -21,14 +22,13 @@ Rules (docs/telemetry.md):
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Protocol
 
 import structlog
 
 from rebalancerd.domain.model import ClusterSnapshot, Host, HostState, Vm
-from rebalancerd.ports import Clock, MetricsSink
+from rebalancerd.ports import Clock, Message, MessageStream, MetricsSink
 from rebalancerd.telemetry.inventory import Inventory, InventoryHost
 from rebalancerd.telemetry.schema import (
     NAME_RE,
@@ -43,14 +43,6 @@ from rebalancerd.telemetry.schema import (
 from rebalancerd.telemetry.smoothing import Series
 
 log = structlog.get_logger("rebalancerd.telemetry")
-
-Message = tuple[str, bytes]
-
-
-class MessageStream(Protocol):
-    """Where raw messages come from (the MQTT adapter, or a test)."""
-
-    def batches(self) -> AsyncIterator[list[Message]]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -497,4 +489,4 @@ def _printable(text: str, limit: int = 120) -> str:
     return text[:limit].encode("unicode_escape", "replace").decode("ascii", "replace")
 
 
-__all__ = ["Collector", "CollectorSettings", "HostView", "MessageStream", "VmView"]
+__all__ = ["Collector", "CollectorSettings", "HostView", "VmView"]

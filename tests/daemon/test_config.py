@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rebalancerd.config import ConfigError, DaemonConfig, diff, load, parse
+from rebalancerd.daemon.config import ConfigError, DaemonConfig, diff, load_config, parse
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,7 +27,7 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
         "inventory: inv.yaml\nstate_dir: ../state\npolicy_dir: /abs/policies\n"
         "control: {socket: ctl.sock}\nbroker: {url: 'mqtts://b:8883', ca_file: ca.pem}\n"
     )
-    cfg = load(f)
+    cfg = load_config(f)
     assert cfg.inventory == str(tmp_path / "etc" / "inv.yaml")
     assert cfg.state_dir == str(tmp_path / "state")
     assert cfg.policy_dir == "/abs/policies"
@@ -51,7 +51,7 @@ def test_bad_config_gives_one_line_error(tmp_path: Path, text: str, needle: str)
     f = tmp_path / "c.yaml"
     f.write_text(text)
     with pytest.raises(ConfigError) as ei:
-        load(f)
+        load_config(f)
     msg = str(ei.value)
     assert needle in msg
     assert "\n" not in msg
@@ -65,11 +65,11 @@ def test_inline_inventory_is_kept() -> None:
 
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such file"):
-        load(tmp_path / "missing.yaml")
+        load_config(tmp_path / "missing.yaml")
 
 
 def test_example_config_is_valid() -> None:
-    cfg = load(ROOT / "deploy" / "config" / "rebalancerd.example.yaml")
+    cfg = load_config(ROOT / "deploy" / "config" / "rebalancerd.example.yaml")
     assert isinstance(cfg, DaemonConfig)
     assert cfg.metrics.address.startswith("127.0.0.1:")
 
@@ -92,7 +92,7 @@ def test_reload_diff_separates_live_and_restart_fields() -> None:
 
 
 def test_adaptive_concurrency_settings_reach_the_controller() -> None:
-    from rebalancerd.app import adaptive_concurrency
+    from rebalancerd.daemon.wiring import adaptive_concurrency
     from rebalancerd.execution.adaptive import TOTAL
 
     section = {"start_cap": 1, "trigger_fraction": 0.5, "history_s": 60}
@@ -111,7 +111,7 @@ def test_adaptive_start_cap_must_be_positive() -> None:
 
 
 def test_telemetry_settings_reach_the_collector() -> None:
-    from rebalancerd.app import collector_settings
+    from rebalancerd.daemon.wiring import collector_settings
 
     section = {"history_len": 240, "ewma_alpha": 1.0, "rate_per_s": 5, "rate_burst": 50}
     cfg = parse({"inventory": "x", "telemetry": {**section, "max_vms_per_host": 64}})

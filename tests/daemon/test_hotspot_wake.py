@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from rebalancerd.adapters.systemd import NullNotifier
-from rebalancerd.app import Daemon
-from rebalancerd.config import parse
+from rebalancerd.daemon.config import parse
+from rebalancerd.daemon.daemon import Daemon
+from rebalancerd.daemon.wiring import SimulatedParts
 from rebalancerd.sim.cluster import LoadModel
 
 
@@ -45,20 +46,22 @@ async def test_hotspot_wakes_the_loop_before_the_interval(tmp_path: Path) -> Non
     runner = asyncio.create_task(daemon.run())
     try:
         await _until(
-            lambda: daemon.loop is not None and daemon.loop.state.cycles >= 1, 30, "cycle 1"
+            lambda: hasattr(daemon, "parts") and daemon.parts.loop.state.cycles >= 1, 30, "cycle 1"
         )
-        await _until(lambda: daemon.loop is not None and not daemon.loop.busy, 30, "cycle 1 done")
+        parts = daemon.parts
+        assert isinstance(parts, SimulatedParts)
+        await _until(lambda: not parts.loop.busy, 30, "cycle 1 done")
         assert daemon.hot_hosts() == set()
-        cycles = daemon.loop.state.cycles  # type: ignore[union-attr]
+        cycles = parts.loop.state.cycles
         # the VMs of the busiest host surge to 6 cores each (16-core hosts)
-        where = daemon.sim.placement()
+        where = parts.cluster.placement()
         counts: dict[str, int] = {}
         for h in where.values():
             counts[h] = counts.get(h, 0) + 1
         hot = max(sorted(counts), key=lambda h: counts[h])
         for name, h in where.items():
             if h == hot:
-                daemon.sim.vms[name].load = LoadModel(base_mc=6000, amplitude=0.0)
+                parts.cluster.vms[name].load = LoadModel(base_mc=6000, amplitude=0.0)
         await _until(
             lambda: any(d["cycle"] > cycles for d in daemon.decisions), 60, "an early cycle"
         )

@@ -8,8 +8,8 @@ from pathlib import Path
 import yaml
 
 from rebalancerd.adapters.systemd import NullNotifier
-from rebalancerd.app import Daemon
-from rebalancerd.config import load
+from rebalancerd.daemon.config import load_config
+from rebalancerd.daemon.daemon import Daemon
 
 
 async def test_dry_run_override_survives_a_reload(tmp_path: Path) -> None:
@@ -26,20 +26,20 @@ async def test_dry_run_override_survives_a_reload(tmp_path: Path) -> None:
     }
     path = tmp_path / "d.yaml"
     path.write_text(yaml.safe_dump(doc))
-    cfg = load(path).model_copy(update={"dry_run": True})
+    cfg = load_config(path).model_copy(update={"dry_run": True})
     daemon = Daemon(
         cfg, config_path=str(path), notifier=NullNotifier(), overrides={"dry_run": True}
     )
     await daemon.start()
     try:
-        assert daemon.executor is not None and daemon.executor.dry_run is True
+        assert daemon.parts.executor.dry_run is True
         doc["intervals"] = {"plan_s": 7}
         path.write_text(yaml.safe_dump(doc))
         out = await daemon.reload()
         assert out["config"]["ok"] is True
         assert out["config"]["applied"] == ["intervals.plan_s"]
-        assert daemon.loop is not None and daemon.loop.interval_s == 7
-        assert daemon.executor.dry_run is True
+        assert daemon.parts.loop.interval_s == 7
+        assert daemon.parts.executor.dry_run is True
         assert daemon.cfg.dry_run is True
         # a change that needs a restart is reported, not applied
         doc["state_dir"] = str(tmp_path / "elsewhere")
@@ -51,6 +51,6 @@ async def test_dry_run_override_survives_a_reload(tmp_path: Path) -> None:
         path.write_text("intervals: {plan_s: -5}\nsimulate: true\n")
         out = await daemon.reload()
         assert out["config"]["ok"] is False and "plan_s" in out["config"]["error"]
-        assert daemon.loop.interval_s == 7
+        assert daemon.parts.loop.interval_s == 7
     finally:
         await daemon.close()

@@ -93,7 +93,7 @@ def test_daemon_can_write_only_its_state_directory() -> None:
     assert s["ReadWritePaths"] == ["/var/lib/rebalancerd"]
     assert s["StateDirectory"] == ["rebalancerd"]
     # the stop timeout must exceed the default in-flight deadline
-    from rebalancerd.config import DaemonConfig
+    from rebalancerd.daemon.config import DaemonConfig
 
     stop = float(s["TimeoutStopSec"][0].rstrip("s"))
     assert stop > DaemonConfig().shutdown_deadline_s

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from rebalancerd.adapters.systemd import SystemdNotifier
-from rebalancerd.app import Daemon
-from rebalancerd.config import parse
+from rebalancerd.daemon.config import parse
+from rebalancerd.daemon.daemon import Daemon
 
 
 def _count(msgs: list[bytes], field: str) -> int:
@@ -67,27 +67,28 @@ async def test_watchdog_stops_while_the_loop_is_wedged(tmp_path: Path) -> None:
         await _until(lambda: _count(drain(), "WATCHDOG=1") >= 3, 30, "healthy keep-alives")
         assert daemon.health() == (True, "ok")
 
-        real = daemon.loop.planner()  # type: ignore[union-attr]
+        loop = daemon.parts.loop
+        real = loop.planner()
 
         def wedged(*a: Any, **kw: Any) -> Any:
             release.wait(60)
             return real(*a, **kw)
 
-        daemon.loop._planner = wedged  # type: ignore[union-attr]
+        loop._planner = wedged
         await _until(
-            lambda: bool(drain()) and not daemon._watchdog_ok, 30, "loop declared unhealthy"
+            lambda: bool(drain()) and not daemon.watchdog.ok, 30, "loop declared unhealthy"
         )
         assert daemon.health()[0] is False
         await asyncio.sleep(0.1)
         before = _count(drain(), "WATCHDOG=1")
-        ticks = daemon.watchdog_ticks
+        ticks = daemon.watchdog.ticks
         await _until(
-            lambda: bool(drain()) and daemon.watchdog_ticks >= ticks + 5, 30, "watchdog ticks"
+            lambda: bool(drain()) and daemon.watchdog.ticks >= ticks + 5, 30, "watchdog ticks"
         )
         assert _count(drain(), "WATCHDOG=1") == before, "keep-alive sent while wedged"
         assert any(m.startswith(b"STATUS=unhealthy") for m in drain())
 
-        daemon.loop._planner = real  # type: ignore[union-attr]
+        loop._planner = real
         release.set()
         await _until(lambda: _count(drain(), "WATCHDOG=1") > before, 30, "keep-alives resume")
         daemon.request_stop()

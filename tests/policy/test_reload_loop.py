@@ -9,13 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from rebalancerd.adapters.clock import VirtualClock
+from rebalancerd.daemon.loop import ControlLoop, CycleReport
+from rebalancerd.daemon.policy_source import PolicyStore, PolicyWatcher
 from rebalancerd.domain.model import ClusterSnapshot, Host, Vm
 from rebalancerd.domain.plan import MigrationPlan, ReasonKind
-from rebalancerd.loop import ControlLoop, CycleReport
 from rebalancerd.observability import MemoryMetrics
 from rebalancerd.policy.schema import Mode, Policy
-from rebalancerd.policy.store import PolicyStore
-from rebalancerd.policy.watch import PolicyWatcher
 
 HEAD = "apiVersion: rebalancerd/v1\nkind: Policy\n"
 
@@ -38,7 +37,15 @@ class RecordingExecutor:
     def __init__(self) -> None:
         self.calls: list[tuple[MigrationPlan, Policy]] = []
 
-    async def execute(self, plan: MigrationPlan, snapshot: ClusterSnapshot, policy: Policy) -> Any:
+    async def execute(
+        self,
+        plan: MigrationPlan,
+        snapshot: ClusterSnapshot,
+        policy: Policy,
+        *,
+        applied: bool,
+        observed: bool = False,
+    ) -> Any:
         self.calls.append((plan, policy))
         return None
 

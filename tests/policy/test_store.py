@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from rebalancerd.adapters.clock import VirtualClock
+from rebalancerd.daemon.policy_source import FALLBACK, PolicyStore, ReloadResult
 from rebalancerd.observability import MemoryMetrics
 from rebalancerd.policy.schema import Mode, default_policy
-from rebalancerd.policy.store import FALLBACK, PolicyStore, ReloadResult
 
 HEAD = "apiVersion: rebalancerd/v1\nkind: Policy\n"
 

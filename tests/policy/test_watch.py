@@ -8,10 +8,9 @@ import os
 from pathlib import Path
 
 from rebalancerd.adapters.clock import SystemClock, VirtualClock
+from rebalancerd.daemon.policy_source import PolicyStore, PolicyWatcher, fingerprint, make_store
 from rebalancerd.observability import MemoryMetrics
 from rebalancerd.policy.schema import Mode
-from rebalancerd.policy.store import PolicyStore
-from rebalancerd.policy.watch import PolicyWatcher, fingerprint, make_store
 
 HEAD = "apiVersion: rebalancerd/v1\nkind: Policy\n"
 

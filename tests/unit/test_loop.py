@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from rebalancerd.adapters.clock import VirtualClock
+from rebalancerd.daemon.loop import ControlLoop
 from rebalancerd.domain.model import ClusterSnapshot, Host, HostState
 from rebalancerd.domain.plan import (
     Migration,
@@ -15,7 +18,6 @@ from rebalancerd.domain.plan import (
     Reason,
     ReasonKind,
 )
-from rebalancerd.loop import ControlLoop
 from rebalancerd.observability import MemoryMetrics
 from rebalancerd.policy.schema import Policy, default_policy
 from rebalancerd.sim.cluster import LoadModel, SimCluster, SimTelemetry, SimVm
@@ -24,9 +26,19 @@ from rebalancerd.sim.cluster import LoadModel, SimCluster, SimTelemetry, SimVm
 class FakeExecutor:
     def __init__(self) -> None:
         self.plans: list[MigrationPlan] = []
+        self.applied: list[bool] = []
 
-    async def execute(self, plan: MigrationPlan, snapshot: ClusterSnapshot, policy: Policy) -> Any:
+    async def execute(
+        self,
+        plan: MigrationPlan,
+        snapshot: ClusterSnapshot,
+        policy: Policy,
+        *,
+        applied: bool,
+        observed: bool = False,
+    ) -> Any:
         self.plans.append(plan)
+        self.applied.append(applied)
         return None
 
     def frozen_vms(self) -> frozenset[str]:
@@ -62,7 +74,9 @@ async def test_cycle_plans_and_hands_plan_to_executor() -> None:
     r = await loop.cycle()
     assert r.status == "planned"
     assert len(ex.plans) == 1 and ex.plans[0].migrations[0].vm == "v2"
+    assert ex.applied == [True]
     assert calls[0]["frozen"] == {"cooling"}
+    assert calls[0]["applied"] is True
     assert calls[0]["snap"].vm("v1").cpu_used_mc == 1500
     assert metrics.total("migrations_planned_total", reason="hotspot") == 1
     assert metrics.gauge("host_load_ratio", host="a", resource="cpu") == 0.75
@@ -171,7 +185,10 @@ async def test_every_fresh_cycle_lets_the_executor_judge_the_last_wave() -> None
             super().__init__()
             self.observed: list[int] = []
 
-        def observe_snapshot(self, snap: ClusterSnapshot, policy: Policy) -> None:
+        def observe_snapshot(
+            self, snap: ClusterSnapshot, policy: Policy, *, applied: bool = False
+        ) -> None:
+            assert applied
             self.observed.append(len(snap.vms))
 
     def nothing(snap: ClusterSnapshot, policy: Policy, **kw: Any) -> MigrationPlan:
@@ -187,3 +204,48 @@ async def test_every_fresh_cycle_lets_the_executor_judge_the_last_wave() -> None
     clock.advance(500)  # stale: nothing is judged on old data
     assert (await loop.cycle()).status == "stale"
     assert ex.observed == [2]
+
+
+async def test_a_cycle_applies_the_policy_once_and_judges_the_wave_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Real planner and real (dry-run) executor: the loop applies the policy to the snapshot
+    once and hands that effective snapshot on; the executor's help tracker sees one look per
+    cycle (its `max_looks` would otherwise run out twice as fast)."""
+    import rebalancerd.daemon.loop as loop_mod
+    import rebalancerd.execution.executor as executor_mod
+    import rebalancerd.planner.core as planner_core
+    from rebalancerd.execution.executor import Executor
+    from rebalancerd.execution.journal import Journal
+    from rebalancerd.policy.resolve import apply_policy
+
+    applied: list[str] = []
+
+    def counting(where: str) -> Any:
+        def apply(policy: Policy, snapshot: ClusterSnapshot, now: float) -> ClusterSnapshot:
+            applied.append(where)
+            return apply_policy(policy, snapshot, now)
+
+        return apply
+
+    for mod, where in ((loop_mod, "loop"), (planner_core, "planner"), (executor_mod, "executor")):
+        monkeypatch.setattr(mod, "apply_policy", counting(where))
+    clock = VirtualClock()
+    c = cluster(clock)
+    c.add_vm("a", SimVm("v3", 1, 1024, LoadModel(900, amplitude=0)))
+    ex = Executor(c.hypervisor, clock, MemoryMetrics(), Journal.open(":memory:"), dry_run=True)
+    observed: list[bool] = []
+    real_observe = ex.observe_snapshot
+
+    def observe(snap: ClusterSnapshot, policy: Policy, *, applied: bool = False) -> Any:
+        observed.append(applied)
+        return real_observe(snap, policy, applied=applied)
+
+    monkeypatch.setattr(ex, "observe_snapshot", observe)
+    loop = ControlLoop(
+        SimTelemetry(c), default_policy, ex, clock, MemoryMetrics(), plan_in_thread=False
+    )
+    r = await loop.cycle()
+    assert r.status == "planned" and r.plan is not None and r.plan.migrations, r
+    assert applied == ["loop"]
+    assert observed == [True]

@@ -241,7 +241,8 @@ def parse(data: Any, source: str = "<config>", base: Path | None = None) -> Daem
     )
 
 
-def load(path: str | Path) -> DaemonConfig:
+def load_config(path: str | Path) -> DaemonConfig:
+    """The daemon config read from a YAML file (raises ConfigError, one line)."""
     p = Path(path)
     try:
         size = p.stat().st_size

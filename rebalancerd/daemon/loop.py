@@ -1,8 +1,10 @@
 """The control loop shared by the daemon, the demo and the tests.
 
-Each cycle: take the telemetry snapshot -> refuse to plan on stale data -> plan (in a worker
-thread, so CP-SAT never blocks the event loop) -> hand the plan to the executor, the only code
-that acts. The loop never touches a hypervisor itself.
+Each cycle: take the telemetry snapshot (with the operator's overlay) -> refuse to plan on stale
+data -> apply the policy once (``apply_policy``) -> let the executor judge its last wave on that
+effective snapshot -> plan on it (in a worker thread, so CP-SAT never blocks the event loop) ->
+hand the plan and the same effective snapshot to the executor, the only code that acts. The
+loop never touches a hypervisor itself.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from typing import Any, Protocol
 
 import structlog
 
-from rebalancerd.domain.load import Weights, host_loads, imbalance
+from rebalancerd.domain.load import host_loads, imbalance
 from rebalancerd.domain.model import ClusterSnapshot, HostState
 from rebalancerd.domain.plan import MigrationPlan
+from rebalancerd.policy.resolve import apply_policy, policy_weights
 from rebalancerd.policy.schema import Policy
 from rebalancerd.ports import Clock, MetricsSink, TelemetrySource
 
@@ -31,8 +34,17 @@ SnapshotOverlay = Callable[[ClusterSnapshot], ClusterSnapshot]
 
 class ExecutorLike(Protocol):
     async def execute(
-        self, plan: MigrationPlan, snapshot: ClusterSnapshot, policy: Policy
-    ) -> Any: ...
+        self,
+        plan: MigrationPlan,
+        snapshot: ClusterSnapshot,
+        policy: Policy,
+        *,
+        applied: bool,
+        observed: bool,
+    ) -> Any:
+        """`applied=True`: `snapshot` already has the policy applied (the loop did it);
+        `observed=True`: the loop already passed it to `observe_snapshot` this cycle."""
+        ...
 
     def frozen_vms(self) -> frozenset[str]: ...
 
@@ -49,11 +61,6 @@ class CycleReport:
     execution: Any = None
     imbalance: float | None = None
     policy: str = ""
-
-
-def policy_weights(policy: Policy) -> Weights:
-    w = policy.targets.weights
-    return Weights(cpu=w.cpu, memory=w.memory)
 
 
 @dataclass
@@ -103,6 +110,8 @@ class ControlLoop:
         self.state = LoopState()
         self._wake = asyncio.Event()
         self._busy = False
+        self.cycle_started_monotonic = 0.0
+        """Monotonic time the current (or last) cycle started; 0 before the first one."""
         self.current_plan: MigrationPlan | None = None
 
     # ------------------------------------------------------------------------------------
@@ -147,6 +156,7 @@ class ControlLoop:
         self.state.cycles += 1
         n = self.state.cycles
         at = self.clock.now()
+        self.cycle_started_monotonic = self.clock.monotonic()
         self._busy = True
         try:
             policy = self.policy_provider()
@@ -162,10 +172,12 @@ class ControlLoop:
                 )
             if not any(h.state is HostState.ACTIVE for h in snap.hosts):
                 return self._finish(CycleReport(n, at, "no_hosts", "no active host", imbalance=imb))
+            # The policy is applied once per cycle; planner and executor get the result.
+            eff = apply_policy(policy, snap, at)
             # Judge the last wave on every fresh snapshot, not only when the next plan has moves.
             observe = getattr(self.executor, "observe_snapshot", None)
             if observe is not None:
-                observe(snap, policy)
+                observe(eff, policy, applied=True)
             wait = self.backoff() if self.backoff is not None else 0.0
             if wait > 0:
                 log.info("plan_backoff", cycle=n, wait_s=wait)
@@ -177,12 +189,16 @@ class ControlLoop:
             frozen = self.executor.frozen_vms()
             t0 = time.perf_counter()
             kwargs: dict[str, Any] = dict(
-                now=at, time_limit_s=self.planner_time_limit_s, seed=self.seed, frozen=frozen
+                now=at,
+                time_limit_s=self.planner_time_limit_s,
+                seed=self.seed,
+                frozen=frozen,
+                applied=True,
             )
             if self.plan_in_thread:
-                plan = await asyncio.to_thread(self.planner(), snap, policy, **kwargs)
+                plan = await asyncio.to_thread(self.planner(), eff, policy, **kwargs)
             else:
-                plan = self.planner()(snap, policy, **kwargs)
+                plan = self.planner()(eff, policy, **kwargs)
             self.metrics.observe("solver_duration_seconds", time.perf_counter() - t0)
             self.metrics.inc("plans_total", status=plan.stats.status or "unknown")
             if plan.stats.objective is not None:
@@ -213,7 +229,9 @@ class ControlLoop:
                 policy=policy.name,
                 mode=policy.mode.value,
             )
-            execution = await self.executor.execute(plan, snap, policy)
+            execution = await self.executor.execute(
+                plan, eff, policy, applied=True, observed=observe is not None
+            )
             return self._finish(
                 CycleReport(
                     n,
@@ -254,3 +272,15 @@ class ControlLoop:
             if stop.is_set():
                 break
             await self._wait(self.interval_s, stop)
+
+
+def hot_hosts(snap: ClusterSnapshot, policy: Policy) -> set[str]:
+    """Active hosts above the policy's high watermark (weighted load): a reason to plan early."""
+    w = policy_weights(policy)
+    high = policy.targets.high_watermark
+    states = {h.name: h.state for h in snap.hosts}
+    return {
+        name
+        for name, hl in host_loads(snap).items()
+        if states.get(name) is HostState.ACTIVE and hl.weighted(w) > high
+    }

@@ -1,5 +1,7 @@
-"""The policy in force, reloaded atomically from a directory.
+"""Where the daemon's policy comes from: the policy store and the directory watcher.
 
+Policy store
+------------
 ``PolicyStore(dir, metrics, clock)`` reads every policy file of ``dir`` at construction and on
 each ``reload()``:
 
@@ -15,20 +17,34 @@ If the very first load fails there is no old set: the store then holds ``FALLBAC
 makes the daemon act on defaults the operator did not choose.
 
 The store is a zero-argument callable returning the policy in force, so it can be passed as the
-control loop's ``policy_provider``. Pure apart from reading the policy files (no asyncio, no
-structlog: pass any logger with structlog-style ``info``/``error`` methods).
+control loop's ``policy_provider``. It logs through any logger with structlog-style
+``info``/``error`` methods (``make_store`` passes structlog's).
+
+Watcher
+-------
+``PolicyWatcher`` reloads the store when the policy directory changes, or on request (SIGHUP).
+It polls the names, sizes and modification times of the directory's policy files every
+``interval_s`` seconds (no inotify dependency). The daemon runs ``watcher.run()`` as a task and
+calls ``watcher.reload_now()`` on SIGHUP.
+
+This file I/O lives here, in the daemon, so that ``rebalancerd.policy`` (models, parsing,
+resolution) stays pure.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from rebalancerd.policy.load import PolicySet, Problem, parse_policy_dir
+import structlog
+
+from rebalancerd.policy.load import POLICY_SUFFIXES, PolicySet, Problem, parse_policy_dir
 from rebalancerd.policy.schema import Mode, Policy, default_policy
 from rebalancerd.ports import Clock, MetricsSink
 
@@ -174,3 +190,91 @@ class PolicyStore:
                 problems=[str(p) for p in r.problems],
                 error=r.summary(),
             )
+
+
+# ---------------------------------------------------------------------------------------------
+# Watching the directory
+
+Fingerprint = tuple[tuple[str, int, int, int], ...] | str
+
+
+def fingerprint(directory: Path) -> Fingerprint:
+    """What changes when a policy file is added, removed, renamed or written."""
+    try:
+        entries = []
+        with os.scandir(directory) as it:
+            for e in it:
+                if e.name.startswith(".") or not e.name.endswith(POLICY_SUFFIXES):
+                    continue
+                try:
+                    st = e.stat()
+                except OSError:
+                    continue
+                entries.append((e.name, st.st_size, st.st_mtime_ns, st.st_ino))
+        return tuple(sorted(entries))
+    except OSError as e:
+        return f"error:{type(e).__name__}"
+
+
+class PolicyWatcher:
+    def __init__(self, store: PolicyStore, clock: Clock, interval_s: float = 2.0) -> None:
+        if interval_s <= 0:
+            raise ValueError("interval_s must be > 0")
+        self.store = store
+        self.clock = clock
+        self.interval_s = interval_s
+        self._last: Fingerprint = fingerprint(store.directory)
+        self._requested: asyncio.Event | None = None
+        self._pending = False
+
+    def request_reload(self) -> None:
+        """Reload at the next opportunity (safe to call from a signal handler on the loop)."""
+        self._pending = True
+        if self._requested is not None:
+            self._requested.set()
+
+    def reload_now(self) -> ReloadResult:
+        """Reload at once (SIGHUP, `rebalancerd reload`) and take the files as seen, so the
+        next poll does not reload (and log) the same change a second time."""
+        return self._reload(fingerprint(self.store.directory))
+
+    def poll(self) -> ReloadResult | None:
+        """Reload if the files changed or a reload was requested; else None."""
+        fp = fingerprint(self.store.directory)
+        if fp == self._last and not self._pending:
+            return None
+        return self._reload(fp)
+
+    def _reload(self, fp: Fingerprint) -> ReloadResult:
+        self._pending = False
+        self._last = fp  # taken before reading: a write during the reload is seen next poll
+        return self.store.reload()
+
+    async def run(self) -> None:
+        """Poll until cancelled."""
+        self._requested = asyncio.Event()
+        if self._pending:
+            self._requested.set()
+        while True:
+            sleeper = asyncio.ensure_future(self.clock.sleep(self.interval_s))
+            waiter = asyncio.ensure_future(self._requested.wait())
+            try:
+                await asyncio.wait({sleeper, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                # cancel, never await: awaiting a cancelled helper under
+                # suppress(CancelledError) would also swallow a cancel of this task that lands
+                # there, and the watcher would run on (the daemon's shutdown hung on it)
+                for t in (sleeper, waiter):
+                    t.cancel()
+            self._requested.clear()
+            try:
+                self.poll()
+            except Exception as e:  # never let the watcher die
+                self.store.log.error("policy_watch_failed", error=f"{type(e).__name__}: {e}")
+
+
+def make_store(directory: str | Path, metrics: MetricsSink, clock: Clock, **kw: Any) -> PolicyStore:
+    """A PolicyStore that logs through structlog (what the daemon uses)."""
+    return PolicyStore(
+        directory, metrics, clock, log=structlog.get_logger("rebalancerd.policy"), **kw
+    )
