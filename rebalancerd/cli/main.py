@@ -38,7 +38,7 @@ def _known_input_errors() -> tuple[type[BaseException], ...]:
 
     errs: list[type[BaseException]] = [CliError, SnapshotError]
     try:
-        from rebalancerd.policy.load import PolicyError
+        from rebalancerd.policy.issues import PolicyError
 
         errs.append(PolicyError)
     except ImportError:

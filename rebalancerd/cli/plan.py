@@ -37,7 +37,7 @@ def load_policy(path: str | None) -> Policy:
     if path is None:
         return default_policy()
     try:
-        from rebalancerd.policy.load import load_policy_file
+        from rebalancerd.adapters.policy_files import load_policy_file
     except ImportError:  # pragma: no cover - loader not installed yet
         return _fallback_policy(path)
     return load_policy_file(path)

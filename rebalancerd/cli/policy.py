@@ -22,15 +22,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
+from rebalancerd.adapters.policy_files import load_policy_path, parse_policy_dir, parse_policy_file
 from rebalancerd.cli.main import CliError
 from rebalancerd.domain.plan import MigrationPlan
-from rebalancerd.policy.load import (
-    PolicyError,
-    Problem,
-    load_policy_path,
-    parse_policy_dir,
-    parse_policy_file,
-)
+from rebalancerd.policy.issues import PolicyError, PolicyIssue
 from rebalancerd.policy.reference import reference_markdown
 from rebalancerd.policy.schema import Policy, policy_json_schema_text
 from rebalancerd.policy.whatif import diff_plans
@@ -96,9 +91,9 @@ def _help(p: argparse.ArgumentParser) -> int:
 # -- validate ------------------------------------------------------------------------------------
 
 
-def validate_paths(paths: list[str]) -> tuple[list[Problem], int]:
+def validate_paths(paths: list[str]) -> tuple[list[PolicyIssue], int]:
     """All problems of the given files/directories, and how many files were read."""
-    problems: list[Problem] = []
+    problems: list[PolicyIssue] = []
     files = 0
     for raw in paths:
         path = Path(raw)

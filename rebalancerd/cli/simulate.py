@@ -114,7 +114,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     except TraceError as e:
         raise CliError(str(e)) from None
     if args.policy:
-        from rebalancerd.policy.load import load_policy_file
+        from rebalancerd.adapters.policy_files import load_policy_file
 
         policy = load_policy_file(args.policy)
     else:

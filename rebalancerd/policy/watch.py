@@ -18,7 +18,7 @@ from typing import Any
 
 import structlog
 
-from rebalancerd.policy.load import POLICY_SUFFIXES
+from rebalancerd.adapters.policy_files import POLICY_SUFFIXES
 from rebalancerd.policy.store import PolicyStore, ReloadResult
 from rebalancerd.ports import Clock, MetricsSink
 
