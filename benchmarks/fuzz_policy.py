@@ -42,7 +42,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rebalancerd.policy.load import _FIELD_PATHS, parse_policy_text  # noqa: E402
+from rebalancerd.policy.parse import _FIELD_PATHS, parse_policy_text  # noqa: E402
 
 EXAMPLES = [p.read_text(encoding="utf-8") for p in sorted((ROOT / "policies").glob("*.yaml"))]
 KEYS = sorted(_FIELD_PATHS)

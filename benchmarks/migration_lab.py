@@ -48,7 +48,8 @@ sys.path.insert(0, str(REPO))
 import structlog  # noqa: E402
 
 from rebalancerd.adapters.clock import SystemClock  # noqa: E402
-from rebalancerd.adapters.libvirt import HypervisorEvent, LibvirtHypervisor  # noqa: E402
+from rebalancerd.adapters.libvirt import LibvirtHypervisor  # noqa: E402
+from rebalancerd.adapters.libvirt_events import HypervisorEvent  # noqa: E402
 from rebalancerd.domain.model import ClusterSnapshot, Host, Vm  # noqa: E402
 from rebalancerd.domain.plan import (  # noqa: E402
     Migration,

@@ -120,7 +120,7 @@ def main() -> int:
     args = ap.parse_args()
     days = args.days or default_days()
     if args.policy:
-        from rebalancerd.policy.load import load_policy_file
+        from rebalancerd.adapters.policy_files import load_policy_file
 
         policy = load_policy_file(args.policy)
     else:

@@ -31,9 +31,9 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from planner_scale import bench_policy  # noqa: E402
 
 from rebalancerd import snapshot as codec  # noqa: E402
+from rebalancerd.adapters.policy_files import load_policy_file  # noqa: E402
 from rebalancerd.domain.model import ClusterSnapshot  # noqa: E402
 from rebalancerd.planner import make_plan  # noqa: E402
-from rebalancerd.policy.load import load_policy_file  # noqa: E402
 from rebalancerd.policy.schema import Mode, Policy  # noqa: E402
 from rebalancerd.sim.synthetic import skewed_snapshot  # noqa: E402
 

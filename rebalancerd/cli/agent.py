@@ -29,7 +29,7 @@ async def _run(args: argparse.Namespace) -> int:
     from rebalancerd.adapters.mqtt import MqttConfigError
     from rebalancerd.adapters.systemd import from_env
     from rebalancerd.agent import Agent, AgentConfigError, load_agent_config
-    from rebalancerd.cli.main import CliError
+    from rebalancerd.cli.errors import CliError
 
     try:
         config = load_agent_config(args.config)

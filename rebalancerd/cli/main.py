@@ -19,6 +19,8 @@ from typing import Any
 
 from rebalancerd import __version__
 from rebalancerd.cli.errors import CliError
+from rebalancerd.policy.issues import PolicyError
+from rebalancerd.snapshot import SnapshotError
 
 # One module per command group; order is the order of `rebalancerd --help`.
 COMMAND_MODULES = [
@@ -33,17 +35,8 @@ COMMAND_MODULES = [
 ]
 
 
-def _known_input_errors() -> tuple[type[BaseException], ...]:
-    from rebalancerd.snapshot import SnapshotError
-
-    errs: list[type[BaseException]] = [CliError, SnapshotError]
-    try:
-        from rebalancerd.policy.load import PolicyError
-
-        errs.append(PolicyError)
-    except ImportError:
-        pass
-    return tuple(errs)
+# Bad input the user can fix: one line, exit code 2.
+KNOWN_INPUT_ERRORS: tuple[type[BaseException], ...] = (CliError, SnapshotError, PolicyError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,13 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            mod = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name == name:
-                continue  # command not built yet
-            raise
-        mod.register(sub)
+        importlib.import_module(name).register(sub)
     return parser
 
 
@@ -79,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("rebalancerd: interrupted", file=sys.stderr)
         return 130
-    except _known_input_errors() as e:
+    except KNOWN_INPUT_ERRORS as e:
         if args.debug:
             traceback.print_exc()
         print(f"rebalancerd: error: {e}", file=sys.stderr)

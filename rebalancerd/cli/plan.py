@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
-from rebalancerd.cli.main import CliError
+from rebalancerd.adapters.policy_files import load_policy_file
+from rebalancerd.cli.errors import CliError
 from rebalancerd.policy.schema import Policy, default_policy
 
 
@@ -34,29 +34,8 @@ def register(sub: Any) -> None:
 
 
 def load_policy(path: str | None) -> Policy:
-    if path is None:
-        return default_policy()
-    try:
-        from rebalancerd.policy.load import load_policy_file
-    except ImportError:  # pragma: no cover - loader not installed yet
-        return _fallback_policy(path)
-    return load_policy_file(path)
-
-
-def _fallback_policy(path: str) -> Policy:
-    import yaml
-    from pydantic import ValidationError
-
-    try:
-        doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as e:
-        raise CliError(f"{path}: cannot read policy: {str(e).splitlines()[0]}") from e
-    try:
-        return Policy.model_validate(doc)
-    except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"])
-        raise CliError(f"{path}: {loc}: {err['msg']}") from e
+    """The policy file given, or the default policy."""
+    return default_policy() if path is None else load_policy_file(path)
 
 
 def run(args: argparse.Namespace) -> int:

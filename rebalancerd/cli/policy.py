@@ -13,24 +13,16 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-from rebalancerd.cli.main import CliError
-from rebalancerd.domain.plan import MigrationPlan
-from rebalancerd.policy.load import (
-    PolicyError,
-    Problem,
-    load_policy_path,
-    parse_policy_dir,
-    parse_policy_file,
-)
+from rebalancerd.adapters.policy_files import load_policy_path, parse_policy_dir, parse_policy_file
+from rebalancerd.cli.errors import CliError
+from rebalancerd.policy.issues import PolicyError, PolicyIssue
 from rebalancerd.policy.reference import reference_markdown
 from rebalancerd.policy.schema import Policy, policy_json_schema_text
 from rebalancerd.policy.whatif import diff_plans
@@ -96,9 +88,9 @@ def _help(p: argparse.ArgumentParser) -> int:
 # -- validate ------------------------------------------------------------------------------------
 
 
-def validate_paths(paths: list[str]) -> tuple[list[Problem], int]:
+def validate_paths(paths: list[str]) -> tuple[list[PolicyIssue], int]:
     """All problems of the given files/directories, and how many files were read."""
-    problems: list[Problem] = []
+    problems: list[PolicyIssue] = []
     files = 0
     for raw in paths:
         path = Path(raw)
@@ -154,19 +146,9 @@ def _now(arg: str | None, taken_at: float | None) -> float:
     return dt.timestamp()
 
 
-def _planner() -> Callable[..., MigrationPlan]:
-    try:
-        mod = importlib.import_module("rebalancerd.planner")
-    except ImportError:
-        mod = None
-    fn = getattr(mod, "make_plan", None)
-    if not callable(fn):
-        raise CliError("the planner is not available in this build")
-    return cast("Callable[..., MigrationPlan]", fn)
-
-
 def cmd_diff(args: argparse.Namespace) -> int:
     from rebalancerd import snapshot as snapshot_codec
+    from rebalancerd.planner import make_plan
 
     old, new = _policy(args.old), _policy(args.new)
     if args.live:
@@ -175,7 +157,6 @@ def cmd_diff(args: argparse.Namespace) -> int:
         snap = fetch_live(args.socket)
     else:
         snap = snapshot_codec.load(args.snapshot)
-    make_plan = _planner()
     if args.time_limit <= 0:
         raise CliError("--time-limit must be > 0")
     now = _now(args.now, snap.taken_at)

@@ -18,7 +18,8 @@ import json
 import sys
 from typing import Any, TextIO
 
-from rebalancerd.cli.main import CliError
+from rebalancerd.adapters.policy_files import load_policy_file
+from rebalancerd.cli.errors import CliError
 
 
 def register(sub: Any) -> None:
@@ -113,12 +114,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         trace = load_trace(args.trace).subset(args.max_vms, args.hours)
     except TraceError as e:
         raise CliError(str(e)) from None
-    if args.policy:
-        from rebalancerd.policy.load import load_policy_file
-
-        policy = load_policy_file(args.policy)
-    else:
-        policy = default_replay_policy()
+    policy = load_policy_file(args.policy) if args.policy else default_replay_policy()
 
     out: TextIO = sys.stderr
     kw: dict[str, Any] = {"hosts": args.hosts, "enforce_memory": args.enforce_memory}

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from rebalancerd import snapshot as codec
-from rebalancerd.cli.main import CliError
+from rebalancerd.cli.errors import CliError
 from rebalancerd.domain.load import imbalance, resource_gap
 from rebalancerd.domain.model import ClusterSnapshot
 

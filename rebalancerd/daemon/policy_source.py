@@ -44,7 +44,9 @@ from typing import Any, Protocol
 
 import structlog
 
-from rebalancerd.policy.load import POLICY_SUFFIXES, PolicySet, Problem, parse_policy_dir
+from rebalancerd.adapters.policy_files import POLICY_SUFFIXES, parse_policy_dir
+from rebalancerd.policy.combine import PolicySet
+from rebalancerd.policy.issues import PolicyIssue
 from rebalancerd.policy.schema import Mode, Policy, default_policy
 from rebalancerd.ports import Clock, MetricsSink
 
@@ -84,7 +86,7 @@ class ReloadResult:
     """True if the files were all valid and are now in force."""
     changed: bool
     """True if the policy in force differs from before."""
-    problems: tuple[Problem, ...]
+    problems: tuple[PolicyIssue, ...]
     files: tuple[str, ...]
     """The policy files read."""
     policy: Policy
@@ -149,7 +151,10 @@ class PolicyStore:
             try:
                 parsed, problems = parse_policy_dir(self.directory)
             except Exception as e:  # a loader bug must not stop the daemon either
-                parsed, problems = [], [Problem(str(self.directory), 1, 1, f"reload failed: {e}")]
+                parsed, problems = (
+                    [],
+                    [PolicyIssue(str(self.directory), 1, 1, f"reload failed: {e}")],
+                )
             files = tuple(p.source for p in parsed)
             old = self._policy
             if problems:

@@ -8,7 +8,7 @@ A minimal policy is three lines::
 
 Every field's docstring becomes its description in ``policies/schema.json`` and in
 ``docs/policies.md``. Pure (pydantic and stdlib only): no file or network I/O here; reading files
-lives in ``policy.load``.
+lives in ``adapters.policy_files``.
 """
 
 from __future__ import annotations

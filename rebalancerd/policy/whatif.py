@@ -9,7 +9,7 @@ from rebalancerd.domain.plan import MigrationPlan
 
 
 @dataclass(frozen=True, slots=True)
-class Move:
+class NetMove:
     """Where a VM ends up under a plan (a temporary hop is folded into one move)."""
 
     vm: str
@@ -24,20 +24,20 @@ class Move:
         return f"{self.vm} {self.source} -> {self.target} ({self.reason})"
 
 
-def net_moves(plan: MigrationPlan) -> dict[str, Move]:
+def net_moves(plan: MigrationPlan) -> dict[str, NetMove]:
     """VM -> its first source and last target; VMs that come back where they were are dropped."""
-    out: dict[str, Move] = {}
+    out: dict[str, NetMove] = {}
     for m in plan.migrations:
         first = out.get(m.vm)
         src = first.source if first is not None else m.source
-        out[m.vm] = Move(m.vm, src, m.target, str(m.reason))
+        out[m.vm] = NetMove(m.vm, src, m.target, str(m.reason))
     return {vm: mv for vm, mv in out.items() if mv.source != mv.target}
 
 
 @dataclass(frozen=True, slots=True)
 class Changed:
-    old: Move
-    new: Move
+    old: NetMove
+    new: NetMove
 
     def to_dict(self) -> dict[str, Any]:
         return {"vm": self.new.vm, "old": self.old.to_dict(), "new": self.new.to_dict()}
@@ -63,13 +63,13 @@ def plan_scores(plan: MigrationPlan) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class PlanDiff:
-    added: tuple[Move, ...]
+    added: tuple[NetMove, ...]
     """Moves only the new policy makes."""
-    removed: tuple[Move, ...]
+    removed: tuple[NetMove, ...]
     """Moves only the old policy makes."""
     changed: tuple[Changed, ...]
     """VMs both move, to different hosts."""
-    unchanged: tuple[Move, ...]
+    unchanged: tuple[NetMove, ...]
     old: dict[str, Any]
     new: dict[str, Any]
 

@@ -269,7 +269,7 @@ class LibvirtEvents:
     def __init__(self, lab: Lab) -> None:
         import libvirt
 
-        from rebalancerd.adapters.libvirt import ensure_event_loop
+        from rebalancerd.adapters.libvirt_events import ensure_event_loop
 
         ensure_event_loop()
         self._lv = libvirt

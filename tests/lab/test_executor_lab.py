@@ -22,7 +22,8 @@ from typing import Any
 import pytest
 
 from rebalancerd.adapters.clock import SystemClock
-from rebalancerd.adapters.libvirt import HypervisorEvent, LibvirtHypervisor
+from rebalancerd.adapters.libvirt import LibvirtHypervisor
+from rebalancerd.adapters.libvirt_events import HypervisorEvent
 from rebalancerd.domain.model import ClusterSnapshot, Host, Vm
 from rebalancerd.domain.plan import Migration, MigrationPlan, PlanStep, Reason, ReasonKind
 from rebalancerd.execution.adaptive import TOTAL, AdaptiveConcurrency

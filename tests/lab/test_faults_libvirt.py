@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import pytest
 
 from rebalancerd.adapters.clock import SystemClock
-from rebalancerd.adapters.libvirt import HypervisorEvent, LibvirtHypervisor
+from rebalancerd.adapters.libvirt import LibvirtHypervisor
+from rebalancerd.adapters.libvirt_events import HypervisorEvent
 from rebalancerd.domain.model import ClusterSnapshot, Host, Vm
 from rebalancerd.domain.plan import Migration, MigrationPlan, PlanStep, Reason, ReasonKind
 from rebalancerd.execution.executor import Executor

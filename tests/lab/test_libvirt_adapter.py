@@ -10,11 +10,10 @@ from collections.abc import AsyncIterator
 import libvirt
 import pytest
 
-from rebalancerd.adapters.libvirt import (
-    HypervisorEvent,
-    LibvirtHypervisor,
-    devices_reason,
-    guest_cpu,
+from rebalancerd.adapters.libvirt import LibvirtHypervisor
+from rebalancerd.adapters.libvirt_domains import devices_reason, guest_cpu
+from rebalancerd.adapters.libvirt_events import HypervisorEvent
+from rebalancerd.adapters.libvirt_migration import (
     migration_flags,
     migration_params,
     progress_from_stats,

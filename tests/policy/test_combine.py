@@ -6,14 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from rebalancerd.policy.load import (
-    PolicyError,
-    PolicySet,
-    combine,
-    load_policy_dir,
-    load_policy_path,
-    load_policy_text,
-)
+from rebalancerd.adapters.policy_files import load_policy_dir, load_policy_path
+from rebalancerd.policy.combine import PolicySet, combine
+from rebalancerd.policy.issues import PolicyError
+from rebalancerd.policy.parse import load_policy_text
 from rebalancerd.policy.schema import Mode, TimeWindow, default_policy
 
 HEAD = "apiVersion: rebalancerd/v1\nkind: Policy\n"

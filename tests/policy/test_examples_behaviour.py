@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from rebalancerd.adapters.policy_files import load_policy_file
 from rebalancerd.domain.model import ClusterSnapshot, Host, Vm
 from rebalancerd.domain.plan import MigrationPlan, ReasonKind
 from rebalancerd.planner import make_plan
-from rebalancerd.policy.load import load_policy_file, load_policy_text
+from rebalancerd.policy.parse import load_policy_text
 from rebalancerd.policy.schema import Policy
 from rebalancerd.policy.whatif import net_moves
 

@@ -11,7 +11,9 @@ import yaml
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from rebalancerd.policy.load import _FIELD_PATHS, MAX_NODES, Parsed, parse_policy_text
+from rebalancerd.policy.document import Parsed
+from rebalancerd.policy.parse import _FIELD_PATHS, parse_policy_text
+from rebalancerd.policy.safe_yaml import MAX_NODES
 from rebalancerd.policy.schema import Policy
 
 SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -7,28 +7,23 @@ from pathlib import Path
 
 import pytest
 
-from rebalancerd.policy.load import (
-    MAX_FILE_BYTES,
-    PolicyError,
-    Problem,
-    load_policy_file,
-    load_policy_text,
-    parse_policy_text,
-)
+from rebalancerd.adapters.policy_files import load_policy_file
+from rebalancerd.policy.issues import PolicyError, PolicyIssue
+from rebalancerd.policy.parse import MAX_FILE_BYTES, load_policy_text, parse_policy_text
 from rebalancerd.policy.schema import Mode, default_policy
 
 HEAD = "apiVersion: rebalancerd/v1\nkind: Policy\n"
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "policies").glob("*.yaml"))
 
 
-def problems(text: str | bytes) -> list[Problem]:
+def problems(text: str | bytes) -> list[PolicyIssue]:
     parsed = parse_policy_text(text, "p.yaml")
     assert parsed.policy is None, "expected the document to be rejected"
     assert parsed.problems
     return parsed.problems
 
 
-def only(text: str | bytes) -> Problem:
+def only(text: str | bytes) -> PolicyIssue:
     ps = problems(text)
     assert len(ps) == 1, ps
     return ps[0]

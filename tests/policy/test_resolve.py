@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rebalancerd.domain.model import ClusterSnapshot, Host, HostState, Vm
 from rebalancerd.planner import make_plan
-from rebalancerd.policy.load import load_policy_text
+from rebalancerd.policy.parse import load_policy_text
 from rebalancerd.policy.resolve import apply_policy, policy_rules
 
 HEAD = "apiVersion: rebalancerd/v1\nkind: Policy\n"

@@ -83,7 +83,7 @@ def test_default_policy_is_consolidate_with_cooldown() -> None:
 
 
 def test_documented_yaml_is_the_default_policy(tmp_path: Path) -> None:
-    from rebalancerd.policy.load import load_policy_file
+    from rebalancerd.adapters.policy_files import load_policy_file
 
     doc = (Path(__file__).resolve().parents[2] / "docs" / "simulation.md").read_text()
     yaml_text = doc.split("```yaml\n", 1)[1].split("```", 1)[0]

@@ -1,3 +1,5 @@
+"""`rebalancerd simulate` end to end on small PlanetLab-layout traces."""
+
 from __future__ import annotations
 
 import json
