@@ -21,6 +21,7 @@ Rules (docs/telemetry.md):
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Protocol
@@ -108,6 +109,7 @@ class _HostState:
         "noted_state",
         "offline",
         "recv_mono",
+        "retired_boots",
         "seq",
         "tokens",
         "tokens_at",
@@ -118,6 +120,8 @@ class _HostState:
         self.inv = inv
         self.boot = -1
         self.seq = -1
+        self.retired_boots: deque[int] = deque(maxlen=8)
+        """Boot ids of this host's earlier agent processes (their late reports are refused)."""
         self.recv_mono: float | None = None
         self.lag = 0.0
         self.offline = False
@@ -367,12 +371,9 @@ class Collector:
         skew = r.ts - now_wall
         if abs(skew) > s.max_clock_skew_s:
             return self._reject(RejectReason.CLOCK_SKEW, f"{inv.name}: {skew:+.1f} s")
-        key = (r.boot, r.seq)
-        last = (hs.boot, hs.seq)
-        if key == last:
-            return self._reject(RejectReason.SEQ_REPLAYED, f"{inv.name}: seq {r.seq}")
-        if key < last:
-            return self._reject(RejectReason.SEQ_OUT_OF_ORDER, f"{inv.name}: seq {r.seq}")
+        order = self._order(hs, r, now_mono)
+        if order is not None:
+            return order
         if len(r.vms) > s.max_vms_per_host:
             return self._reject(RejectReason.OVER_CAPACITY, f"{inv.name}: {len(r.vms)} VMs")
         tol1000 = s.capacity_tolerance * 1000
@@ -395,7 +396,11 @@ class Collector:
             return self._reject(RejectReason.OVER_CAPACITY, f"{inv.name}: cpu {total:.0f} mc")
 
         # accepted: update state
-        hs.boot, hs.seq = key
+        if r.boot != hs.boot:
+            if hs.boot >= 0:
+                hs.retired_boots.append(hs.boot)
+            hs.boot = r.boot
+        hs.seq = r.seq
         hs.recv_mono = now_mono
         hs.lag = -skew if skew < 0 else 0.0
         hs.offline = False
@@ -419,6 +424,26 @@ class Collector:
             new[name] = vs
         hs.vms = new
         return None
+
+    def _order(self, hs: _HostState, r: TelemetryV1, now_mono: float) -> RejectReason | None:
+        """Reports are ordered per agent process: ``boot`` names the process (an opaque id, not
+        compared as a number: a clock stepped back gives a restarted agent a lower one), ``seq``
+        orders its reports. A report from a process seen before the current one is late.
+        Nothing can wedge a host: after ``stale_after_s`` without an accepted report (the host is
+        stale anyway) the next valid report is accepted and ordering restarts from it; its
+        timestamp is still bounded by our own clock (``max_clock_skew_s``)."""
+        name = hs.inv.name
+        if r.boot == hs.boot and r.seq == hs.seq:
+            return self._reject(RejectReason.SEQ_REPLAYED, f"{name}: seq {r.seq}")
+        late = r.seq < hs.seq if r.boot == hs.boot else r.boot in hs.retired_boots
+        if not late:
+            return None
+        if hs.recv_mono is not None and now_mono - hs.recv_mono > self.settings.stale_after_s:
+            log.warning(
+                "telemetry_order_resync", host=name, boot=r.boot, seq=r.seq, last_seq=hs.seq
+            )
+            return None
+        return self._reject(RejectReason.SEQ_OUT_OF_ORDER, f"{name}: boot {r.boot} seq {r.seq}")
 
     def _note(self, hs: _HostState, state: HostState, age: float) -> None:
         """Log a host's state change once, when the model first sees it (a host goes stale by

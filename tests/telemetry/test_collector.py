@@ -146,6 +146,8 @@ def _one(c: Collector, topic: str, payload: bytes) -> RejectReason | None:
 def test_every_bad_kind_is_rejected_and_counted(env) -> None:
     c, clock, metrics = env
     now = clock.now()
+    # an earlier agent process (boot 0), then the current one (boot 1)
+    assert c.ingest(*msg(report("h1", 99, now, boot=0))) is None
     good = report("h1", 5, now)
     assert c.ingest(*msg(good)) is None
     t1 = telemetry_topic(CLUSTER, "h1")
@@ -206,7 +208,7 @@ def test_every_bad_kind_is_rejected_and_counted(env) -> None:
     # the host model was not touched by any rejected message
     snap = c.current()
     assert [v.name for v in snap.vms] == ["h1-vm1"]
-    assert metrics.total("telemetry_messages_total") == 1
+    assert metrics.total("telemetry_messages_total") == 2
     assert c.ingest(*msg(report("h1", 6, now))) is None
 
 
@@ -240,6 +242,66 @@ def test_agent_restart_new_boot_is_accepted(env) -> None:
     assert c.ingest(*msg(report("h1", 500, clock.now(), boot=1))) is None
     assert c.ingest(*msg(report("h1", 1, clock.now(), boot=2))) is None
     assert c.ingest(*msg(report("h1", 499, clock.now(), boot=1))) is RejectReason.SEQ_OUT_OF_ORDER
+
+
+def test_one_huge_boot_value_cannot_wedge_a_host(env) -> None:
+    """One accepted report with an absurd boot used to make every later report out of order."""
+    c, clock, _ = env
+    assert c.ingest(*msg(report("h1", 1, clock.now(), boot=(1 << 62) - 1))) is None
+    clock.advance(1)
+    assert c.ingest(*msg(report("h1", 2, clock.now(), boot=1))) is None
+    clock.advance(1)
+    assert c.ingest(*msg(report("h1", 3, clock.now(), boot=1))) is None
+    assert c.current().host("h1").state is HostState.ACTIVE
+    # the superseded process's late reports are refused
+    late = report("h1", 2, clock.now(), boot=(1 << 62) - 1)
+    assert c.ingest(*msg(late)) is RejectReason.SEQ_OUT_OF_ORDER
+
+
+def test_agent_restarted_after_a_clock_step_back_is_accepted(env) -> None:
+    """An agent whose clock ran 15 s ahead is corrected (clock stepped back) and restarts: its
+    new boot id (start time in ms) is lower than the old one. It used to stay stale."""
+    c, clock, _ = env
+    ahead = clock.now() + 15
+    boot1 = int(ahead * 1000)
+    for seq in range(1, 4):
+        clock.advance(1)
+        assert c.ingest(*msg(report("h1", seq, ahead + seq, boot=boot1))) is None
+    clock.advance(1)
+    boot2 = int(clock.now() * 1000)
+    assert boot2 < boot1
+    assert c.ingest(*msg(report("h1", 1, clock.now(), boot=boot2))) is None
+    clock.advance(10)
+    assert c.ingest(*msg(report("h1", 2, clock.now(), boot=boot2))) is None
+    assert c.current().host("h1").state is HostState.ACTIVE
+    assert c.host_view("h1").last_report is not None
+    assert c.host_view("h1").last_report.boot == boot2
+    # a clock step back without a restart: same process, seq goes on, ts goes back
+    clock.advance(1)
+    assert c.ingest(*msg(report("h1", 3, clock.now() - 10, boot=boot2))) is None
+
+
+def test_a_bad_seq_jump_recovers_once_the_host_is_stale(env) -> None:
+    """Within one agent process a single absurd seq makes the next reports out of order, but
+    only until the host would be stale: then the next valid report restarts the ordering."""
+    c, clock, metrics = env
+    assert c.ingest(*msg(report("h1", 1, clock.now()))) is None
+    assert c.ingest(*msg(report("h1", 1 << 61, clock.now()))) is None
+    seq = 2
+    for _ in range(3):
+        clock.advance(10)
+        seq += 1
+        assert c.ingest(*msg(report("h1", seq, clock.now()))) is RejectReason.SEQ_OUT_OF_ORDER
+    clock.advance(10)  # 40 s since the last accepted report: past stale_after_s=30
+    assert c.current().host("h1").state is HostState.STALE
+    assert c.ingest(*msg(report("h1", seq + 1, clock.now()))) is None
+    assert c.current().host("h1").state is HostState.ACTIVE
+    assert c.ingest(*msg(report("h1", seq + 1, clock.now()))) is RejectReason.SEQ_REPLAYED
+    assert metrics.total("telemetry_rejected_total", reason="seq_out_of_order") == 3
+    # a stale host still only takes reports whose timestamp our own clock vouches for
+    clock.advance(60)
+    old = report("h1", seq + 2, clock.now() - 3600)
+    assert c.ingest(*msg(old)) is RejectReason.CLOCK_SKEW
 
 
 def test_reject_log_lines_are_rate_limited(env, capsys) -> None:
