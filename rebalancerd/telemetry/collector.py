@@ -13,9 +13,13 @@ Rules (docs/telemetry.md):
 - A host is STALE when never heard from, when its last report is older than ``stale_after_s``,
   when its agent published ``offline`` (Last Will) after it, or when its agent cannot read libvirt
   (we do not know what runs there). DEGRADED when the agent's health signals say so.
-- The snapshot's VMs are those reported by non-stale hosts; CPU in reference millicores
-  (host millicores x inventory speed), ``cpu_used_mc`` is the EWMA, ``cpu_history_mc`` the
-  last samples.
+- Reports are ordered per agent process (``boot`` names it, ``seq`` orders its reports); a host
+  silent for ``stale_after_s`` accepts its next valid report whatever its seq (see ``_order``).
+- A VM belongs to the host whose libvirt runs it: another host listing it does not move it
+  while its owner's fresh reports list it (``telemetry/ownership.py``).
+- The snapshot's VMs are those reported by non-stale hosts, each on its owner; CPU in reference
+  millicores (host millicores x inventory speed), ``cpu_used_mc`` is the EWMA,
+  ``cpu_history_mc`` the last samples.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import structlog
 from rebalancerd.domain.model import ClusterSnapshot, Host, HostState, Vm
 from rebalancerd.ports import Clock, MetricsSink
 from rebalancerd.telemetry.inventory import Inventory, InventoryHost
+from rebalancerd.telemetry.ownership import VmOwners
 from rebalancerd.telemetry.schema import (
     NAME_RE,
     Rejection,
@@ -174,6 +179,9 @@ class Collector:
         }
         self.accepted = 0
         self.rejected: dict[RejectReason, int] = {}
+        """Rejected messages by reason (a refused VM claim is not a message: see owners)."""
+        self.owners = VmOwners(self._hosts, self._is_stale, metrics)
+        """Which host each VM belongs to; counts refused claims (``owners.claims_refused``)."""
         self._log_at: dict[RejectReason, float] = {}
         self._log_suppressed: dict[RejectReason, int] = {}
 
@@ -195,7 +203,7 @@ class Collector:
     def current(self) -> ClusterSnapshot:
         now = self.clock.monotonic()
         hosts: list[Host] = []
-        chosen: dict[str, tuple[bool, float, Vm]] = {}
+        chosen: list[Vm] = []
         ages: list[float] = []
         set_gauge = self.metrics.set
         for name, hs in self._hosts.items():
@@ -206,8 +214,10 @@ class Collector:
             if state is HostState.STALE:
                 continue
             ages.append(age)
-            recv = hs.recv_mono or 0.0
+            owns = self.owners.owns
             for vm_name, vs in hs.vms.items():
+                if not owns(name, vm_name, now):
+                    continue  # another host's VM
                 hist = vs.cpu.samples
                 vm = Vm(
                     name=vm_name,
@@ -219,15 +229,12 @@ class Collector:
                     cpu_history_mc=tuple(hist),
                     dirty_rate_mib_s=vs.dirty,
                 )
-                prev = chosen.get(vm_name)
-                key = (vs.running, recv)
-                if prev is None or key > (prev[0], prev[1]):
-                    chosen[vm_name] = (vs.running, recv, vm)
+                chosen.append(vm)
         set_gauge("telemetry_data_age_seconds", max(ages) if ages else -1.0)
         taken = self.clock.now() - (max(ages) if ages else 0.0)
         return ClusterSnapshot(
             hosts=tuple(hosts),
-            vms=tuple(c[2] for c in chosen.values()),
+            vms=tuple(chosen),
             taken_at=taken if ages else None,
         )
 
@@ -247,18 +254,16 @@ class Collector:
         return HostView(name, state, age, hs.last_report)
 
     def vm_view(self, name: str) -> VmView | None:
-        for host, hs in self._hosts.items():
-            vs = hs.vms.get(name)
-            if vs is not None:
-                return VmView(
-                    name,
-                    host,
-                    vs.cpu.last,
-                    vs.cpu.smoothed(),
-                    vs.cpu.percentile(95),
-                    len(vs.cpu),
-                )
-        return None
+        """The VM as its owner reports it (or, while no fresh host has it, the first lister)."""
+        listers = self.owners.listers(name)
+        if not listers:
+            return None
+        owner = self.owners.owner_of(name, self.clock.monotonic())
+        host = owner if owner in listers else next(h for h in self._hosts if h in listers)
+        vs = self._hosts[host].vms[name]
+        return VmView(
+            name, host, vs.cpu.last, vs.cpu.smoothed(), vs.cpu.percentile(95), len(vs.cpu)
+        )
 
     def report_lag_s(self, name: str) -> float:
         """How old the host's last accepted report was when it was ingested (seconds)."""
@@ -423,6 +428,7 @@ class Collector:
             vs.running = vm.state == "running"
             new[name] = vs
         hs.vms = new
+        self.owners.relist(inv.name, old, new, now_mono)
         return None
 
     def _order(self, hs: _HostState, r: TelemetryV1, now_mono: float) -> RejectReason | None:
@@ -473,6 +479,9 @@ class Collector:
                 state=state.value,
                 previous=prev.value if prev else None,
             )
+
+    def _is_stale(self, host: str, now: float) -> bool:
+        return self._state(self._hosts[host], now)[0] is HostState.STALE
 
     def _state(self, hs: _HostState, now: float) -> tuple[HostState, float]:
         if hs.recv_mono is None:

@@ -54,6 +54,9 @@ class RejectReason(StrEnum):
     CLOCK_SKEW = "clock_skew"
     QUEUE_FULL = "queue_full"
     """Dropped by the MQTT adapter because the collector fell behind (bounded inbox)."""
+    VM_OWNED_ELSEWHERE = "vm_owned_elsewhere"
+    """One VM of an accepted report, not the message: the report listed a VM running on another
+    host whose fresh reports keep listing it; the VM stays there (see Collector)."""
 
 
 @dataclass(frozen=True, slots=True)

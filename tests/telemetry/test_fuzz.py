@@ -31,7 +31,9 @@ def check_collector_batch(messages: list[tuple[str, bytes]]) -> tuple[Collector,
         clock.advance(0.5)
     accepted = sum(1 for r in outcomes if r is None)
     assert metrics.total("telemetry_messages_total") == accepted
-    assert metrics.total("telemetry_rejected_total") == len(outcomes) - accepted
+    claims = c.owners.claims_refused  # VMs refused inside accepted reports, not messages
+    assert metrics.total("telemetry_rejected_total", reason="vm_owned_elsewhere") == claims
+    assert metrics.total("telemetry_rejected_total") == len(outcomes) - accepted + claims
     for reason in set(outcomes) - {None}:
         assert reason is not None
         n = sum(1 for r in outcomes if r is reason)
