@@ -79,7 +79,7 @@ class VmOwners:
 
     def owns(self, host: str, name: str, now: float) -> bool:
         """Whether ``host`` (non-stale, listing ``name``) is where ``name`` belongs now."""
-        if len(self._listed[name]) == 1:
+        if len(self._listed.get(name, ())) <= 1:
             self._owner[name] = host
             return True
         return self.owner_of(name, now) == host

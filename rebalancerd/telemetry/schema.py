@@ -136,7 +136,7 @@ class TelemetryV1(Struct, frozen=True, kw_only=True, gc=False):
     cluster: Name
     host: Name
     boot: Count
-    """Agent start time in ms since the epoch; (boot, seq) orders the reports of one host."""
+    """Agent start time in ms since the epoch: names the agent process; seq orders its reports."""
     seq: Count
     ts: Annotated[float, Meta(gt=0, le=1e11)]
     """Wall-clock seconds since the epoch when the sample was taken."""
