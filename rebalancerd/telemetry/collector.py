@@ -215,8 +215,9 @@ class Collector:
                 continue
             ages.append(age)
             owns = self.owners.owns
+            listed = self.owners.listed
             for vm_name, vs in hs.vms.items():
-                if not owns(name, vm_name, now):
+                if len(listed.get(vm_name, ())) > 1 and not owns(name, vm_name, now):
                     continue  # another host's VM
                 hist = vs.cpu.samples
                 vm = Vm(
@@ -376,7 +377,7 @@ class Collector:
         skew = r.ts - now_wall
         if abs(skew) > s.max_clock_skew_s:
             return self._reject(RejectReason.CLOCK_SKEW, f"{inv.name}: {skew:+.1f} s")
-        order = self._order(hs, r, now_mono)
+        order, resync = self._order(hs, r, now_mono)
         if order is not None:
             return order
         if len(r.vms) > s.max_vms_per_host:
@@ -401,6 +402,10 @@ class Collector:
             return self._reject(RejectReason.OVER_CAPACITY, f"{inv.name}: cpu {total:.0f} mc")
 
         # accepted: update state
+        if resync:
+            log.warning(
+                "telemetry_order_resync", host=inv.name, boot=r.boot, seq=r.seq, last_seq=hs.seq
+            )
         if r.boot != hs.boot:
             if hs.boot >= 0:
                 hs.retired_boots.append(hs.boot)
@@ -431,8 +436,12 @@ class Collector:
         self.owners.relist(inv.name, old, new, now_mono)
         return None
 
-    def _order(self, hs: _HostState, r: TelemetryV1, now_mono: float) -> RejectReason | None:
-        """Reports are ordered per agent process: ``boot`` names the process (an opaque id, not
+    def _order(
+        self, hs: _HostState, r: TelemetryV1, now_mono: float
+    ) -> tuple[RejectReason | None, bool]:
+        """(rejection or None, whether ordering restarts although the report is late).
+
+        Reports are ordered per agent process: ``boot`` names the process (an opaque id, not
         compared as a number: a clock stepped back gives a restarted agent a lower one), ``seq``
         orders its reports. A report from a process seen before the current one is late.
         Nothing can wedge a host: after ``stale_after_s`` without an accepted report (the host is
@@ -440,16 +449,14 @@ class Collector:
         timestamp is still bounded by our own clock (``max_clock_skew_s``)."""
         name = hs.inv.name
         if r.boot == hs.boot and r.seq == hs.seq:
-            return self._reject(RejectReason.SEQ_REPLAYED, f"{name}: seq {r.seq}")
+            return self._reject(RejectReason.SEQ_REPLAYED, f"{name}: seq {r.seq}"), False
         late = r.seq < hs.seq if r.boot == hs.boot else r.boot in hs.retired_boots
         if not late:
-            return None
+            return None, False
         if hs.recv_mono is not None and now_mono - hs.recv_mono > self.settings.stale_after_s:
-            log.warning(
-                "telemetry_order_resync", host=name, boot=r.boot, seq=r.seq, last_seq=hs.seq
-            )
-            return None
-        return self._reject(RejectReason.SEQ_OUT_OF_ORDER, f"{name}: boot {r.boot} seq {r.seq}")
+            return None, True
+        reason = RejectReason.SEQ_OUT_OF_ORDER
+        return self._reject(reason, f"{name}: boot {r.boot} seq {r.seq}"), False
 
     def _note(self, hs: _HostState, state: HostState, age: float) -> None:
         """Log a host's state change once, when the model first sees it (a host goes stale by

@@ -77,11 +77,15 @@ class VmOwners:
     def listers(self, name: str) -> frozenset[str]:
         return frozenset(self._listed.get(name, ()))
 
+    @property
+    def listed(self) -> Mapping[str, set[str]]:
+        """VM -> the hosts listing it (read-only use: the collector's fast path)."""
+        return self._listed
+
     def owns(self, host: str, name: str, now: float) -> bool:
         """Whether ``host`` (non-stale, listing ``name``) is where ``name`` belongs now."""
         if len(self._listed.get(name, ())) <= 1:
-            self._owner[name] = host
-            return True
+            return True  # a VM listed by one host is owned by it
         return self.owner_of(name, now) == host
 
     def relist(
@@ -94,30 +98,34 @@ class VmOwners:
         """After ``host``'s accepted report (VMs ``old`` before, ``new`` now): update the index,
         release the VMs it no longer lists, refuse (count, log) its claims to others' VMs."""
         listed = self._listed
+        owner = self._owner
         for name in old.keys() - new.keys():
             hosts = listed.get(name)
             if hosts is not None:
                 hosts.discard(host)
                 if not hosts:
                     del listed[name]
-            if self._owner.get(name) == host:
-                del self._owner[name]  # handed over: the best other lister takes it
+            if owner.get(name) == host:
+                del owner[name]  # handed over: the best other lister takes it
+                if hosts is not None and len(hosts) == 1:
+                    owner[name] = next(iter(hosts))
             self._end_claim(name, host)
         for name in new.keys() - old.keys():
             hosts = listed.get(name)
             if hosts is None:
                 listed[name] = {host}
+                owner[name] = host
             else:
                 hosts.add(host)
+        # Invariant: a VM listed by one host is owned by it; only shared VMs need a decision.
         for name, vm in new.items():
             if len(listed[name]) == 1:
-                self._owner[name] = host
                 continue
-            owner = self.owner_of(name, now)
-            if owner == host or owner is None or not vm.running:
+            current = self.owner_of(name, now)
+            if current == host or current is None or not vm.running:
                 self._end_claim(name, host)  # its own, or a paused incoming migration
                 continue
-            self._refuse_claim(name, host, owner)
+            self._refuse_claim(name, host, current)
 
     def owner_of(self, name: str, now: float) -> str | None:
         """The host ``name`` belongs to now, settling a due handover: the owner keeps it while it

@@ -372,6 +372,8 @@ def test_agent_restarted_after_a_clock_step_back_is_accepted(env) -> None:
 def test_a_bad_seq_jump_recovers_once_the_host_is_stale(env) -> None:
     """Within one agent process a single absurd seq makes the next reports out of order, but
     only until the host would be stale: then the next valid report restarts the ordering."""
+    from structlog.testing import capture_logs
+
     c, clock, metrics = env
     assert c.ingest(*msg(report("h1", 1, clock.now()))) is None
     assert c.ingest(*msg(report("h1", 1 << 61, clock.now()))) is None
@@ -382,7 +384,11 @@ def test_a_bad_seq_jump_recovers_once_the_host_is_stale(env) -> None:
         assert c.ingest(*msg(report("h1", seq, clock.now()))) is RejectReason.SEQ_OUT_OF_ORDER
     clock.advance(10)  # 40 s since the last accepted report: past stale_after_s=30
     assert c.current().host("h1").state is HostState.STALE
-    assert c.ingest(*msg(report("h1", seq + 1, clock.now()))) is None
+    with capture_logs() as logs:
+        assert c.ingest(*msg(report("h1", seq + 1, clock.now()))) is None
+    assert [e["event"] for e in logs if e["event"] == "telemetry_order_resync"] == [
+        "telemetry_order_resync"
+    ]
     assert c.current().host("h1").state is HostState.ACTIVE
     assert c.ingest(*msg(report("h1", seq + 1, clock.now()))) is RejectReason.SEQ_REPLAYED
     assert metrics.total("telemetry_rejected_total", reason="seq_out_of_order") == 3
