@@ -255,3 +255,29 @@ def test_duplicate_name_check_is_linear() -> None:
     with pytest.raises(ValueError, match="duplicate host names"):
         ClusterSnapshot(many_hosts, ())
     assert time.monotonic() - t0 < 5.0
+
+
+@pytest.mark.parametrize("kind", ["binary", "deep", "dev_zero", "tiny_speed"])
+def test_hostile_inventory_file_through_run_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    """`rebalancerd run --check` reads the inventory file named by the daemon config."""
+    inv = tmp_path / "inventory.yaml"
+    if kind == "binary":
+        inv.write_bytes(BINARY)
+        needle = "not UTF-8 text"
+    elif kind == "deep":
+        inv.write_text("hosts: " + "[" * 20_000 + "]" * 20_000 + "\n")
+        needle = "nested too deeply"
+    elif kind == "dev_zero":
+        inv = Path("/dev/zero")
+        needle = "file too large"
+    else:
+        inv.write_text(
+            "hosts:\n  - {name: h1, libvirt_uri: 'qemu:///system', cores: 1, memory_mib: 1,"
+            " speed: 1.0e-300}\n"
+        )
+        needle = "rounds to 0 millicores"
+    cfg = tmp_path / "rebalancerd.yaml"
+    cfg.write_text(f"inventory: {inv}\nstate_dir: {tmp_path / 'state'}\n")
+    one_line_error(capsys, ["run", "--check", "--config", str(cfg)], needle)
