@@ -3,10 +3,13 @@
     .venv/bin/python benchmarks/fuzz_telemetry.py [--inputs 100000] [--batch 20]
 
 Every input is a (topic, payload) pair from tests/telemetry/strategies.py: mutated valid reports,
-truncated JSON, NaN/Infinity, hostile names, arbitrary bytes and topics, bogus status messages.
+truncated JSON, NaN/Infinity, hostile names, arbitrary bytes and topics, bogus status messages,
+JSON nested up to 40,000 deep, huge numbers (1e300, 2^63, 400-digit integers) and ownership
+claims (several hosts listing the same VMs, running or paused).
 Checks: zero exceptions escape ``Collector.ingest``, every input is either accepted or counted
-under exactly one reject reason (metrics agree), the ingest safety net never fires, state stays
-bounded. Last line: one JSON object of the figures.
+under exactly one reject reason (metrics agree; VM claims refused inside accepted reports are
+counted apart, under ``vm_owned_elsewhere``), the ingest safety net never fires, every VM of the
+model is on exactly one host, state stays bounded. Last line: one JSON object of the figures.
 """
 
 from __future__ import annotations
@@ -81,7 +84,10 @@ def main() -> int:
 
     accepted = outcomes.pop("accepted", 0)
     rejected = sum(outcomes.values())
-    counted = metrics.total("telemetry_rejected_total")
+    claims = collector.owners.claims_refused
+    claims_counted = metrics.total("telemetry_rejected_total", reason="vm_owned_elsewhere")
+    counted = metrics.total("telemetry_rejected_total") - claims_counted
+    one_host_each = len({v.name for v in snap.vms}) == len(snap.vms)
     per_reason_ok = all(
         metrics.total("telemetry_rejected_total", reason=k) == v for k, v in outcomes.items()
     )
@@ -94,6 +100,7 @@ def main() -> int:
     print(f"rejected          {rejected} (metric total {counted:.0f})")
     for k, v in sorted(outcomes.items(), key=lambda kv: -kv[1]):
         print(f"  {k:<18} {v}")
+    print(f"claims refused    {claims} (metric {claims_counted:.0f})")
     print(f"crashes           {len(crashes)}")
     print(f"safety-net errors {safety_net:.0f}")
     print(f"max VMs held      {max_vms[0]} (hosts {len(snap.hosts)})")
@@ -104,6 +111,8 @@ def main() -> int:
         and safety_net == 0
         and counted == rejected
         and per_reason_ok
+        and claims_counted == claims
+        and one_host_each
         and accepted + rejected == inputs[0]
         and metrics.total("telemetry_messages_total") == accepted
     )
@@ -117,6 +126,7 @@ def main() -> int:
                 "uncounted": inputs[0] - accepted - int(counted),
                 "safety_net_errors": int(safety_net),
                 "reasons": dict(outcomes),
+                "claims_refused": claims,
                 "elapsed_s": round(elapsed, 1),
                 "ok": ok,
             }

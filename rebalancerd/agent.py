@@ -23,6 +23,7 @@ from rebalancerd.adapters.host_stats import HealthThresholds, HostStatsReader
 from rebalancerd.adapters.libvirt_stats import LibvirtStatsReader, LibvirtUnavailable
 from rebalancerd.adapters.mqtt import Backoff, BrokerSettings, MqttConfigError, Publisher
 from rebalancerd.adapters.systemd import NullNotifier
+from rebalancerd.files import InputFileError, read_bounded_text
 from rebalancerd.ports import ServiceNotifier
 from rebalancerd.telemetry.schema import (
     NAME_PATTERN,
@@ -34,12 +35,15 @@ from rebalancerd.telemetry.schema import (
 log = structlog.get_logger("rebalancerd.agent")
 
 
+MAX_AGENT_CONFIG_BYTES = 1024 * 1024
+
+
 class AgentConfigError(ValueError):
     """An agent config that cannot be used; one line."""
 
 
 class HealthConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     temp_degraded_c: float = 90.0
     memory_full_pressure_pct: float = 25.0
@@ -47,7 +51,7 @@ class HealthConfig(BaseModel):
 
 
 class AgentConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     host: Annotated[str, Field(pattern=NAME_PATTERN)]
     """This hypervisor's name, exactly as in the daemon's inventory."""
@@ -60,15 +64,18 @@ class AgentConfig(BaseModel):
 
 
 def load_agent_config(path: str | Path) -> AgentConfig:
+    """Read and validate an agent config (at most MAX_AGENT_CONFIG_BYTES are read)."""
     p = Path(path)
     try:
-        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise AgentConfigError(f"agent config {p}: {e.strerror or e}") from None
+        doc = yaml.safe_load(read_bounded_text(p, MAX_AGENT_CONFIG_BYTES))
+    except InputFileError as e:
+        raise AgentConfigError(f"agent config {e}") from None
     except yaml.YAMLError as e:
         raise AgentConfigError(
             f"agent config {p}: not valid YAML ({str(e).splitlines()[0]})"
         ) from None
+    except RecursionError:
+        raise AgentConfigError(f"agent config {p}: YAML nested too deeply") from None
     try:
         return AgentConfig.model_validate(doc)
     except ValidationError as e:

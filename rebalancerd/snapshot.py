@@ -23,6 +23,7 @@ from rebalancerd.domain.model import (
     PowerCurve,
     Vm,
 )
+from rebalancerd.files import InputFileError, read_bounded
 
 SNAPSHOT_VERSION = 1
 MAX_SNAPSHOT_BYTES = 512 * 1024 * 1024
@@ -36,18 +37,32 @@ class _M(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-NonNeg = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+# Bounds: far above any real cluster, and low enough that no sum, product or scaling the planner
+# does with them can overflow a 64-bit integer or a float (1e300 cores, 2**63 MiB or a weight of
+# 1e308 used to crash the solver, or print Infinity in a plan).
+MAX_MIB = 1 << 40
+"""1 EiB."""
+MAX_CORES_USED = 1_000_000.0
+MAX_DIRTY_MIB_S = 1e9
+MAX_WEIGHT = 1e6
+MAX_WATTS = 1e7
+MAX_EPOCH_S = 1e11
+
+Cores = Annotated[float, Field(ge=0, le=MAX_CORES_USED, allow_inf_nan=False)]
+Mib = Annotated[int, Field(gt=0, le=MAX_MIB)]
+Mib0 = Annotated[int, Field(ge=0, le=MAX_MIB)]
+Weight = Annotated[float, Field(gt=0, le=MAX_WEIGHT, allow_inf_nan=False)]
 
 
 class HostDoc(_M):
     name: Annotated[str, Field(min_length=1, max_length=253)]
     cores: Annotated[int, Field(gt=0, le=100_000)]
-    memory_mib: Annotated[int, Field(gt=0)]
+    memory_mib: Mib
     state: HostState = HostState.ACTIVE
     tags: list[str] = Field(default_factory=list)
     speed: Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)] = 1.0
-    power_curve: list[NonNeg] | None = Field(
-        default=None, description="Watts at evenly spaced load steps 0..100 %."
+    power_curve: list[Annotated[float, Field(ge=0, le=MAX_WATTS, allow_inf_nan=False)]] | None = (
+        Field(default=None, description="Watts at evenly spaced load steps 0..100 %.")
     )
     cpu_model: str = ""
     cpu_features: list[str] = Field(default_factory=list)
@@ -57,13 +72,13 @@ class VmDoc(_M):
     name: Annotated[str, Field(min_length=1, max_length=253)]
     host: Annotated[str, Field(min_length=1)]
     vcpus: Annotated[int, Field(gt=0, le=10_000)]
-    memory_mib: Annotated[int, Field(gt=0)]
-    cpu_used: NonNeg = Field(default=0.0, description="CPU in use, in reference cores.")
-    memory_used_mib: Annotated[int, Field(ge=0)] = 0
-    cpu_history: list[NonNeg] = Field(default_factory=list, description="Recent CPU, cores.")
-    dirty_rate_mib_s: NonNeg = 0.0
+    memory_mib: Mib
+    cpu_used: Cores = Field(default=0.0, description="CPU in use, in reference cores.")
+    memory_used_mib: Mib0 = 0
+    cpu_history: list[Cores] = Field(default_factory=list, description="Recent CPU, cores.")
+    dirty_rate_mib_s: Annotated[float, Field(ge=0, le=MAX_DIRTY_MIB_S, allow_inf_nan=False)] = 0.0
     tags: list[str] = Field(default_factory=list)
-    local_disk_mib: Annotated[int, Field(ge=0)] = 0
+    local_disk_mib: Mib0 = 0
     migratable: bool = True
     cpu_model: str = ""
     required_cpu_features: list[str] = Field(default_factory=list)
@@ -73,14 +88,14 @@ class GroupDoc(_M):
     name: str
     vms: list[str]
     hard: bool = True
-    weight: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 1.0
+    weight: Weight = 1.0
 
 
 class PinDoc(_M):
     vm: str
     hosts: list[str]
     hard: bool = True
-    weight: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 1.0
+    weight: Weight = 1.0
 
 
 class RulesDoc(_M):
@@ -92,7 +107,9 @@ class RulesDoc(_M):
 
 class SnapshotDoc(_M):
     version: Literal[1]
-    taken_at: Annotated[float, Field(allow_inf_nan=False)] | None = None
+    taken_at: (
+        Annotated[float, Field(ge=-MAX_EPOCH_S, le=MAX_EPOCH_S, allow_inf_nan=False)] | None
+    ) = None
     hosts: list[HostDoc]
     vms: list[VmDoc] = Field(default_factory=list)
     rules: RulesDoc = Field(default_factory=RulesDoc)
@@ -216,6 +233,8 @@ def loads(text: str | bytes, source: str = "<snapshot>") -> ClusterSnapshot:
         raw = json.loads(text, parse_constant=_reject_constant)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise SnapshotError(f"{source}: not valid JSON: {e}") from None
+    except RecursionError:
+        raise SnapshotError(f"{source}: JSON nested too deeply") from None
     except ValueError as e:
         raise SnapshotError(f"{source}: {e}") from None
     if not isinstance(raw, dict):
@@ -240,19 +259,12 @@ def _reject_constant(name: str) -> Any:
 
 
 def load(path: str | Path) -> ClusterSnapshot:
-    p = Path(path)
+    """Read a snapshot file: at most MAX_SNAPSHOT_BYTES + 1 bytes are read, whatever it is."""
     try:
-        size = p.stat().st_size
-        if size > MAX_SNAPSHOT_BYTES:
-            raise SnapshotError(f"{p}: file too large ({size} bytes)")
-        data = p.read_bytes()
-    except FileNotFoundError:
-        raise SnapshotError(f"{p}: no such file") from None
-    except IsADirectoryError:
-        raise SnapshotError(f"{p}: is a directory, expected a snapshot JSON file") from None
-    except PermissionError:
-        raise SnapshotError(f"{p}: permission denied") from None
-    return loads(data, str(p))
+        data = read_bounded(path, MAX_SNAPSHOT_BYTES)
+    except InputFileError as e:
+        raise SnapshotError(str(e)) from None
+    return loads(data, str(path))
 
 
 def dumps(snap: ClusterSnapshot, indent: int | None = 2) -> str:

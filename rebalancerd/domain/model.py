@@ -6,6 +6,8 @@ CPU in millicores (1 core = 1000), memory in MiB.
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -38,8 +40,8 @@ class PowerCurve:
     def __post_init__(self) -> None:
         if len(self.watts) < 2:
             raise ValueError("a power curve needs at least two points (0 % and 100 %)")
-        if any(w < 0 for w in self.watts):
-            raise ValueError("power curve watts must be >= 0")
+        if not all(0 <= w < math.inf for w in self.watts):
+            raise ValueError("power curve watts must be finite and >= 0")
 
     def at(self, utilisation: float) -> float:
         """Power at a CPU utilisation in [0, 1] (clamped)."""
@@ -80,8 +82,12 @@ class Host:
             raise ValueError(f"host {self.name}: cores must be > 0")
         if self.memory_mib <= 0:
             raise ValueError(f"host {self.name}: memory_mib must be > 0")
-        if not self.speed > 0:
-            raise ValueError(f"host {self.name}: speed must be > 0")
+        if not 0 < self.speed < math.inf:
+            raise ValueError(f"host {self.name}: speed must be finite and > 0")
+        if self.cpu_capacity_mc < 1:
+            raise ValueError(
+                f"host {self.name}: CPU capacity (cores x speed) rounds to 0 millicores"
+            )
 
     @property
     def cpu_capacity_mc(self) -> int:
@@ -122,8 +128,8 @@ class Vm:
             raise ValueError(f"vm {self.name}: memory_mib must be > 0")
         if self.cpu_used_mc < 0 or self.memory_used_mib < 0:
             raise ValueError(f"vm {self.name}: usage must be >= 0")
-        if self.dirty_rate_mib_s < 0 or self.local_disk_mib < 0:
-            raise ValueError(f"vm {self.name}: dirty rate and disk must be >= 0")
+        if not 0 <= self.dirty_rate_mib_s < math.inf or self.local_disk_mib < 0:
+            raise ValueError(f"vm {self.name}: dirty rate (finite) and disk must be >= 0")
 
     def cpu_demand_mc(self, percentile: float | None = None, window: int | None = None) -> int:
         """Predicted CPU demand: a high percentile of recent history, at least current use."""
@@ -237,14 +243,12 @@ class ClusterSnapshot:
 
     def __post_init__(self) -> None:
         names = [h.name for h in self.hosts]
-        if len(set(names)) != len(names):
-            dup = sorted({n for n in names if names.count(n) > 1})
-            raise ValueError(f"duplicate host names: {', '.join(dup)}")
+        known = set(names)
+        if len(known) != len(names):
+            raise ValueError(f"duplicate host names: {', '.join(_repeated(names))}")
         vnames = [v.name for v in self.vms]
         if len(set(vnames)) != len(vnames):
-            dup = sorted({n for n in vnames if vnames.count(n) > 1})
-            raise ValueError(f"duplicate vm names: {', '.join(dup[:10])}")
-        known = set(names)
+            raise ValueError(f"duplicate vm names: {', '.join(_repeated(vnames)[:10])}")
         for v in self.vms:
             if v.host not in known:
                 raise ValueError(f"vm {v.name} is on unknown host {v.host!r}")
@@ -288,6 +292,11 @@ class ClusterSnapshot:
     def with_host_states(self, states: Mapping[str, HostState]) -> ClusterSnapshot:
         hosts = tuple(h.with_state(states[h.name]) if h.name in states else h for h in self.hosts)
         return replace(self, hosts=hosts)
+
+
+def _repeated(names: list[str]) -> list[str]:
+    """The names that occur more than once, sorted (linear: one counting pass)."""
+    return sorted(n for n, k in Counter(names).items() if k > 1)
 
 
 def power_curve_from_points(points: Iterable[float]) -> PowerCurve:

@@ -17,6 +17,7 @@ Bad input raises :class:`TraceError` with a one-line message naming the file and
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 from dataclasses import dataclass
@@ -26,7 +27,15 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from rebalancerd.files import InputFileError, read_bounded_text
+
 PLANETLAB_INTERVAL_S = 300.0
+MAX_TRACE_FILE_BYTES = 256 * 1024 * 1024
+"""Size cap of one trace file (a PlanetLab VM file, or a whole CSV trace)."""
+MAX_TRACE_CELLS = 20_000_000
+"""VMs x samples: the cpu table (and the memory table) are float64 arrays of this many cells."""
+MAX_ABS_TIMESTAMP = 1e11
+MAX_MEMORY_MIB = float(1 << 40)
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -97,9 +106,9 @@ def read_planetlab(directory: str | os.PathLike[str]) -> Trace:
     for p in files:
         values: list[float] = []
         try:
-            text = p.read_text(encoding="utf-8", errors="strict")
-        except (OSError, UnicodeDecodeError) as e:
-            raise TraceError(f"{p}: cannot read: {e}") from None
+            text = read_bounded_text(p, MAX_TRACE_FILE_BYTES)
+        except InputFileError as e:
+            raise TraceError(str(e)) from None
         for lineno, line in enumerate(text.splitlines(), 1):
             s = line.strip()
             if not s:
@@ -122,29 +131,38 @@ def read_planetlab(directory: str | os.PathLike[str]) -> Trace:
 
 def _parse_ts(raw: str, where: str) -> float:
     try:
-        return float(raw)
+        ts = float(raw)
     except ValueError:
-        pass
-    try:
-        dt = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        raise TraceError(f"{where}: bad timestamp {raw[:40]!r}") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return dt.timestamp()
+        try:
+            dt = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        except ValueError:
+            raise TraceError(f"{where}: bad timestamp {raw[:40]!r}") from None
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=UTC)
+        ts = dt.timestamp()
+    if not -MAX_ABS_TIMESTAMP <= ts <= MAX_ABS_TIMESTAMP:  # also refuses inf and nan
+        raise TraceError(f"{where}: timestamp {raw[:40]!r} out of range")
+    return ts
 
 
 def read_csv(path: str | os.PathLike[str], interval_s: float = PLANETLAB_INTERVAL_S) -> Trace:
     """Generic CSV: timestamp, vm, cpu (percent of the VM), optional memory (MiB)."""
     p = Path(path)
-    if interval_s <= 0:
+    if not (0 < interval_s < math.inf):
         raise TraceError("csv trace: interval must be > 0")
     try:
-        fh = p.open(newline="", encoding="utf-8")
-    except OSError as e:
-        raise TraceError(f"{p}: cannot read: {e}") from None
+        text = read_bounded_text(p, MAX_TRACE_FILE_BYTES)
+    except InputFileError as e:
+        raise TraceError(str(e)) from None
+    try:
+        return _parse_csv(p, text, interval_s)
+    except csv.Error as e:
+        raise TraceError(f"{p}: not a CSV file ({e})") from None
+
+
+def _parse_csv(p: Path, text: str, interval_s: float) -> Trace:
     samples: dict[str, dict[int, tuple[float, float | None]]] = {}
-    with fh:
+    with io.StringIO(text, newline="") as fh:
         reader = csv.DictReader(fh)
         fields = [f.strip().lower() for f in (reader.fieldnames or [])]
         need = {"timestamp", "vm", "cpu"}
@@ -167,8 +185,8 @@ def read_csv(path: str | os.PathLike[str], interval_s: float = PLANETLAB_INTERVA
                 raise TraceError(f"{where}: cpu/memory must be numbers") from None
             if math.isnan(cpu) or not 0.0 <= cpu <= 100.0:
                 raise TraceError(f"{where}: cpu {cpu} outside 0..100")
-            if mem is not None and (math.isnan(mem) or mem < 0):
-                raise TraceError(f"{where}: memory {mem} must be >= 0")
+            if mem is not None and not 0 <= mem <= MAX_MEMORY_MIB:
+                raise TraceError(f"{where}: memory {mem} must be in 0..{MAX_MEMORY_MIB:.0f} MiB")
             raw.append((ts, vm, cpu / 100.0, mem))
     if not raw:
         raise TraceError(f"{p}: no samples")
@@ -177,6 +195,11 @@ def read_csv(path: str | os.PathLike[str], interval_s: float = PLANETLAB_INTERVA
         samples.setdefault(vm, {})[int((ts - t0) // interval_s)] = (cpu, mem)
     width = max(max(d) for d in samples.values()) + 1
     names = tuple(sorted(samples))
+    if width * len(names) > MAX_TRACE_CELLS:
+        raise TraceError(
+            f"{p}: {len(names)} VMs x {width} samples of {interval_s:g} s is more than "
+            f"{MAX_TRACE_CELLS} cells (timestamps too far apart?)"
+        )
     cpu_t = np.zeros((len(names), width))
     mem_t = np.zeros((len(names), width)) if has_mem else None
     for i, vm in enumerate(names):

@@ -14,14 +14,19 @@ Rules (docs/telemetry.md):
 - A host is STALE when never heard from, when its last report is older than ``stale_after_s``,
   when its agent published ``offline`` (Last Will) after it, or when its agent cannot read libvirt
   (we do not know what runs there). DEGRADED when the agent's health signals say so.
-- The snapshot's VMs are those reported by non-stale hosts; CPU in reference millicores
-  (host millicores x inventory speed), ``cpu_used_mc`` is the EWMA, ``cpu_history_mc`` the
-  last samples.
+- Reports are ordered per agent process (``boot`` names it, ``seq`` orders its reports); a host
+  silent for ``stale_after_s`` accepts its next valid report whatever its seq (see ``_order``).
+- A VM belongs to the host whose libvirt runs it: another host listing it does not move it
+  while its owner's fresh reports list it (``telemetry/ownership.py``).
+- The snapshot's VMs are those reported by non-stale hosts, each on its owner; CPU in reference
+  millicores (host millicores x inventory speed), ``cpu_used_mc`` is the EWMA,
+  ``cpu_history_mc`` the last samples.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -30,6 +35,7 @@ import structlog
 from rebalancerd.domain.model import ClusterSnapshot, Host, HostState, Vm
 from rebalancerd.ports import Clock, Message, MessageStream, MetricsSink
 from rebalancerd.telemetry.inventory import Inventory, InventoryHost
+from rebalancerd.telemetry.ownership import VmOwners
 from rebalancerd.telemetry.schema import (
     NAME_RE,
     Rejection,
@@ -100,6 +106,7 @@ class _HostState:
         "noted_state",
         "offline",
         "recv_mono",
+        "retired_boots",
         "seq",
         "tokens",
         "tokens_at",
@@ -110,6 +117,8 @@ class _HostState:
         self.inv = inv
         self.boot = -1
         self.seq = -1
+        self.retired_boots: deque[int] = deque(maxlen=8)
+        """Boot ids of this host's earlier agent processes (their late reports are refused)."""
         self.recv_mono: float | None = None
         self.lag = 0.0
         self.offline = False
@@ -179,6 +188,9 @@ class Collector:
         }
         self.accepted = 0
         self.rejected: dict[RejectReason, int] = {}
+        """Rejected messages by reason (a refused VM claim is not a message: see owners)."""
+        self.owners = VmOwners(self._hosts, self._is_stale, metrics)
+        """Which host each VM belongs to; counts refused claims (``owners.claims_refused``)."""
         self._log_at: dict[RejectReason, float] = {}
         self._log_suppressed: dict[RejectReason, int] = {}
 
@@ -200,7 +212,7 @@ class Collector:
     def current(self) -> ClusterSnapshot:
         now = self.clock.monotonic()
         hosts: list[Host] = []
-        chosen: dict[str, tuple[bool, float, Vm]] = {}
+        chosen: list[Vm] = []
         ages: list[float] = []
         set_gauge = self.metrics.set
         for name, hs in self._hosts.items():
@@ -211,8 +223,11 @@ class Collector:
             if state is HostState.STALE:
                 continue
             ages.append(age)
-            recv = hs.recv_mono or 0.0
+            owns = self.owners.owns
+            listed = self.owners.listed
             for vm_name, vs in hs.vms.items():
+                if len(listed.get(vm_name, ())) > 1 and not owns(name, vm_name, now):
+                    continue  # another host's VM
                 hist = vs.cpu.samples
                 vm = Vm(
                     name=vm_name,
@@ -224,15 +239,12 @@ class Collector:
                     cpu_history_mc=tuple(hist),
                     dirty_rate_mib_s=vs.dirty,
                 )
-                prev = chosen.get(vm_name)
-                key = (vs.running, recv)
-                if prev is None or key > (prev[0], prev[1]):
-                    chosen[vm_name] = (vs.running, recv, vm)
+                chosen.append(vm)
         set_gauge("telemetry_data_age_seconds", max(ages) if ages else -1.0)
         taken = self.clock.now() - (max(ages) if ages else 0.0)
         return ClusterSnapshot(
             hosts=tuple(hosts),
-            vms=tuple(c[2] for c in chosen.values()),
+            vms=tuple(chosen),
             taken_at=taken if ages else None,
         )
 
@@ -256,18 +268,16 @@ class Collector:
         return HostView(name, state, age, hs.last_report)
 
     def vm_view(self, name: str) -> VmView | None:
-        for host, hs in self._hosts.items():
-            vs = hs.vms.get(name)
-            if vs is not None:
-                return VmView(
-                    name,
-                    host,
-                    vs.cpu.last,
-                    vs.cpu.smoothed(),
-                    vs.cpu.percentile(95),
-                    len(vs.cpu),
-                )
-        return None
+        """The VM as its owner reports it (or, while no fresh host has it, the first lister)."""
+        listers = self.owners.listers(name)
+        if not listers:
+            return None
+        owner = self.owners.owner_of(name, self.clock.monotonic())
+        host = owner if owner in listers else next(h for h in self._hosts if h in listers)
+        vs = self._hosts[host].vms[name]
+        return VmView(
+            name, host, vs.cpu.last, vs.cpu.smoothed(), vs.cpu.percentile(95), len(vs.cpu)
+        )
 
     def report_lag_s(self, name: str) -> float:
         """How old the host's last accepted report was when it was ingested (seconds)."""
@@ -376,12 +386,9 @@ class Collector:
         skew = r.ts - now_wall
         if abs(skew) > s.max_clock_skew_s:
             return self._reject(RejectReason.CLOCK_SKEW, f"{inv.name}: {skew:+.1f} s")
-        key = (r.boot, r.seq)
-        last = (hs.boot, hs.seq)
-        if key == last:
-            return self._reject(RejectReason.SEQ_REPLAYED, f"{inv.name}: seq {r.seq}")
-        if key < last:
-            return self._reject(RejectReason.SEQ_OUT_OF_ORDER, f"{inv.name}: seq {r.seq}")
+        order, resync = self._order(hs, r, now_mono)
+        if order is not None:
+            return order
         if len(r.vms) > s.max_vms_per_host:
             return self._reject(RejectReason.OVER_CAPACITY, f"{inv.name}: {len(r.vms)} VMs")
         tol1000 = s.capacity_tolerance * 1000
@@ -404,7 +411,15 @@ class Collector:
             return self._reject(RejectReason.OVER_CAPACITY, f"{inv.name}: cpu {total:.0f} mc")
 
         # accepted: update state
-        hs.boot, hs.seq = key
+        if resync:
+            log.warning(
+                "telemetry_order_resync", host=inv.name, boot=r.boot, seq=r.seq, last_seq=hs.seq
+            )
+        if r.boot != hs.boot:
+            if hs.boot >= 0:
+                hs.retired_boots.append(hs.boot)
+            hs.boot = r.boot
+        hs.seq = r.seq
         hs.recv_mono = now_mono
         hs.lag = -skew if skew < 0 else 0.0
         hs.offline = False
@@ -427,7 +442,30 @@ class Collector:
             vs.running = vm.state == "running"
             new[name] = vs
         hs.vms = new
+        self.owners.relist(inv.name, old, new, now_mono)
         return None
+
+    def _order(
+        self, hs: _HostState, r: TelemetryV1, now_mono: float
+    ) -> tuple[RejectReason | None, bool]:
+        """(rejection or None, whether ordering restarts although the report is late).
+
+        Reports are ordered per agent process: ``boot`` names the process (an opaque id, not
+        compared as a number: a clock stepped back gives a restarted agent a lower one), ``seq``
+        orders its reports. A report from a process seen before the current one is late.
+        Nothing can wedge a host: after ``stale_after_s`` without an accepted report (the host is
+        stale anyway) the next valid report is accepted and ordering restarts from it; its
+        timestamp is still bounded by our own clock (``max_clock_skew_s``)."""
+        name = hs.inv.name
+        if r.boot == hs.boot and r.seq == hs.seq:
+            return self._reject(RejectReason.SEQ_REPLAYED, f"{name}: seq {r.seq}"), False
+        late = r.seq < hs.seq if r.boot == hs.boot else r.boot in hs.retired_boots
+        if not late:
+            return None, False
+        if hs.recv_mono is not None and now_mono - hs.recv_mono > self.settings.stale_after_s:
+            return None, True
+        reason = RejectReason.SEQ_OUT_OF_ORDER
+        return self._reject(reason, f"{name}: boot {r.boot} seq {r.seq}"), False
 
     def _note(self, hs: _HostState, state: HostState, age: float) -> None:
         """Log a host's state change once, when the model first sees it (a host goes stale by
@@ -457,6 +495,9 @@ class Collector:
                 state=state.value,
                 previous=prev.value if prev else None,
             )
+
+    def _is_stale(self, host: str, now: float) -> bool:
+        return self._state(self._hosts[host], now)[0] is HostState.STALE
 
     def _state(self, hs: _HostState, now: float) -> tuple[HostState, float]:
         if hs.recv_mono is None:

@@ -22,10 +22,23 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from rebalancerd.domain.model import Host, HostState
+from rebalancerd.files import InputFileError, read_bounded_text
 from rebalancerd.telemetry.schema import NAME_PATTERN
+
+MAX_INVENTORY_BYTES = 64 * 1024 * 1024
+MAX_MEMORY_MIB = 1 << 40
+"""1 EiB: far above any host, low enough that sums over a fleet stay exact 64-bit integers."""
 
 _URI_SCHEMES = ("qemu", "qemu+ssh", "qemu+tcp", "qemu+tls", "qemu+unix", "qemu+libssh2", "test")
 _MIGRATION_SCHEMES = ("tcp", "tls", "rdma", "unix")
@@ -54,7 +67,7 @@ class InventoryHost(BaseModel):
     migration_uri: str | None = None
     """Address QEMU migrates to on this host (e.g. ``tcp://10.0.0.1``); None = libvirt's choice."""
     cores: Annotated[int, Field(gt=0, le=100_000)]
-    memory_mib: Annotated[int, Field(gt=0)]
+    memory_mib: Annotated[int, Field(gt=0, le=MAX_MEMORY_MIB)]
     speed: Annotated[float, Field(gt=0, le=1000)] = 1.0
     tags: list[Annotated[str, Field(min_length=1, max_length=253)]] = Field(default_factory=list)
     cpu_model: str = ""
@@ -69,6 +82,14 @@ class InventoryHost(BaseModel):
     @classmethod
     def _migration(cls, v: str | None) -> str | None:
         return None if v is None else _check_uri(v, _MIGRATION_SCHEMES, "migration_uri")
+
+    @model_validator(mode="after")
+    def _capacity(self) -> InventoryHost:
+        if self.cpu_capacity_mc < 1:
+            raise ValueError(
+                f"host {self.name}: CPU capacity (cores x speed) rounds to 0 millicores"
+            )
+        return self
 
     @property
     def cpu_capacity_mc(self) -> int:
@@ -142,15 +163,18 @@ def inventory_from_mapping(doc: Any) -> Inventory:
 
 
 def load_inventory(path: str | Path) -> Inventory:
+    """Read an inventory YAML file (at most MAX_INVENTORY_BYTES are read, whatever it is)."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as e:
-        raise InventoryError(f"inventory {p}: {e.strerror or e}") from None
+        text = read_bounded_text(p, MAX_INVENTORY_BYTES)
+    except InputFileError as e:
+        raise InventoryError(f"inventory {e}") from None
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise InventoryError(f"inventory {p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except RecursionError:
+        raise InventoryError(f"inventory {p}: YAML nested too deeply") from None
     return inventory_from_mapping(doc)
 
 

@@ -54,6 +54,9 @@ class RejectReason(StrEnum):
     CLOCK_SKEW = "clock_skew"
     QUEUE_FULL = "queue_full"
     """Dropped by the MQTT adapter because the collector fell behind (bounded inbox)."""
+    VM_OWNED_ELSEWHERE = "vm_owned_elsewhere"
+    """One VM of an accepted report, not the message: the report listed a VM running on another
+    host whose fresh reports keep listing it; the VM stays there (see Collector)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +136,7 @@ class TelemetryV1(Struct, frozen=True, kw_only=True, gc=False):
     cluster: Name
     host: Name
     boot: Count
-    """Agent start time in ms since the epoch; (boot, seq) orders the reports of one host."""
+    """Agent start time in ms since the epoch: names the agent process; seq orders its reports."""
     seq: Count
     ts: Annotated[float, Meta(gt=0, le=1e11)]
     """Wall-clock seconds since the epoch when the sample was taken."""

@@ -124,9 +124,63 @@ def mutated_report(draw: st.DrawFn, now: float, seq: int) -> bytes:
     return text.encode()
 
 
+HUGE_NUMBERS = [
+    "1e300",
+    "-1e300",
+    "1e-320",
+    "1e400",
+    str(2**63),
+    str(2**64),
+    str(-(2**63)),
+    "9" * 400,
+    "0.0000000000000000000000001",
+]
+_NUMERIC_PATHS = [p for p in _PATHS if p[-1] not in ("name", "state", "host", "cluster", "kind")]
+SHARED_VMS = ["shared0", "shared1", "shared2", "shared3"]
+
+
+@st.composite
+def deeply_nested(draw: st.DrawFn, now: float, seq: int) -> bytes:
+    """A report whose field (or an unknown extra field) holds arrays/objects nested 10..40,000
+    deep."""
+    depth = draw(st.integers(10, 40_000))  # up to ~240 KB: under the payload cap, decoded
+    opener, closer = draw(st.sampled_from([("[", "]"), ('{"a":', "}")]))
+    inner = "1" if opener != "[" else ""
+    nest = opener * depth + inner + closer * depth
+    doc = json.dumps(report(draw(st.sampled_from(HOSTS)), seq, now))
+    field = draw(st.sampled_from(["vms", "health", "extra", "host_stats"]))
+    return (doc[:-1] + f', "{field}": {nest}}}').encode()
+
+
+@st.composite
+def huge_numbers(draw: st.DrawFn, now: float, seq: int) -> bytes:
+    """A valid report with numeric fields replaced by 1e300, 2^63, 400-digit integers..."""
+    doc = report(draw(st.sampled_from(HOSTS)), seq, now, [vm("a"), vm("b")])
+    text = json.dumps(doc)
+    for _ in range(draw(st.integers(1, 3))):
+        marker = "__HUGE__"
+        _set(doc, draw(st.sampled_from(_NUMERIC_PATHS)), marker)
+        text = json.dumps(doc).replace(f'"{marker}"', draw(st.sampled_from(HUGE_NUMBERS)))
+    return text.encode()
+
+
+@st.composite
+def ownership_claim(draw: st.DrawFn, now: float, seq: int) -> tuple[str, bytes]:
+    """A valid report from any host listing VMs from a pool every host may list (running or
+    paused): claims to other hosts' VMs, live-migration overlaps, handovers."""
+    host = draw(st.sampled_from(HOSTS))
+    names = draw(st.lists(st.sampled_from(SHARED_VMS), max_size=4, unique=True))
+    vms = [
+        vm(n, draw(st.floats(0, 2000)), state=draw(st.sampled_from(["running", "paused"])))
+        for n in names
+    ]
+    doc = report(host, seq, now + draw(st.floats(-5, 5)), vms)
+    return telemetry_topic(CLUSTER, host), json.dumps(doc).encode()
+
+
 @st.composite
 def hostile_message(draw: st.DrawFn, now: float, seq: int) -> tuple[str, bytes]:
-    kind = draw(st.integers(0, 9))
+    kind = draw(st.integers(0, 12))
     host = draw(st.sampled_from([*HOSTS, *NASTY_NAMES[:6]]))
     if kind <= 5:
         topic = telemetry_topic(CLUSTER, draw(st.sampled_from([*HOSTS, host])))
@@ -151,7 +205,15 @@ def hostile_message(draw: st.DrawFn, now: float, seq: int) -> tuple[str, bytes]:
     elif kind == 8:
         topic = telemetry_topic(CLUSTER, draw(st.sampled_from(HOSTS)))
         payload = draw(st.binary(max_size=300))
-    else:
+    elif kind == 9:
         topic = telemetry_topic(CLUSTER, draw(st.sampled_from(HOSTS)))
         payload = json.dumps(draw(json_values)).encode()
+    elif kind == 10:
+        topic = telemetry_topic(CLUSTER, draw(st.sampled_from(HOSTS)))
+        payload = draw(deeply_nested(now, seq))
+    elif kind == 11:
+        topic = telemetry_topic(CLUSTER, draw(st.sampled_from(HOSTS)))
+        payload = draw(huge_numbers(now, seq))
+    else:
+        topic, payload = draw(ownership_claim(now, seq))
     return topic, payload

@@ -120,15 +120,103 @@ def test_last_will_offline_marks_stale_until_next_report(env) -> None:
     assert c.current().host("h1").state is HostState.ACTIVE
 
 
-def test_vm_seen_on_two_hosts_prefers_running_then_newest(env) -> None:
-    c, clock, _ = env
-    c.ingest(*msg(report("h1", 1, clock.now(), [vm("mig", state="running")])))
+def test_live_migration_hands_the_vm_over_without_counting_a_claim(env) -> None:
+    """The VM is briefly on both hosts: paused incoming on the target, then running there while
+    the source's last report still lists it; it moves when the source's report drops it. (It
+    used to move to the target as soon as the target reported it running.)"""
+    c, clock, metrics = env
+    c.ingest(*msg(report("h1", 1, clock.now(), [vm("mig", 800.0, state="running")])))
     clock.advance(1)
-    c.ingest(*msg(report("h2", 1, clock.now(), [vm("mig", state="paused")])))
+    c.ingest(*msg(report("h2", 1, clock.now(), [vm("mig", 0.0, state="paused")])))
     assert c.current().vm("mig").host == "h1"
     clock.advance(1)
+    c.ingest(*msg(report("h1", 2, clock.now(), [vm("mig", 800.0, state="running")])))
+    clock.advance(1)
+    c.ingest(*msg(report("h2", 2, clock.now(), [vm("mig", 700.0, state="running")])))
+    assert c.current().vm("mig").host == "h1"  # switchover: the source has not reported yet
+    assert c.vm_view("mig") is not None and c.vm_view("mig").host == "h1"
+    clock.advance(1)
+    c.ingest(*msg(report("h1", 3, clock.now(), [])))
+    snap = c.current()
+    assert snap.vm("mig").host == "h2" and snap.vm("mig").cpu_history_mc == (0, 1050)
+    assert [v.name for v in snap.vms] == ["mig"]
+    assert metrics.total("telemetry_rejected_total", reason="vm_owned_elsewhere") == 0
+    assert c.owners.claims_refused == 0
+
+
+def test_a_paused_owner_yields_to_a_host_running_the_vm(env) -> None:
+    """Switchover seen from the source first (paused there) or post-copy: running wins."""
+    c, clock, metrics = env
+    c.ingest(*msg(report("h1", 1, clock.now(), [vm("mig", state="running")])))
+    c.ingest(*msg(report("h2", 1, clock.now(), [vm("mig", state="paused")])))
+    clock.advance(1)
+    c.ingest(*msg(report("h1", 2, clock.now(), [vm("mig", state="paused")])))
+    assert c.current().vm("mig").host == "h1"  # both paused: the owner keeps it
     c.ingest(*msg(report("h2", 2, clock.now(), [vm("mig", state="running")])))
     assert c.current().vm("mig").host == "h2"
+    clock.advance(1)
+    c.ingest(*msg(report("h1", 3, clock.now(), [vm("mig", state="paused")])))
+    assert c.current().vm("mig").host == "h2"
+    assert metrics.total("telemetry_rejected_total", reason="vm_owned_elsewhere") == 0
+
+
+def test_a_host_claiming_another_hosts_vms_cannot_empty_it(env) -> None:
+    """h2 lists h1's VMs as tiny guests (hostile, or an agent reading h1's libvirt by mistake):
+    they stay on h1 with h1's figures, h2 keeps its own VM, the claims are counted once the
+    owner has listed the VMs again, and logged once per VM, not every interval."""
+    from structlog.testing import capture_logs
+
+    c, clock, metrics = env
+    with capture_logs() as logs:
+        for seq in range(1, 6):
+            mine = [vm("web1", 4000.0, vcpus=8), vm("db1", 3000.0, vcpus=4)]
+            c.ingest(*msg(report("h1", seq, clock.now(), mine)))
+            clock.advance(1)
+            fake = [vm("h2-own", 500.0), vm("web1", 1.0, vcpus=1), vm("db1", 1.0, vcpus=1)]
+            assert c.ingest(*msg(report("h2", seq, clock.now(), fake))) is None
+            clock.advance(4)
+    snap = c.current()
+    assert {v.name: v.host for v in snap.vms} == {"web1": "h1", "db1": "h1", "h2-own": "h2"}
+    assert snap.vm("web1").cpu_used_mc == 6000 and snap.vm("web1").vcpus == 8
+    refused = metrics.total("telemetry_rejected_total", reason="vm_owned_elsewhere")
+    assert refused == 2 * 4  # rounds 2..5, both VMs (round 1 could be a migration switchover)
+    assert c.owners.claims_refused == 8
+    assert metrics.total("telemetry_messages_total") == 10  # the reports themselves are kept
+    lines = [e for e in logs if e["event"] == "telemetry_vm_claim_rejected"]
+    assert sorted((e["vm"], e["claimant"], e["owner"]) for e in lines) == [
+        ("db1", "h2", "h1"),
+        ("web1", "h2", "h1"),
+    ]
+    # the claimant stops listing them: the next claim is news again, logged again
+    c.ingest(*msg(report("h2", 6, clock.now(), [vm("h2-own", 500.0)])))
+    with capture_logs() as logs:
+        for seq in range(7, 9):
+            c.ingest(*msg(report("h1", seq, clock.now(), [vm("web1", 4000.0, vcpus=8)])))
+            clock.advance(1)
+            c.ingest(*msg(report("h2", seq, clock.now(), [vm("web1", 1.0, vcpus=1)])))
+    assert [e["vm"] for e in logs if e["event"] == "telemetry_vm_claim_rejected"] == ["web1"]
+
+
+def test_vm_is_handed_over_when_its_owner_goes_stale_or_offline(env) -> None:
+    c, clock, metrics = env
+    c.ingest(*msg(report("h1", 1, clock.now(), [vm("a")])))
+    c.ingest(*msg(report("h2", 1, clock.now(), [vm("a"), vm("b")])))
+    c.ingest(*msg(report("h3", 1, clock.now(), [vm("b")])))
+    assert c.current().vm("a").host == "h1" and c.current().vm("b").host == "h2"
+    assert c.ingest(*status("h2", "offline")) is None
+    assert c.current().vm("b").host == "h3"  # h2 offline: b's other lister takes it
+    clock.advance(25)
+    c.ingest(*msg(report("h2", 2, clock.now(), [vm("a")])))
+    clock.advance(10)  # h1 silent for 35 s: stale
+    snap = c.current()
+    assert snap.host("h1").state is HostState.STALE
+    assert snap.vm("a").host == "h2"
+    # h1 comes back still listing a: a now belongs to h2, whose fresh reports list it
+    c.ingest(*msg(report("h1", 2, clock.now(), [vm("a")])))
+    c.ingest(*msg(report("h2", 3, clock.now(), [vm("a")])))
+    c.ingest(*msg(report("h1", 3, clock.now(), [vm("a")])))
+    assert c.current().vm("a").host == "h2"
+    assert metrics.total("telemetry_rejected_total", reason="vm_owned_elsewhere") == 1
 
 
 def test_vms_gone_from_a_report_are_forgotten(env) -> None:
@@ -146,6 +234,8 @@ def _one(c: Collector, topic: str, payload: bytes) -> RejectReason | None:
 def test_every_bad_kind_is_rejected_and_counted(env) -> None:
     c, clock, metrics = env
     now = clock.now()
+    # an earlier agent process (boot 0), then the current one (boot 1)
+    assert c.ingest(*msg(report("h1", 99, now, boot=0))) is None
     good = report("h1", 5, now)
     assert c.ingest(*msg(good)) is None
     t1 = telemetry_topic(CLUSTER, "h1")
@@ -206,7 +296,7 @@ def test_every_bad_kind_is_rejected_and_counted(env) -> None:
     # the host model was not touched by any rejected message
     snap = c.current()
     assert [v.name for v in snap.vms] == ["h1-vm1"]
-    assert metrics.total("telemetry_messages_total") == 1
+    assert metrics.total("telemetry_messages_total") == 2
     assert c.ingest(*msg(report("h1", 6, now))) is None
 
 
@@ -240,6 +330,72 @@ def test_agent_restart_new_boot_is_accepted(env) -> None:
     assert c.ingest(*msg(report("h1", 500, clock.now(), boot=1))) is None
     assert c.ingest(*msg(report("h1", 1, clock.now(), boot=2))) is None
     assert c.ingest(*msg(report("h1", 499, clock.now(), boot=1))) is RejectReason.SEQ_OUT_OF_ORDER
+
+
+def test_one_huge_boot_value_cannot_wedge_a_host(env) -> None:
+    """One accepted report with an absurd boot used to make every later report out of order."""
+    c, clock, _ = env
+    assert c.ingest(*msg(report("h1", 1, clock.now(), boot=(1 << 62) - 1))) is None
+    clock.advance(1)
+    assert c.ingest(*msg(report("h1", 2, clock.now(), boot=1))) is None
+    clock.advance(1)
+    assert c.ingest(*msg(report("h1", 3, clock.now(), boot=1))) is None
+    assert c.current().host("h1").state is HostState.ACTIVE
+    # the superseded process's late reports are refused
+    late = report("h1", 2, clock.now(), boot=(1 << 62) - 1)
+    assert c.ingest(*msg(late)) is RejectReason.SEQ_OUT_OF_ORDER
+
+
+def test_agent_restarted_after_a_clock_step_back_is_accepted(env) -> None:
+    """An agent whose clock ran 15 s ahead is corrected (clock stepped back) and restarts: its
+    new boot id (start time in ms) is lower than the old one. It used to stay stale."""
+    c, clock, _ = env
+    ahead = clock.now() + 15
+    boot1 = int(ahead * 1000)
+    for seq in range(1, 4):
+        clock.advance(1)
+        assert c.ingest(*msg(report("h1", seq, ahead + seq, boot=boot1))) is None
+    clock.advance(1)
+    boot2 = int(clock.now() * 1000)
+    assert boot2 < boot1
+    assert c.ingest(*msg(report("h1", 1, clock.now(), boot=boot2))) is None
+    clock.advance(10)
+    assert c.ingest(*msg(report("h1", 2, clock.now(), boot=boot2))) is None
+    assert c.current().host("h1").state is HostState.ACTIVE
+    assert c.host_view("h1").last_report is not None
+    assert c.host_view("h1").last_report.boot == boot2
+    # a clock step back without a restart: same process, seq goes on, ts goes back
+    clock.advance(1)
+    assert c.ingest(*msg(report("h1", 3, clock.now() - 10, boot=boot2))) is None
+
+
+def test_a_bad_seq_jump_recovers_once_the_host_is_stale(env) -> None:
+    """Within one agent process a single absurd seq makes the next reports out of order, but
+    only until the host would be stale: then the next valid report restarts the ordering."""
+    from structlog.testing import capture_logs
+
+    c, clock, metrics = env
+    assert c.ingest(*msg(report("h1", 1, clock.now()))) is None
+    assert c.ingest(*msg(report("h1", 1 << 61, clock.now()))) is None
+    seq = 2
+    for _ in range(3):
+        clock.advance(10)
+        seq += 1
+        assert c.ingest(*msg(report("h1", seq, clock.now()))) is RejectReason.SEQ_OUT_OF_ORDER
+    clock.advance(10)  # 40 s since the last accepted report: past stale_after_s=30
+    assert c.current().host("h1").state is HostState.STALE
+    with capture_logs() as logs:
+        assert c.ingest(*msg(report("h1", seq + 1, clock.now()))) is None
+    assert [e["event"] for e in logs if e["event"] == "telemetry_order_resync"] == [
+        "telemetry_order_resync"
+    ]
+    assert c.current().host("h1").state is HostState.ACTIVE
+    assert c.ingest(*msg(report("h1", seq + 1, clock.now()))) is RejectReason.SEQ_REPLAYED
+    assert metrics.total("telemetry_rejected_total", reason="seq_out_of_order") == 3
+    # a stale host still only takes reports whose timestamp our own clock vouches for
+    clock.advance(60)
+    old = report("h1", seq + 2, clock.now() - 3600)
+    assert c.ingest(*msg(old)) is RejectReason.CLOCK_SKEW
 
 
 def test_reject_log_lines_are_rate_limited(env, capsys) -> None:

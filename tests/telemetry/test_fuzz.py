@@ -9,6 +9,7 @@ import os
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from rebalancerd.domain.model import HostState
 from rebalancerd.observability import MemoryMetrics
 from rebalancerd.telemetry.collector import Collector, CollectorSettings
 from rebalancerd.telemetry.schema import Rejection, RejectReason, TelemetryV1, decode_report
@@ -31,7 +32,9 @@ def check_collector_batch(messages: list[tuple[str, bytes]]) -> tuple[Collector,
         clock.advance(0.5)
     accepted = sum(1 for r in outcomes if r is None)
     assert metrics.total("telemetry_messages_total") == accepted
-    assert metrics.total("telemetry_rejected_total") == len(outcomes) - accepted
+    claims = c.owners.claims_refused  # VMs refused inside accepted reports, not messages
+    assert metrics.total("telemetry_rejected_total", reason="vm_owned_elsewhere") == claims
+    assert metrics.total("telemetry_rejected_total") == len(outcomes) - accepted + claims
     for reason in set(outcomes) - {None}:
         assert reason is not None
         n = sum(1 for r in outcomes if r is reason)
@@ -40,6 +43,10 @@ def check_collector_batch(messages: list[tuple[str, bytes]]) -> tuple[Collector,
     assert len(c._hosts) == 3
     snap = c.current()  # the model always builds a valid snapshot
     assert {h.name for h in snap.hosts} == {"h1", "h2", "h3"}
+    # every VM a non-stale host lists is in the model exactly once, on a host that lists it
+    fresh = {h.name for h in snap.hosts if h.state is not HostState.STALE}
+    assert {v.name for v in snap.vms} == {n for h in fresh for n in c._hosts[h].vms}
+    assert all(v.name in c._hosts[v.host].vms for v in snap.vms)
     return c, metrics
 
 

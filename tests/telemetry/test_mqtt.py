@@ -132,6 +132,34 @@ async def test_reports_arrive_and_bad_payloads_are_counted(
         assert m.total("telemetry_rejected_total", reason=reason) == n, reason
 
 
+async def test_host_claiming_another_hosts_vms_over_the_broker_leaves_them_in_place(
+    running: Running, mosquitto_broker: MosquittoBroker
+) -> None:
+    """h2 publishes reports listing h1's VMs as tiny guests (what a hostile host, or an agent
+    reading h1's libvirt by mistake, sends); the model keeps them on h1 with h1's figures, h2
+    keeps its own VM, and the refused claims are counted."""
+    c = running.collector
+    now = time.time()
+    items: list[tuple[str, bytes]] = []
+    for seq in (1, 2, 3):
+        h1_vms = [vm("web1", 4000.0, vcpus=8), vm("db1", 3000.0, vcpus=4)]
+        items.append(wire(report("h1", seq, now, h1_vms)))
+        fake = [vm("h2-own", 500.0), vm("web1", 1.0, vcpus=1), vm("db1", 1.0, vcpus=1)]
+        items.append(wire(report("h2", seq, now, fake)))
+    async with aiomqtt.Client(**BrokerSettings(url=mosquitto_broker.url).client_kwargs()) as pub:
+        for n, (topic, payload) in enumerate(items, 1):
+            await pub.publish(topic, payload, qos=1)
+            await wait_until(lambda n=n: c.accepted == n, what=f"report {n}")
+            await asyncio.sleep(0.05)  # h2's claims arrive after h1's reports, as in real life
+    snap = c.current()
+    assert {v.name: v.host for v in snap.vms} == {"web1": "h1", "db1": "h1", "h2-own": "h2"}
+    assert snap.vm("web1").cpu_used_mc == 4000 and snap.vm("db1").vcpus == 4
+    assert not [v for v in snap.vms_on("h2") if v.name in ("web1", "db1")]
+    refused = running.metrics.total("telemetry_rejected_total", reason="vm_owned_elsewhere")
+    assert refused == 4  # both VMs, in h2's 2nd and 3rd reports (after h1 listed them again)
+    assert sum(c.rejected.values()) == 0  # no message was dropped
+
+
 async def test_broker_restart_is_survived(
     running: Running, mosquitto_broker: MosquittoBroker
 ) -> None:

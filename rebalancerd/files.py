@@ -1,0 +1,59 @@
+"""Reading an operator-given input file with a hard size cap, whatever the file is.
+
+``stat().st_size`` cannot bound a read: ``/dev/zero``, a FIFO or ``/proc`` files report a size of
+0 and then never end. ``read_bounded`` reads at most ``limit + 1`` bytes, so memory stays bounded
+by the cap for every kind of file, and says in one line what went wrong.
+
+Stdlib only and no I/O library (the pure snapshot codec uses it too).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_CHUNK = 1 << 20
+
+
+class InputFileError(ValueError):
+    """An input file that cannot be read (missing, unreadable, too large); one line."""
+
+
+def read_bounded(path: str | os.PathLike[str], limit: int) -> bytes:
+    """The file's bytes, or InputFileError if it cannot be read or holds more than ``limit``."""
+    if limit < 0:
+        raise ValueError("limit must be >= 0")
+    p = Path(path)
+    try:
+        with p.open("rb") as fh:
+            chunks: list[bytes] = []
+            size = 0
+            while size <= limit:
+                chunk = fh.read(min(_CHUNK, limit + 1 - size))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+    except FileNotFoundError:
+        raise InputFileError(f"{p}: no such file") from None
+    except IsADirectoryError:
+        raise InputFileError(f"{p}: is a directory, expected a file") from None
+    except PermissionError:
+        raise InputFileError(f"{p}: permission denied") from None
+    except OSError as e:
+        raise InputFileError(f"{p}: cannot read: {e.strerror or e}") from None
+    if size > limit:
+        raise InputFileError(f"{p}: file too large (more than {limit} bytes)")
+    return b"".join(chunks)
+
+
+def read_bounded_text(path: str | os.PathLike[str], limit: int) -> str:
+    """``read_bounded`` decoded as UTF-8 (InputFileError when it is not UTF-8 text)."""
+    data = read_bounded(path, limit)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputFileError(f"{path}: not UTF-8 text (byte {e.start})") from None
+
+
+__all__ = ["InputFileError", "read_bounded", "read_bounded_text"]
