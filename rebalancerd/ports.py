@@ -118,6 +118,20 @@ class DomainInfo:
     migrating: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class HostFacts:
+    """What a host's hypervisor itself says it runs, right now (not what telemetry says): the
+    executor confirms each move from it just before starting it."""
+
+    domain_memory_mib: Mapping[str, int]
+    """Every active domain (running, paused, or the incoming half of a migration) -> its memory
+    (MiB)."""
+    running: frozenset[str]
+    """The guests that run here (an incoming migration half that has not taken over does not)."""
+    free_memory_mib: int | None = None
+    """The node's free memory (MiB) where the hypervisor reports it, else None."""
+
+
 ProgressCallback = Callable[[MigrationProgress], None]
 
 
@@ -145,6 +159,11 @@ class Hypervisor(Protocol):
 
     async def compatible(self, vm: str, source: str, target: str) -> str | None:
         """None if the guest can run on the target, else the reason (CPU model, devices)."""
+        ...
+
+    async def host_facts(self, host: str) -> HostFacts:
+        """The domains the host's hypervisor runs, with their memory, and the node's free memory.
+        Raises HypervisorError if unreachable."""
         ...
 
 

@@ -36,6 +36,7 @@ from rebalancerd.adapters.libvirt_domains import (
     guest_cpu,
     host_cpu_xml,
     list_domains,
+    read_host_facts,
 )
 from rebalancerd.adapters.libvirt_errors import error_code, is_connection_error, one_line
 from rebalancerd.adapters.libvirt_events import (
@@ -54,6 +55,7 @@ from rebalancerd.adapters.libvirt_migration import (
 )
 from rebalancerd.ports import (
     DomainInfo,
+    HostFacts,
     HypervisorError,
     MigrationResult,
     MigrationSettings,
@@ -226,6 +228,13 @@ class LibvirtHypervisor:
         conn = await self._conn(host)
         try:
             return await self._guarded(host, list_domains, conn)
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(f"host {host}: cannot list domains: {one_line(exc)}") from None
+
+    async def host_facts(self, host: str) -> HostFacts:
+        conn = await self._conn(host)
+        try:
+            return await self._guarded(host, read_host_facts, conn)
         except libvirt.libvirtError as exc:
             raise HypervisorError(f"host {host}: cannot list domains: {one_line(exc)}") from None
 

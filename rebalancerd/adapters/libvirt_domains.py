@@ -1,5 +1,6 @@
-"""libvirt domains: listing them with their state (running, migrating, an incoming half), and
-reading domain and capabilities XML (passthrough devices, the guest CPU, CPU comparison)."""
+"""libvirt domains: listing them with their state (running, migrating, an incoming half), what a
+host really runs with its memory (`read_host_facts`), and reading domain and capabilities XML
+(passthrough devices, the guest CPU, CPU comparison)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from typing import Any
 import libvirt
 
 from rebalancerd.adapters.libvirt_errors import error_code, is_connection_error
-from rebalancerd.ports import DomainInfo
+from rebalancerd.ports import DomainInfo, HostFacts
+
+KIB = 1024
 
 
 def devices_reason(domain_xml: str) -> str | None:
@@ -108,6 +111,30 @@ def list_domains(conn: Any) -> dict[str, DomainInfo]:
                 raise
             continue  # the domain vanished while listing
     return out
+
+
+def read_host_facts(conn: Any) -> HostFacts:
+    """The active domains of a host with their memory (the larger of the current and the
+    maximum balloon size: what the guest may take), those that run here, and the node's free
+    memory (None where the driver does not report it). Blocking: run it off the event loop."""
+    memory: dict[str, int] = {}
+    for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+        try:
+            info = dom.info()
+            memory[dom.name()] = -(-max(int(info[1]), int(info[2])) // KIB)
+        except libvirt.libvirtError as exc:
+            if is_connection_error(exc):
+                raise
+            continue  # the domain vanished while listing
+    running = frozenset(n for n, d in list_domains(conn).items() if d.running and n in memory)
+    free: int | None
+    try:
+        free = int(conn.getFreeMemory()) // (KIB * KIB)
+    except libvirt.libvirtError as exc:
+        if is_connection_error(exc):
+            raise
+        free = None
+    return HostFacts(memory, running, free)
 
 
 def _is_incoming(dom: Any) -> bool:

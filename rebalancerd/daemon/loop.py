@@ -195,6 +195,10 @@ class ControlLoop:
                 frozen=frozen,
                 applied=True,
             )
+            # the hosts each VM left recently: the planner does not plan a return trip either
+            departures = getattr(self.executor, "recent_departures", None)
+            if departures is not None:
+                kwargs["departed"] = departures(policy)
             if self.plan_in_thread:
                 plan = await asyncio.to_thread(self.planner(), eff, policy, **kwargs)
             else:

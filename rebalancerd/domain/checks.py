@@ -8,14 +8,18 @@ default-evictor constraints). Each check has its `ReasonCode`, says whether a fa
 - ``VM`` level: may this VM move at all (excluded, not migratable, stale source, cooldown...);
 - ``TARGET`` level: may it go to that host (pins, CPU compatibility, target state, breakers);
 - ``DYNAMIC`` level: given what runs now (anti-affinity, capacity with headroom, budgets);
-- ``SLOT`` level: a free slot among the moves running at this instant (concurrency limits).
+- ``SLOT`` level: a free slot among the moves running at this instant (concurrency limits);
+- ``CONFIRMED`` level: what the hypervisors themselves say right before the start (the VM runs on
+  the source and not on the target; the target really has room): only the executor asks them,
+  after the other checks passed (`MoveFacts.live` is None for everyone else: no objection).
 
 Three callers evaluate the list, each through its own `MoveFacts` (the questions a check may
 ask, answered from the caller's own representation of the cluster):
 
 - the planner evaluates the VM- and TARGET-level checks that need only the policy-applied
-  snapshot (`Need.SNAPSHOT`) once per VM (TARGET checks once per distinct `signature`) to build
-  `movable` / `allowed` / `receive` (`planner/problem.py`);
+  snapshot and the recent moves (`Need.SNAPSHOT`, `Need.HISTORY`) once per VM (TARGET checks
+  once per distinct `signature`) to build `movable` / `allowed` / `receive`
+  (`planner/problem.py`);
 - the executor runs the whole list before every move (`execution/precheck.py`);
 - the replay's admission runs it too (`sim/replay.py`), answering what it does not model (the
   journal, breakers) with "no objection".
@@ -82,6 +86,9 @@ class ReasonCode(StrEnum):
     PER_TARGET = "per_target"
     ADAPTIVE_CONCURRENCY = "adaptive_concurrency"
     ADAPTIVE_HOST = "adaptive_host"
+    RETURN_TRIP = "return_trip"
+    CONFIRMED_NOT_ON_SOURCE = "confirmed_not_on_source"
+    CONFIRMED_NO_ROOM = "confirmed_no_room"
     # decided outside the list: the hypervisor's own compatibility verdict, the start stagger,
     # and the modes that never move
     INCOMPATIBLE = "incompatible"
@@ -110,6 +117,7 @@ class Level(Enum):
     TARGET = "target"
     DYNAMIC = "dynamic"
     SLOT = "slot"
+    CONFIRMED = "confirmed"
 
 
 class Need(Enum):
@@ -123,6 +131,33 @@ class Need(Enum):
     """What only the mover knows: journal, breakers, cooldowns, stop, back-off, clock."""
     LOAD = "load"
     """What runs where right now, and the moves already started."""
+    HISTORY = "history"
+    """The hosts each VM left recently (the executor's journal; the planner is given them)."""
+    LIVE = "live"
+    """What the source's and the target's hypervisors say right before the start."""
+
+
+FREE_MEMORY_MARGIN_MIB = 256
+"""Memory a target must keep free beyond the VM and the moves on their way there (the node's
+free memory, where its hypervisor reports it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LiveFacts:
+    """What the two hypervisors say about one move right before it starts (not telemetry)."""
+
+    on_source: bool
+    """The VM runs on the source."""
+    on_target: bool
+    """The VM is active on the target (running, or an incoming half)."""
+    vm_mib: int | None
+    """The VM's memory as the source's hypervisor has it (None = not found there)."""
+    target_domains_mib: int
+    """Memory of the domains active on the target (this VM excluded)."""
+    incoming_mib: int
+    """Memory of the moves on their way to the target that are not active there yet."""
+    target_free_mib: int | None
+    """The target node's free memory (None = its hypervisor does not say)."""
 
 
 class LimitValues(Protocol):
@@ -138,6 +173,8 @@ class LimitValues(Protocol):
     def max_per_cycle(self) -> int: ...
     @property
     def max_mib_per_hour(self) -> int | None: ...
+    @property
+    def return_guard_s(self) -> float: ...
 
 
 class MoveFacts(Protocol):
@@ -219,6 +256,24 @@ class MoveFacts(Protocol):
     def vm_in_flight(self) -> bool: ...
     def adaptive_cap(self, scope: str, policy_limit: int) -> int: ...
 
+    # Need.HISTORY
+    def recently_left(self) -> AbstractSet[str]:
+        """Hosts the VM left within the policy's return guard (`limits.return_guard_s`)."""
+        ...
+
+    def empties_source(self) -> bool:
+        """The move empties its source (a drain or an evacuation): exempt from the guard."""
+        ...
+
+    # Need.LIVE
+    def live(self) -> LiveFacts | None:
+        """What the hypervisors say right before the start; None = nobody asked them (the
+        planner, the replay, the executor's checks before it asks): the CONFIRMED checks pass."""
+        ...
+
+
+PLANNER_NEEDS = frozenset({Need.SNAPSHOT, Need.HISTORY})
+"""What the planner knows: the snapshot, and the recent moves the executor gives it."""
 
 TestFn = Callable[[MoveFacts], ReasonCode | None]
 SignatureFn = Callable[[MoveFacts], Hashable | None]
@@ -242,7 +297,7 @@ class Check:
 
     @property
     def planner_evaluable(self) -> bool:
-        return self.level in (Level.VM, Level.TARGET) and self.needs <= {Need.SNAPSHOT}
+        return self.level in (Level.VM, Level.TARGET) and self.needs <= PLANNER_NEEDS
 
 
 def first_failure(
@@ -264,6 +319,8 @@ _M = frozenset({Need.SNAPSHOT, Need.MOVE})
 _R = frozenset({Need.RUNTIME})
 _L = frozenset({Need.SNAPSHOT, Need.LOAD})
 _LIM = frozenset({Need.LOAD})
+_H = frozenset({Need.HISTORY})
+_LIVE = frozenset({Need.SNAPSHOT, Need.LIVE})
 
 
 def _unknown_vm(f: MoveFacts) -> ReasonCode | None:
@@ -360,6 +417,38 @@ def _circuit(f: MoveFacts) -> ReasonCode | None:
     return f.circuit(f.source) or f.circuit(f.target)
 
 
+def _return_trip(f: MoveFacts) -> ReasonCode | None:
+    if f.target in f.recently_left() and not f.empties_source():
+        return ReasonCode.RETURN_TRIP
+    return None
+
+
+def _return_signature(f: MoveFacts) -> Hashable | None:
+    left = f.recently_left()
+    return None if not left or f.empties_source() else frozenset(left)
+
+
+def _confirmed_on_source(f: MoveFacts) -> ReasonCode | None:
+    live = f.live()
+    if live is None or (live.on_source and not live.on_target):
+        return None
+    return ReasonCode.CONFIRMED_NOT_ON_SOURCE
+
+
+def _confirmed_room(f: MoveFacts) -> ReasonCode | None:
+    live, host = f.live(), f.host(f.target)
+    if live is None or host is None:
+        return None
+    mem = live.vm_mib if live.vm_mib is not None else f.vm_load()[1]
+    cap = capacity_with_headroom(host.memory_mib, f.headroom())
+    if live.target_domains_mib + live.incoming_mib + mem > cap:
+        return ReasonCode.CONFIRMED_NO_ROOM
+    free = live.target_free_mib
+    if free is not None and live.incoming_mib + mem > free - FREE_MEMORY_MARGIN_MIB:
+        return ReasonCode.CONFIRMED_NO_ROOM
+    return None
+
+
 def _anti_affinity(f: MoveFacts) -> ReasonCode | None:
     groups = f.anti_groups()
     if groups and not anti_affinity_ok(f.vm_name, groups, f.vms_on_target()):
@@ -438,7 +527,7 @@ def _adaptive_host(f: MoveFacts) -> ReasonCode | None:
     return None
 
 
-_V, _T, _D, _SL = Level.VM, Level.TARGET, Level.DYNAMIC, Level.SLOT
+_V, _T, _D, _SL, _C = Level.VM, Level.TARGET, Level.DYNAMIC, Level.SLOT, Level.CONFIRMED
 RC = ReasonCode
 
 PRECHECKS: list[Check] = [
@@ -455,6 +544,7 @@ PRECHECKS: list[Check] = [
     Check("target_active", RC.TARGET_UNKNOWN, _T, _S, _target_state),
     Check("cpu_compatible", RC.CPU_INCOMPATIBLE, _T, _S, _cpu, signature=_cpu_signature),
     Check("cooldown", RC.COOLDOWN, _V, _R, _cooldown),
+    Check("return_guard", RC.RETURN_TRIP, _T, _H, _return_trip, signature=_return_signature),
     Check("stopping", RC.STOPPING, _V, _R, _stopping),
     Check("backoff", RC.BACKOFF, _V, _R, _backoff),
     Check("window", RC.OUTSIDE_WINDOW, _V, _R, _window),
@@ -471,6 +561,8 @@ PRECHECKS: list[Check] = [
     Check("per_target", RC.PER_TARGET, _SL, _LIM, _per_target, waits=True),
     Check("adaptive_concurrency", RC.ADAPTIVE_CONCURRENCY, _SL, _LIM, _adaptive_total, waits=True),
     Check("adaptive_host", RC.ADAPTIVE_HOST, _SL, _LIM, _adaptive_host, waits=True),
+    Check("confirmed_on_source", RC.CONFIRMED_NOT_ON_SOURCE, _C, _LIVE, _confirmed_on_source),
+    Check("confirmed_room", RC.CONFIRMED_NO_ROOM, _C, _LIVE, _confirmed_room),
 ]
 """Every pre-check of a move, in the order the executor runs them (the first failure is the
 reason reported). Append to it (or monkeypatch it) and the planner, executor and replay all

@@ -1,19 +1,22 @@
 """`SnapshotFacts`: the questions of `domain.checks.MoveFacts` answered from a snapshot's
-lookups, the base of every caller's facts (the planner uses it as it is). Pure."""
+lookups (and the hosts each VM left recently, if given), the base of every caller's facts (the
+planner uses it as it is). Pure."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 
-from rebalancerd.domain.checks import LimitValues, ReasonCode
+from rebalancerd.domain.checks import LimitValues, LiveFacts, ReasonCode
 from rebalancerd.domain.model import AffinityGroup, Host, HostState, Vm
 
 
 class SnapshotFacts:
     """`MoveFacts` answered from a snapshot's lookups: the `Need.SNAPSHOT` questions (and where
-    the VM runs). The other questions raise `LookupError`: callers that know the answers (the
-    executor, the replay) subclass this."""
+    the VM runs), the `Need.HISTORY` ones from `departed` (VM -> hosts it left within the return
+    guard; none given = no VM has), and `live()` = None (nobody asked the hypervisors). The
+    other questions raise `LookupError`: callers that know the answers (the executor, the
+    replay) subclass this."""
 
     def __init__(
         self,
@@ -24,6 +27,8 @@ class SnapshotFacts:
         hosts: Mapping[str, Host],
         exclusions: AbstractSet[str],
         hard_pins: Mapping[str, frozenset[str]],
+        *,
+        departed: Mapping[str, AbstractSet[str]] | None = None,
     ) -> None:
         self._vm_name = vm_name
         self._source = source
@@ -32,6 +37,7 @@ class SnapshotFacts:
         self._hosts = hosts
         self._exclusions = exclusions
         self._hard_pins = hard_pins
+        self._departed: Mapping[str, AbstractSet[str]] = departed or {}
 
     def reset(self, vm_name: str, source: str) -> None:
         """Ask about another VM (the planner reuses one instance over all VMs)."""
@@ -69,6 +75,16 @@ class SnapshotFacts:
     def placed_on(self) -> str | None:
         vm = self.vm()
         return None if vm is None else vm.host
+
+    def recently_left(self) -> AbstractSet[str]:
+        return self._departed.get(self._vm_name, frozenset())
+
+    def empties_source(self) -> bool:
+        """From a snapshot: the source is in maintenance (drained) or degraded (evacuated)."""
+        return self.host_state(self._source) in (HostState.MAINTENANCE, HostState.DEGRADED)
+
+    def live(self) -> LiveFacts | None:
+        return None
 
     def _unknown(self, what: str) -> LookupError:
         return LookupError(f"{what} is not known from a snapshot")

@@ -11,10 +11,11 @@ import structlog
 from rebalancerd.domain.plan import Migration
 from rebalancerd.execution.adaptive import AdaptiveConcurrency
 from rebalancerd.execution.guards import CircuitBreaker, HelpTracker
-from rebalancerd.execution.journal import Journal
+from rebalancerd.execution.journal import Journal, JournalError
 from rebalancerd.execution.limits import RunningMoves
-from rebalancerd.execution.precheck import HostStates, Wave
+from rebalancerd.execution.precheck import HostStates, Wave, recent_departures
 from rebalancerd.execution.records import ExecutionReport, InFlight, move_record
+from rebalancerd.policy.schema import Policy
 from rebalancerd.ports import Clock, Hypervisor, MetricsSink
 
 log = structlog.get_logger("rebalancerd.executor")
@@ -65,6 +66,15 @@ class ExecutorBase:
     def backoff_remaining(self) -> float:
         """Seconds left of the 'moves stopped helping' pause (0 = none). For the loop."""
         return self.help.remaining(self.clock.monotonic())
+
+    def recent_departures(self, policy: Policy) -> dict[str, frozenset[str]]:
+        """VM -> hosts it left within `policy`'s return guard (for the planner: it does not
+        plan a move back either). Empty when the journal cannot be read."""
+        try:
+            return recent_departures(self.journal, self.clock.now(), policy.limits.return_guard_s)
+        except JournalError as e:
+            log.error("journal_read_failed", error=str(e))
+            return {}
 
     def _skip(self, report: ExecutionReport, m: Migration, reason: str, detail: str = "") -> None:
         report.skipped.append(move_record(m, reason, detail=detail))

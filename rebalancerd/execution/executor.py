@@ -1,11 +1,13 @@
 """The executor: the one choke point through which rebalancerd ever migrates a VM.
 
 For every planned move, right before starting it: pre-checks (VM where the plan says, host
-states, rules, CPU compatibility, breaker, cooldown, windows, every limit), an intent committed to
-the journal, the move with settings chosen for this VM, post-verification on both hosts, the
-outcome journaled, metrics and one log line per event. Steps of a plan run in order; the moves of
-one step run concurrently up to the concurrency limits (a move blocked only by a concurrency limit
-waits for a slot inside its step; any other failed check skips it with a reason).
+states, rules, CPU compatibility, breaker, cooldown, return guard, windows, every limit, then
+what libvirt itself runs on both hosts: the VM on the source, room on the target), an intent
+committed to the journal, the move with settings chosen for this VM, post-verification on both
+hosts, the outcome journaled, metrics and one log line per event. Steps of a plan run in order;
+the moves of one step run concurrently up to the concurrency limits (a move blocked only by a
+concurrency limit waits for a slot inside its step; any other failed check skips it with a
+reason).
 
 Dry-run (the executor's flag or ``policy.dry_run``) and advisory mode never call the hypervisor:
 pure checks run and every move is reported as skipped with reason ``dry_run`` / ``advisory``.
@@ -27,6 +29,7 @@ from rebalancerd.domain.load import imbalance
 from rebalancerd.domain.model import ClusterSnapshot
 from rebalancerd.domain.plan import Migration, MigrationPlan, PlanStep
 from rebalancerd.execution.adaptive import TOTAL, AdaptiveConcurrency
+from rebalancerd.execution.confirm import live_facts
 from rebalancerd.execution.guards import CircuitBreaker, HelpTracker
 from rebalancerd.execution.journal import Journal, JournalError
 from rebalancerd.execution.limits import RunningMoves
@@ -243,9 +246,12 @@ class Executor(MoveRunner, Reconciler):
                 why = precheck(m, wave, self)
                 if why is None:
                     why = await self._compatible(m, wave)
+                    if why is None:  # what libvirt itself runs on both hosts, just now
+                        why, live = await live_facts(self.hypervisor, m, self._running.values())
                     if why is None:
-                        # re-check after the await: other moves may have started or ended
-                        why = precheck(m, wave, self)
+                        # re-check after the awaits (other moves may have started or ended),
+                        # this time with the hypervisors' own word
+                        why = precheck(m, wave, self, live=live)
                 if why is None and self.stagger_s > 0 and tasks:
                     # spread switch-overs: not two starts within stagger_s of each other
                     due = self._last_start + self.stagger_s

@@ -263,6 +263,21 @@ class Journal:
             ).fetchone()
         return int(row[0])
 
+    def departures(self, since: float, exempt: tuple[str, ...] = ()) -> dict[str, set[str]]:
+        """VM -> the hosts it left by a move that succeeded at or after `since` (moves whose
+        reason is in `exempt` aside): what the return guard reads."""
+        marks = ",".join("?" for _ in exempt) or "''"
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT vm, source FROM moves WHERE state='succeeded' AND ended >= ?"
+                f" AND reason NOT IN ({marks})",
+                (since, *exempt),
+            ).fetchall()
+        out: dict[str, set[str]] = {}
+        for vm, source in rows:
+            out.setdefault(str(vm), set()).add(str(source))
+        return out
+
     # -- cooldowns ----------------------------------------------------------------------------
     def set_cooldown(self, vm: str, until: float) -> None:
         with self._tx() as c:

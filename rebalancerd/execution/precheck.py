@@ -1,7 +1,9 @@
 """The executor's side of the pre-checks: the state of one wave (`Wave`) and `ExecutorFacts`,
 which answers the questions of `domain.checks` from it, so that `domain.checks.PRECHECKS` runs
 against what the executor knows right before a move. Every answer is O(1): host states come
-from the telemetry's per-host view, loads from the wave's running totals (`limits.HostLoads`).
+from the telemetry's per-host view, loads from the wave's running totals (`limits.HostLoads`),
+the hosts a VM left recently from the journal (read once per wave), and what the hypervisors say
+(`LiveFacts`, the CONFIRMED checks) from what `confirm.live_facts` asked them just before.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from rebalancerd.domain.checks import (
     WINDOW_REASON,
     Level,
     LimitValues,
+    LiveFacts,
     ReasonCode,
     first_failure,
 )
@@ -53,6 +56,20 @@ HostStates = Callable[[], Mapping[str, HostState]]
 
 DRY_LEVELS = frozenset({Level.VM, Level.TARGET, Level.DYNAMIC})
 """Dry-run and advisory waves run no move: the checks on free slots do not apply."""
+
+EXEMPT_FROM_RETURN_GUARD = frozenset({ReasonKind.DRAIN, ReasonKind.EVACUATE})
+"""Moves that empty a host: they may go back where the VM came from, and leaving by one of them
+does not count as a departure."""
+
+
+def recent_departures(journal: Journal, now: float, guard_s: float) -> dict[str, frozenset[str]]:
+    """VM -> the hosts it left within the last `guard_s` seconds (0 = the guard is off: none)
+    by a move that did not empty a host. Raises JournalError."""
+    if guard_s <= 0:
+        return {}
+    exempt = tuple(sorted(k.value for k in EXEMPT_FROM_RETURN_GUARD))
+    left = journal.departures(now - guard_s, exempt)
+    return {vm: frozenset(hosts) for vm, hosts in left.items()}
 
 
 class StatesOverlay(Mapping[str, HostState]):
@@ -110,6 +127,8 @@ class Wave:
     blocked_once: set[int] = field(default_factory=set)
     sharing: int = 1
     """Moves that may switch over together now: running + still pending in the step."""
+    departed: dict[str, frozenset[str]] | None = None
+    """VM -> hosts it left within the return guard (read from the journal on first use)."""
 
     def move_mib(self, vm: Vm) -> int:
         return bytes_to_move_mib(vm, class_spec_for(self.policy, vm)[1])
@@ -180,7 +199,9 @@ class ExecutorView(Protocol):
 class ExecutorFacts(SnapshotFacts):
     """`domain.checks.MoveFacts` for one planned move, answered from the wave and the executor."""
 
-    def __init__(self, m: Migration, wave: Wave, ex: ExecutorView, *, dry: bool) -> None:
+    def __init__(
+        self, m: Migration, wave: Wave, ex: ExecutorView, *, dry: bool, live: LiveFacts | None
+    ) -> None:
         super().__init__(
             m.vm,
             m.source,
@@ -194,6 +215,7 @@ class ExecutorFacts(SnapshotFacts):
         self.wave = wave
         self.ex = ex
         self.dry = dry
+        self._live = live
         self._states: Mapping[str, HostState] | None = None
         self._states_failed = False
 
@@ -305,11 +327,31 @@ class ExecutorFacts(SnapshotFacts):
     def adaptive_cap(self, scope: str, policy_limit: int) -> int:
         return self.ex.adaptive.cap(scope, policy_limit)
 
+    def recently_left(self) -> AbstractSet[str]:
+        w = self.wave
+        if w.departed is None:
+            try:
+                w.departed = recent_departures(
+                    self.ex.journal, self.ex.clock.now(), w.policy.limits.return_guard_s
+                )
+            except JournalError as e:  # the journal checks report it; no guard without it
+                log.warning("journal_read_failed", error=str(e))
+                w.departed = {}
+        return w.departed.get(self.vm_name, frozenset())
 
-def precheck(m: Migration, wave: Wave, ex: ExecutorView, *, dry: bool = False) -> str | None:
+    def empties_source(self) -> bool:
+        return self.m.reason.kind in EXEMPT_FROM_RETURN_GUARD
+
+    def live(self) -> LiveFacts | None:
+        return self._live
+
+
+def precheck(
+    m: Migration, wave: Wave, ex: ExecutorView, *, dry: bool = False, live: LiveFacts | None = None
+) -> str | None:
     """The first pre-check `m` fails (its reason), or None. A dry run (nothing moves) skips the
-    checks on free slots."""
-    failed = first_failure(
-        checks.PRECHECKS, ExecutorFacts(m, wave, ex, dry=dry), levels=DRY_LEVELS if dry else None
-    )
+    checks on free slots. `live`: what the hypervisors said just now (`confirm.live_facts`);
+    without it the CONFIRMED checks pass (the executor asks them only once the others pass)."""
+    facts = ExecutorFacts(m, wave, ex, dry=dry, live=live)
+    failed = first_failure(checks.PRECHECKS, facts, levels=DRY_LEVELS if dry else None)
     return None if failed is None else str(failed[1])

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import bisect
 import time
+from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 
 from rebalancerd.domain.load import imbalance
 from rebalancerd.domain.model import ClusterSnapshot, Placement, Vm
@@ -45,17 +47,21 @@ def make_plan(
     time_limit_s: float = 5.0,
     seed: int = 0,
     frozen: frozenset[str] = frozenset(),
+    departed: Mapping[str, AbstractSet[str]] | None = None,
     max_moves: int | None = None,
     max_mib: int | None = None,
     applied: bool = False,
 ) -> MigrationPlan:
     """The plan for `snapshot` under `policy`. With applied=True the snapshot already has the
     policy applied (policy.resolve.apply_policy, e.g. once per daemon cycle) and is used as is;
-    otherwise the policy is applied here, at time `now`."""
+    otherwise the policy is applied here, at time `now`. `departed`: VM -> hosts it may not
+    go back to yet (the return guard; see `build_problem`)."""
     t0 = time.perf_counter()
     deadline = t0 + max(0.0, time_limit_s)
     snap = snapshot if applied else apply_policy(policy, snapshot, now)
-    p = build_problem(snap, policy, frozen=frozen, max_moves=max_moves, max_mib=max_mib)
+    p = build_problem(
+        snap, policy, frozen=frozen, departed=departed, max_moves=max_moves, max_mib=max_mib
+    )
     objective = objective_for(p.mode)
     weights = policy_weights(policy)
     pct, win = policy.targets.prediction.percentile, policy.targets.prediction.window

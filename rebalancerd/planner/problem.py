@@ -7,6 +7,8 @@ agree on the rules.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from rebalancerd.domain import checks
@@ -168,10 +170,13 @@ def build_problem(
     policy: Policy,
     *,
     frozen: frozenset[str] = frozenset(),
+    departed: Mapping[str, AbstractSet[str]] | None = None,
     max_moves: int | None = None,
     max_mib: int | None = None,
 ) -> Problem:
-    """`snapshot` must already have the policy applied (apply_policy)."""
+    """`snapshot` must already have the policy applied (apply_policy). `departed`: VM -> hosts
+    it left within the policy's return guard (the executor's `recent_departures`): the
+    return-guard pre-check keeps those hosts out of the VM's allowed hosts."""
     hosts = list(snapshot.hosts)
     vms = list(snapshot.vms)
     host_index = {h.name: i for i, h in enumerate(hosts)}
@@ -197,7 +202,14 @@ def build_problem(
     hard_pins = rules.hard_pins()
     vm_level, host_level, pair_level = _planner_checks()
     facts = SnapshotFacts(
-        "", "", "", snapshot.vm_map(), snapshot.host_map(), rules.exclusions, hard_pins
+        "",
+        "",
+        "",
+        snapshot.vm_map(),
+        snapshot.host_map(),
+        rules.exclusions,
+        hard_pins,
+        departed=departed,
     )
     receive: list[bool] = []
     for h in hosts:  # the host may receive VMs (active)

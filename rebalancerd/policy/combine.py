@@ -49,8 +49,8 @@ def combine(policies: Sequence[Policy]) -> Policy:
     - ``scope`` is the union of the scopes (a policy with an empty scope covers everything).
     - Rules add up: affinity, anti-affinity, pins, exclusions and maintenance of all policies.
     - Limits: the most restrictive wins: the smallest ``max_*`` and byte budget, the longest
-      cooldown, every blackout, and migrations only where the allowed windows of *all* policies
-      that define windows overlap. Windows and blackouts must share one time zone.
+      cooldown and return guard, every blackout, and migrations only where the allowed windows
+      of *all* policies that define windows overlap. Windows and blackouts must share one time zone.
     - Migration classes are concatenated in priority order (the first matching class wins).
     """
     if not policies:
@@ -72,6 +72,7 @@ def combine(policies: Sequence[Policy]) -> Policy:
         max_per_cycle=min(p.limits.max_per_cycle for p in pol),
         max_mib_per_hour=min(budgets) if budgets else None,
         cooldown_s=max(p.limits.cooldown_s for p in pol),
+        return_guard_s=max(p.limits.return_guard_s for p in pol),
         windows=windows,
         blackouts=_dedup(b for p in pol for b in p.limits.blackouts),
         timezone=(tz_from[0] if tz_from else primary).limits.timezone,

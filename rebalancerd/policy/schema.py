@@ -269,6 +269,9 @@ class Limits(_Strict):
     """Bytes budget (MiB) over a sliding hour; null = unlimited. Default: null."""
     cooldown_s: Annotated[float, _finite(0, 30 * 86400)] = 3600.0
     """A VM that moved is not moved again for this many seconds. Default: 3600."""
+    return_guard_s: Annotated[float, _finite(0, 30 * 86400)] = 3600.0
+    """A VM is not moved back to a host it left less than this many seconds ago (drains and
+    evacuations are exempt); 0 = off. Default: 3600."""
     windows: list[TimeWindow] = Field(default_factory=list, max_length=1000)
     """Windows in which migrations may start; empty = always. Default: []."""
     blackouts: list[TimeWindow] = Field(default_factory=list, max_length=1000)

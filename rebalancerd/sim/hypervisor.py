@@ -26,6 +26,7 @@ from rebalancerd.execution.settings import PrecopyTiming, precopy_timing
 from rebalancerd.ports import (
     Clock,
     DomainInfo,
+    HostFacts,
     HypervisorError,
     MigrationProgress,
     MigrationResult,
@@ -58,6 +59,8 @@ class SimHost:
     cpu_model: str = ""
     reachable: bool = True
     domains: dict[str, SimDomain] = field(default_factory=dict)
+    free_memory_mib: int | None = None
+    """The node's free memory as its hypervisor would report it (None = not reported)."""
 
 
 def migration_timing(
@@ -124,6 +127,15 @@ class SimHypervisor:
             d.name: DomainInfo(d.name, d.running, d.persistent, d.migrating)
             for d in h.domains.values()
         }
+
+    async def host_facts(self, host: str) -> HostFacts:
+        h = self._host(host)
+        active = [d for d in h.domains.values() if d.running]
+        return HostFacts(
+            {d.name: d.memory_mib for d in active},
+            frozenset(d.name for d in active),
+            h.free_memory_mib,
+        )
 
     async def compatible(self, vm: str, source: str, target: str) -> str | None:
         src = self._host(source)

@@ -12,6 +12,7 @@ from rebalancerd.policy.schema import Policy
 from rebalancerd.ports import (
     Clock,
     DomainInfo,
+    HostFacts,
     HypervisorError,
     MigrationProgress,
     MigrationResult,
@@ -25,6 +26,7 @@ class FakeDomain:
     running: bool = True
     persistent: bool = True
     migrating: bool = False
+    memory_mib: int = 2048
 
 
 @dataclass
@@ -52,6 +54,9 @@ class FakeHypervisor:
     """Downtime (ms) reported for a VM's next successful migration (default 42)."""
     starts: list[tuple[float, str]] = field(default_factory=list)
     """(monotonic time, vm) of every migration start."""
+    free_mib: dict[str, int] = field(default_factory=dict)
+    """A host's free memory as its hypervisor reports it (absent = not reported)."""
+    facts_calls: int = 0
     _abort: dict[str, asyncio.Event] = field(default_factory=dict)
 
     @classmethod
@@ -60,7 +65,7 @@ class FakeHypervisor:
         for h in snap.hosts:
             hv.hosts[h.name] = {}
         for v in snap.vms:
-            hv.hosts[v.host][v.name] = FakeDomain()
+            hv.hosts[v.host][v.name] = FakeDomain(memory_mib=v.memory_mib)
         return hv
 
     def where(self, vm: str) -> list[str]:
@@ -75,6 +80,12 @@ class FakeHypervisor:
         self.domain_calls += 1
         doms = self._check(host)
         return {n: DomainInfo(n, d.running, d.persistent, d.migrating) for n, d in doms.items()}
+
+    async def host_facts(self, host: str) -> HostFacts:
+        self.facts_calls += 1
+        doms = self._check(host)
+        active = {n: d.memory_mib for n, d in doms.items() if d.running}
+        return HostFacts(active, frozenset(active), self.free_mib.get(host))
 
     async def compatible(self, vm: str, source: str, target: str) -> str | None:
         self._check(source)
@@ -136,10 +147,12 @@ class FakeHypervisor:
             del src[vm]
             return MigrationResult(False, total_s=self.duration_s, error="connection lost")
         if behaviour == "both":
-            self.hosts[target][vm] = FakeDomain()
+            self.hosts[target][vm] = FakeDomain(memory_mib=dom.memory_mib)
             return MigrationResult(True, total_s=self.duration_s, downtime_ms=50.0)
         del src[vm]
-        self.hosts[target][vm] = FakeDomain(persistent=behaviour != "not_persistent")
+        self.hosts[target][vm] = FakeDomain(
+            persistent=behaviour != "not_persistent", memory_mib=dom.memory_mib
+        )
         return MigrationResult(
             True,
             total_s=self.duration_s,
