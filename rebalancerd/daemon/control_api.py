@@ -178,7 +178,10 @@ def status_document(daemon: DaemonView) -> dict[str, Any]:
             "target": f.target,
             "elapsed_s": round(clock.now() - f.started, 1),
             "strategy": f.settings.strategy if f.settings else None,
+            "state": f.state,
         }
+        if f.detail:
+            item["detail"] = f.detail
         if p is not None and p.data_total_mib > 0:
             done = 1.0 - p.data_remaining_mib / p.data_total_mib
             item["progress"] = round(min(max(done, 0.0), 1.0), 3)

@@ -54,7 +54,8 @@ def health_verdict(
         return True, "reconciling"
     iv = cfg.intervals
     allowed = iv.plan_s * (iv.watchdog_grace_cycles + 1) + cfg.planner.time_limit_s * 2
-    flights = executor.in_flight()
+    # an unresolved post-check (a host not answering) is retried on a timer, not a stuck move
+    flights = [f for f in executor.in_flight() if f.state == "migrating"]
     if flights:
         wall = loop.clock.now()
         for f in flights:

@@ -8,7 +8,27 @@ from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 
 from rebalancerd.domain.checks import LimitValues, LiveFacts, ReasonCode
-from rebalancerd.domain.model import AffinityGroup, Host, HostState, Vm
+from rebalancerd.domain.model import AffinityGroup, ClusterRules, Host, HostState, Vm
+
+
+def guarded_departures(
+    departed: Mapping[str, AbstractSet[str]], rules: ClusterRules
+) -> dict[str, frozenset[str]]:
+    """VM -> the hosts the return guard keeps it from: the hosts it left recently (`departed`)
+    minus those a soft pin asks for (a policy's preference, an operator's move-back): going
+    there is what someone wants, not a flapping host."""
+    if not departed:
+        return {}
+    wanted: dict[str, set[str]] = {}
+    for p in rules.pins:
+        if not p.hard and p.vm in departed:
+            wanted.setdefault(p.vm, set()).update(p.hosts)
+    out: dict[str, frozenset[str]] = {}
+    for vm, hosts in departed.items():
+        left = frozenset(hosts) - wanted.get(vm, set())
+        if left:
+            out[vm] = left
+    return out
 
 
 class SnapshotFacts:

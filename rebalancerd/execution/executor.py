@@ -88,6 +88,7 @@ class Executor(MoveRunner, Reconciler):
         self._running = {}
         self.running = RunningMoves()
         self._abort_reasons = {}
+        self._unresolved = {}
         self._wave = None
         self._stop = False
         self._slot = asyncio.Event()
@@ -104,7 +105,8 @@ class Executor(MoveRunner, Reconciler):
         return frozenset(out)
 
     def in_flight(self) -> list[InFlight]:
-        return [r.rec for r in self._running.values()]
+        """Moves migrating now, then those whose post-verification waits for a host."""
+        return [r.rec for r in self._running.values()] + self.unresolved()
 
     def observe_snapshot(
         self, snapshot: ClusterSnapshot, policy: Policy, *, applied: bool = False

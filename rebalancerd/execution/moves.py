@@ -1,6 +1,7 @@
 """Running one move: start it (journal intent, settings), migrate under a watchdog, verify on
-both hosts, conclude (journal outcome, metrics, breaker, one log line); and aborting every
-running move on request."""
+both hosts (`postcheck.verify`; a host that does not answer: verified again on a timer),
+conclude (journal outcome, metrics, breaker, one log line); and aborting every running move on
+request."""
 
 from __future__ import annotations
 
@@ -16,12 +17,11 @@ from rebalancerd.execution.adaptive import TOTAL
 from rebalancerd.execution.adaptive_feed import AdaptiveFeed
 from rebalancerd.execution.base import MIB, Running
 from rebalancerd.execution.journal import JournalError
+from rebalancerd.execution.postcheck import PostChecker, verify
 from rebalancerd.execution.precheck import Wave
 from rebalancerd.execution.records import ExecutionReport, InFlight, Verdict, move_record
 from rebalancerd.execution.settings import bytes_to_move_mib, choose_settings, class_spec_for
 from rebalancerd.ports import (
-    DomainInfo,
-    Hypervisor,
     HypervisorError,
     MigrationProgress,
     MigrationResult,
@@ -34,38 +34,7 @@ JUDGED = frozenset({ReasonKind.BALANCE, ReasonKind.HOTSPOT})
 """Reason kinds whose effect on the imbalance is judged by the 'did it help' tracker."""
 
 
-async def verify(hypervisor: Hypervisor, vm: str, source: str, target: str) -> Verdict:
-    """Where the VM runs after its move, as the two hosts say."""
-    src: dict[str, DomainInfo] | None
-    dst: dict[str, DomainInfo] | None
-    try:
-        src = await hypervisor.domains(source)
-    except HypervisorError:
-        src = None
-    try:
-        dst = await hypervisor.domains(target)
-    except HypervisorError:
-        dst = None
-    on_src = src.get(vm) if src is not None else None
-    on_dst = dst.get(vm) if dst is not None else None
-    src_running = on_src is not None and on_src.running
-    dst_running = on_dst is not None and on_dst.running
-    if src is None or dst is None:
-        down = source if src is None else target
-        return Verdict("unverified", f"host {down} unreachable")
-    if dst_running and not src_running:
-        assert on_dst is not None
-        return Verdict("moved", persistent=on_dst.persistent)
-    if src_running and not dst_running:
-        return Verdict("on_source")
-    if src_running and dst_running:
-        return Verdict("both", "running on both source and target")
-    where = [h for h, d in ((source, on_src), (target, on_dst)) if d is not None]
-    detail = f"defined but not running on {', '.join(where)}" if where else "on neither host"
-    return Verdict("lost", detail)
-
-
-class MoveRunner(AdaptiveFeed):
+class MoveRunner(AdaptiveFeed, PostChecker):
     _abort_reasons: dict[str, str]
     """Migration id -> why abort_all aborted it (in the outcome's detail)."""
 
@@ -258,6 +227,9 @@ class MoveRunner(AdaptiveFeed):
                 log.exception("migration_verify_error", **ids)
                 verdict = Verdict("unverified", f"verification failed: {type(e).__name__}: {e}")
             self._conclude(m, mid, settings, wave, report, result, verdict, elapsed)
+            if verdict.outcome == "unverified":  # a host did not answer: ask again later
+                rec = self._running[mid].rec
+                self._verify_later(m, rec, verdict.detail, wave.policy.limits.cooldown_s)
         finally:
             self._running.pop(mid, None)
             self.running.end(mid)

@@ -34,7 +34,7 @@ from rebalancerd.domain.model import (
 )
 from rebalancerd.domain.plan import Migration, ReasonKind
 from rebalancerd.domain.rules import planned_cpu_mc
-from rebalancerd.domain.snapshot_facts import SnapshotFacts
+from rebalancerd.domain.snapshot_facts import SnapshotFacts, guarded_departures
 from rebalancerd.execution.adaptive import AdaptiveConcurrency
 from rebalancerd.execution.guards import CircuitBreaker
 from rebalancerd.execution.journal import Journal, JournalError
@@ -331,9 +331,10 @@ class ExecutorFacts(SnapshotFacts):
         w = self.wave
         if w.departed is None:
             try:
-                w.departed = recent_departures(
+                left = recent_departures(
                     self.ex.journal, self.ex.clock.now(), w.policy.limits.return_guard_s
                 )
+                w.departed = guarded_departures(left, w.snap.rules)
             except JournalError as e:  # the journal checks report it; no guard without it
                 log.warning("journal_read_failed", error=str(e))
                 w.departed = {}

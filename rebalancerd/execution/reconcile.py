@@ -6,16 +6,15 @@ from __future__ import annotations
 import structlog
 
 from rebalancerd.domain.model import ClusterSnapshot
-from rebalancerd.execution.base import ExecutorBase
 from rebalancerd.execution.journal import JournalEntry, JournalError
-from rebalancerd.execution.moves import verify
+from rebalancerd.execution.postcheck import PostChecker, verify
 from rebalancerd.execution.records import ReconcileReport
 from rebalancerd.ports import HypervisorError
 
 log = structlog.get_logger("rebalancerd.executor")
 
 
-class Reconciler(ExecutorBase):
+class Reconciler(PostChecker):
     async def reconcile(self, snapshot: ClusterSnapshot | None = None) -> ReconcileReport:
         """Resolve every journaled move without an outcome (after a crash or restart) against
         the hypervisors. Never starts a migration."""
@@ -26,8 +25,8 @@ class Reconciler(ExecutorBase):
             log.error("reconcile_journal_unreadable", error=str(err))
             return report
         for e in entries:
-            if e.id in self._running:
-                continue
+            if e.id in self._running or e.id in self._unresolved:
+                continue  # still ours: running, or verified again on a timer
             await self._reconcile_one(e, report)
         self.metrics.set("journal_writable", 1.0 if self.journal.probe() else 0.0)
         return report

@@ -94,6 +94,10 @@ class InFlight:
     """Wall time the move started."""
     progress: MigrationProgress | None = None
     settings: MigrationSettings | None = None
+    state: str = "migrating"
+    """migrating | unresolved (migrated; its post-verification waits for a host to answer)"""
+    detail: str = ""
+    """Why it is unresolved (the host that does not answer)."""
 
 
 @dataclass

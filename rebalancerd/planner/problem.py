@@ -16,7 +16,7 @@ from rebalancerd.domain.checks import Check, Level, ReasonCode
 from rebalancerd.domain.model import ClusterSnapshot, Host, HostState, Vm
 from rebalancerd.domain.plan import ReasonKind
 from rebalancerd.domain.rules import capacity_with_headroom
-from rebalancerd.domain.snapshot_facts import SnapshotFacts
+from rebalancerd.domain.snapshot_facts import SnapshotFacts, guarded_departures
 from rebalancerd.planner.objectives.demand import cpu_demand_for
 from rebalancerd.policy.resolve import policy_weights
 from rebalancerd.policy.schema import Mode, Policy
@@ -209,7 +209,7 @@ def build_problem(
         snapshot.host_map(),
         rules.exclusions,
         hard_pins,
-        departed=departed,
+        departed=guarded_departures(departed or {}, rules),
     )
     receive: list[bool] = []
     for h in hosts:  # the host may receive VMs (active)

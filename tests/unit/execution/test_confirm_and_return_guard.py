@@ -9,8 +9,9 @@ from typing import Any
 from rebalancerd.adapters.clock import VirtualClock
 from rebalancerd.daemon.loop import ControlLoop
 from rebalancerd.domain.checks import ReasonCode
-from rebalancerd.domain.model import ClusterSnapshot, Host, HostState, Vm
+from rebalancerd.domain.model import ClusterRules, ClusterSnapshot, Host, HostState, Pin, Vm
 from rebalancerd.domain.plan import ReasonKind
+from rebalancerd.domain.snapshot_facts import guarded_departures
 from rebalancerd.execution.adaptive import AdaptiveConcurrency
 from rebalancerd.execution.executor import Executor
 from rebalancerd.execution.journal import Journal
@@ -223,3 +224,12 @@ async def test_an_hour_of_a_flapping_host_moves_each_vm_at_most_once() -> None:
     assert max(unguarded.values()) > 1  # the flapping this guards against (cooldown 0)
     guarded = await flapping_hour(policy(max_per_cycle=2))
     assert guarded and max(guarded.values()) == 1, guarded
+
+
+def test_a_soft_pin_to_the_host_left_lifts_the_guard() -> None:
+    """An operator's move-back (or a policy's preference) is a soft pin: going there is wanted."""
+    rules = ClusterRules(pins=(Pin("a", frozenset({"h1"}), hard=False, weight=5.0),))
+    left = {"a": frozenset({"h1", "h2"}), "b": frozenset({"h1"})}
+    assert guarded_departures(left, rules) == {"a": frozenset({"h2"}), "b": frozenset({"h1"})}
+    hard = ClusterRules(pins=(Pin("a", frozenset({"h1"})),))
+    assert guarded_departures(left, hard) == left

@@ -458,8 +458,8 @@ async def test_in_flight_and_frozen_during_a_move() -> None:
     assert metrics.gauge("migrations_in_flight") == 0.0
 
 
-async def test_adapter_bug_during_verification_leaves_move_open_for_reconcile() -> None:
-    ex, hv, _, metrics, journal = make()
+async def test_adapter_bug_during_verification_is_retried_until_resolved() -> None:
+    ex, hv, clock, metrics, journal = make()
     orig = hv.domains
     broken = {"on": False}
 
@@ -482,6 +482,12 @@ async def test_adapter_bug_during_verification_leaves_move_open_for_reconcile() 
     assert metrics.total("errors_total", where="executor_verify") == 1
     assert [e.state for e in journal.open_moves()] == ["unverified"]
     assert "vm0-0" in ex.frozen_vms()
+    (pending,) = ex.in_flight()
+    assert pending.state == "unresolved" and "adapter bug" in pending.detail
     broken["on"] = False
-    rec = await ex.reconcile()
-    assert len(rec.succeeded) == 1 and journal.open_moves() == []
+    await clock.sleep(ex.verify_retry_max_s)  # verified again on the timer, not at a restart
+    assert journal.open_moves() == [] and ex.in_flight() == []
+    assert [e.state for e in journal.moves()] == ["succeeded"]
+    assert "vm0-0" not in ex.frozen_vms()
+    rec = await ex.reconcile()  # nothing left for a reconcile
+    assert rec.succeeded == [] and rec.unresolved == []
