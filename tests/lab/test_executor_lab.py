@@ -29,6 +29,7 @@ from rebalancerd.domain.plan import Migration, MigrationPlan, PlanStep, Reason, 
 from rebalancerd.execution.adaptive import TOTAL, AdaptiveConcurrency
 from rebalancerd.execution.executor import Executor
 from rebalancerd.execution.journal import JOURNAL_FILE, Journal
+from rebalancerd.execution.records import ExecutionReport
 from rebalancerd.observability import MemoryMetrics
 from rebalancerd.policy.schema import Policy
 from tests.fixtures.lab import REPO, Lab
@@ -89,6 +90,18 @@ def plan(*moves: tuple[str, str, str], mib: int = GUEST_MIB) -> MigrationPlan:
     )
 
 
+def assert_downtime_within_limit(report: ExecutionReport, limit_ms: float) -> None:
+    """Every converging (pre-copy) move's downtime at or below its class's max_downtime_ms, as
+    benchmarks/migration_lab.py measures it: the downtime libvirt's completed job statistics
+    report for the move (`MoveRecord.downtime_ms`), compared with the limit with no tolerance
+    (none is documented; the benchmark counts `d > limit` as over)."""
+    converging = [r for r in report.succeeded if r.strategy != "postcopy"]
+    assert converging, report
+    for r in converging:
+        assert r.downtime_ms is not None and 0 < r.downtime_ms <= limit_ms, (r.vm, r.downtime_ms)
+    assert report.downtime_over_limit == 0
+
+
 def observed_concurrency(events: list[HypervisorEvent]) -> int:
     """Max number of migrations at once, from libvirt's lifecycle events alone: a migration
     runs from the incoming guest's start on the target until the guest resumes there or stops
@@ -137,10 +150,8 @@ async def test_live_migrations_verified_and_throttled(rig: Rig) -> None:
     assert 1 <= observed_concurrency(rig.events) <= 2
     started = [e for e in rig.events if e.kind == "migration-started"]
     assert len(started) == 4
-    # verified figures recorded and exported
-    # (downtime against the limit is a figure of benchmarks/migration_lab.py, not asserted here:
-    # on a loaded 2-core CI machine it is noise, not a property)
-    assert all(r.downtime_ms is not None and r.downtime_ms > 0 for r in report.succeeded)
+    # verified figures recorded and exported, each converging move within its downtime limit
+    assert_downtime_within_limit(report, 300)
     assert len(metrics.observations[("migration_downtime_seconds", ())]) == 4
     assert metrics.total("migrations_succeeded_total") == 4
     assert {e.state for e in journal.moves()} == {"succeeded"}
@@ -164,7 +175,7 @@ async def test_adaptive_cap_after_overshoot_holds_in_libvirt_events(rig: Rig) ->
     rep1 = await asyncio.wait_for(ex.execute(plan(*first), snapshot(lab, where), pol), 120)
     assert sorted(r.vm for r in rep1.succeeded) == ["ag1", "ag2"], rep1
     assert rep1.max_concurrency == 2
-    assert all(r.downtime_ms is not None and r.downtime_ms > 0 for r in rep1.succeeded)
+    assert_downtime_within_limit(rep1, 300)
     assert rep1.concurrency_effective == 1
     assert metrics.gauge("migration_concurrency_effective") == 1.0
     where = {"ag1": "h2", "ag2": "h3"}
@@ -173,6 +184,7 @@ async def test_adaptive_cap_after_overshoot_holds_in_libvirt_events(rig: Rig) ->
     rep2 = await asyncio.wait_for(ex.execute(plan(*second), snapshot(lab, where), pol), 120)
     assert sorted(r.vm for r in rep2.succeeded) == ["ag1", "ag2"], rep2
     assert rep2.max_concurrency == 1
+    assert_downtime_within_limit(rep2, 300)
     assert observed_concurrency(rig.events[mark:]) == 1
     assert lab.running_on("ag1") == ["h3"] and lab.running_on("ag2") == ["h1"]
 
@@ -199,6 +211,7 @@ async def test_learned_cap_survives_a_restart_in_libvirt_events(rig: Rig, tmp_pa
     rep1 = await asyncio.wait_for(ex1.execute(plan(*first), snapshot(lab, where), pol), 120)
     assert sorted(r.vm for r in rep1.succeeded) == ["rs1", "rs2"], rep1
     assert rep1.max_concurrency == 2 and rep1.concurrency_effective == 1
+    assert_downtime_within_limit(rep1, 300)
     j1.close()
 
     metrics = MemoryMetrics()
@@ -210,6 +223,7 @@ async def test_learned_cap_survives_a_restart_in_libvirt_events(rig: Rig, tmp_pa
     rep2 = await asyncio.wait_for(ex2.execute(plan(*second), snapshot(lab, where), pol), 120)
     assert sorted(r.vm for r in rep2.succeeded) == ["rs1", "rs2"], rep2
     assert rep2.max_concurrency == 1
+    assert_downtime_within_limit(rep2, 300)
     assert observed_concurrency(rig.events[mark:]) == 1
     assert metrics.total("errors_total", where="adaptive_load") == 0
     assert lab.running_on("rs1") == ["h3"] and lab.running_on("rs2") == ["h1"]
