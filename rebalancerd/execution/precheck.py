@@ -355,4 +355,19 @@ def precheck(
     without it the CONFIRMED checks pass (the executor asks them only once the others pass)."""
     facts = ExecutorFacts(m, wave, ex, dry=dry, live=live)
     failed = first_failure(checks.PRECHECKS, facts, levels=DRY_LEVELS if dry else None)
+    if failed is not None and failed[0].level is Level.CONFIRMED and live is not None:
+        log.warning(  # telemetry and the hypervisors disagree: say what libvirt said
+            "migration_unconfirmed",
+            vm=m.vm,
+            source=m.source,
+            target=m.target,
+            reason=str(failed[1]),
+            on_source=live.on_source,
+            on_target=live.on_target,
+            vm_mib=live.vm_mib,
+            target_domains_mib=live.target_domains_mib,
+            incoming_mib=live.incoming_mib,
+            target_free_mib=live.target_free_mib,
+            target_capacity_mib=wave.hosts[m.target].memory_mib,
+        )
     return None if failed is None else str(failed[1])
