@@ -270,8 +270,8 @@ class Limits(_Strict):
     cooldown_s: Annotated[float, _finite(0, 30 * 86400)] = 3600.0
     """A VM that moved is not moved again for this many seconds. Default: 3600."""
     return_guard_s: Annotated[float, _finite(0, 30 * 86400)] = 3600.0
-    """A VM is not moved back to a host it left less than this many seconds ago (drains and
-    evacuations are exempt); 0 = off. Default: 3600."""
+    """A VM is not moved back to a host it left less than this many seconds ago (drains,
+    evacuations and hosts a soft pin asks for are exempt); 0 = off. Default: 3600."""
     windows: list[TimeWindow] = Field(default_factory=list, max_length=1000)
     """Windows in which migrations may start; empty = always. Default: []."""
     blackouts: list[TimeWindow] = Field(default_factory=list, max_length=1000)
