@@ -387,7 +387,8 @@ def test_generated_cases_exercise_real_moves() -> None:
     """Guard against a vacuous property: a fair share of generated cases really migrate."""
     moved: list[int] = []
 
-    @settings(max_examples=150, deadline=None, database=None)
+    # derandomized: the same 150 cases every run, so the share cannot drift below the bar by chance
+    @settings(max_examples=150, deadline=None, database=None, derandomize=True)
     @given(cases())
     def collect(case: Case) -> None:
         moved.append(len(run_case(case)[1].calls))
