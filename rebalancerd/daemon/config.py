@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from rebalancerd.adapters.mqtt import BrokerSettings
 from rebalancerd.execution import adaptive
+from rebalancerd.files import InputFileError, read_bounded_text
 from rebalancerd.telemetry.collector import CollectorSettings
 
 DEFAULT_METRICS_ADDRESS = "127.0.0.1:9477"
@@ -245,18 +246,10 @@ def load_config(path: str | Path) -> DaemonConfig:
     """The daemon config read from a YAML file (raises ConfigError, one line)."""
     p = Path(path)
     try:
-        size = p.stat().st_size
-        if size > MAX_CONFIG_BYTES:
-            raise ConfigError(f"{p}: file too large ({size} bytes)")
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: no such file") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{p}: is a directory, expected a YAML file") from None
-    except PermissionError:
-        raise ConfigError(f"{p}: permission denied") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{p}: not UTF-8 text") from None
+        # regular files only, never more than the cap: /dev/zero or a FIFO must not hang `run`
+        text = read_bounded_text(p, MAX_CONFIG_BYTES, regular_only=True)
+    except InputFileError as e:
+        raise ConfigError(str(e)) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
