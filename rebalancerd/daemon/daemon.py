@@ -42,7 +42,7 @@ from rebalancerd.adapters.systemd import (
     from_env,
     watchdog_interval_s,
 )
-from rebalancerd.daemon.config import DaemonConfig
+from rebalancerd.daemon.config import DaemonConfig, preflight_problems
 from rebalancerd.daemon.control_api import ControlApi
 from rebalancerd.daemon.health import Progress, Watchdog, health_verdict
 from rebalancerd.daemon.intent import finished_move_backs
@@ -120,6 +120,9 @@ class Daemon:
                 ) from None
             self._resources.push_async_callback(_close_metrics_server, server)
             log.info("metrics_listening", address=f"{server.host}:{server.port}")
+        problems = preflight_problems(cfg)
+        if problems:
+            raise StartupError("; ".join(problems))
         parts = build_parts(
             cfg, self.clock, self.metrics, handlers=self.api.handlers(), on_cycle=self._on_cycle
         )
