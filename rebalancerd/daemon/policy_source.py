@@ -257,7 +257,15 @@ async def read_off_loop(read: Callable[[], T], timeout_s: float = READ_TIMEOUT_S
     """Run a blocking read of the policy files in a worker thread, so that the event loop (control
     API, planning, watchdog) goes on meanwhile; TimeoutError after `timeout_s` (the thread is
     left to finish on its own; the store's lock keeps a later reload from overlapping it)."""
-    return await asyncio.wait_for(asyncio.to_thread(read), timeout_s)
+    # asyncio.wait, not wait_for: 3.11's wait_for drops a cancel that lands as the read ends
+    job = asyncio.ensure_future(asyncio.to_thread(read))
+    try:
+        done, _ = await asyncio.wait({job}, timeout=timeout_s)
+    finally:
+        job.cancel()  # a no-op once done; never awaited here (see PolicyWatcher.run)
+    if not done:
+        raise TimeoutError(f"not done within {timeout_s:g}s")
+    return job.result()
 
 
 # ---------------------------------------------------------------------------------------------
