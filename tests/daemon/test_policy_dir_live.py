@@ -123,3 +123,44 @@ def test_fifo_in_the_policy_directory_blocks_nothing(workdir: Path) -> None:
         assert d.proc is not None and d.proc.poll() is None
     finally:
         d.stop()
+
+
+DRAIN_ONE_AT_A_TIME = """\
+apiVersion: rebalancerd/v1
+kind: Policy
+name: {name}
+mode: {mode}
+limits: {{cooldown_s: 0, max_concurrent: 1, max_per_source: 1, max_per_target: 1}}
+"""
+
+
+@pytest.mark.slow
+def test_policy_flip_to_advisory_reaches_the_wave_in_flight(workdir: Path) -> None:
+    from rebalancerd.domain.model import ClusterSnapshot, Host, Vm
+
+    snap = workdir / "big.json"
+    hosts = tuple(Host(f"big{i}", cores=32, memory_mib=256 * 1024) for i in (1, 2, 3))
+    # three 40 GiB VMs to drain one at a time: ~35 simulated seconds each
+    vms = tuple(
+        Vm(f"huge{i}", "big1", vcpus=4, memory_mib=40 * 1024, cpu_used_mc=500) for i in (1, 2, 3)
+    )
+    codec.dump(ClusterSnapshot(hosts, vms), snap)
+    pol = workdir / "policies" / "main.yaml"
+    pol.write_text(DRAIN_ONE_AT_A_TIME.format(name="act", mode="balance"))
+    cfg = sim_config(workdir) | {"sim": {"snapshot": str(snap), "speed": 5.0}}
+    d = DaemonProc(workdir, cfg)
+    d.start()
+    try:
+        d.wait_ready()
+        d.control("drain", host="big1")
+        wait_for(lambda: d.status()["in_flight"], 30, "first migration in flight")
+        pol.write_text(DRAIN_ONE_AT_A_TIME.format(name="stop", mode="advisory"))
+        wait_for(lambda: d.status()["policy"]["name"] == "stop", 15, "advisory policy in force")
+        wait_for(lambda: d.events("migration_succeeded"), 60, "the move in flight finishes")
+        time.sleep(3.0)  # time for a next move of the wave to start, if it would
+        assert len(d.events("migration_started")) == 1, d.events("migration_started")
+        skipped = [e for e in d.events("migration_skipped") if e.get("reason") == "advisory"]
+        assert skipped, "the wave's remaining moves were not skipped as advisory"
+        assert not d.status()["in_flight"]
+    finally:
+        d.stop()
