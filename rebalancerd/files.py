@@ -71,6 +71,24 @@ def read_bounded(path: str | os.PathLike[str], limit: int, *, regular_only: bool
     return b"".join(chunks)
 
 
+def check_regular_file(path: str | os.PathLike[str]) -> None:
+    """InputFileError (one line) unless `path` can be opened for reading as a regular file;
+    never blocks (a FIFO is refused, not opened for a blocking read) and reads nothing."""
+    p = Path(path)
+    try:
+        os.close(_open_regular(p))
+    except InputFileError:
+        raise
+    except FileNotFoundError:
+        raise InputFileError(f"{p}: no such file") from None
+    except IsADirectoryError:
+        raise InputFileError(f"{p}: is a directory, expected a file") from None
+    except PermissionError:
+        raise InputFileError(f"{p}: permission denied") from None
+    except OSError as e:
+        raise InputFileError(f"{p}: cannot read: {e.strerror or e}") from None
+
+
 def read_bounded_text(
     path: str | os.PathLike[str], limit: int, *, regular_only: bool = False
 ) -> str:
@@ -82,4 +100,4 @@ def read_bounded_text(
         raise InputFileError(f"{path}: not UTF-8 text (byte {e.start})") from None
 
 
-__all__ = ["InputFileError", "read_bounded", "read_bounded_text"]
+__all__ = ["InputFileError", "check_regular_file", "read_bounded", "read_bounded_text"]

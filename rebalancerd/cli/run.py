@@ -85,7 +85,7 @@ def _check(
 
     problems = preflight_problems(cfg)
     hosts = None
-    if not cfg.simulate:
+    if not cfg.simulate and not any(p.startswith("inventory:") for p in problems):
         try:
             hosts = len(read_inventory(cfg))
             if hosts == 0:

@@ -20,7 +20,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from rebalancerd.adapters.mqtt import BrokerSettings
 from rebalancerd.execution import adaptive
-from rebalancerd.files import InputFileError, read_bounded, read_bounded_text
+from rebalancerd.files import (
+    InputFileError,
+    check_regular_file,
+    read_bounded,
+    read_bounded_text,
+)
 from rebalancerd.planner.seed import MAX_SEED
 from rebalancerd.telemetry.collector import CollectorSettings
 
@@ -203,11 +208,20 @@ def topic_segment_problem(name: str) -> str | None:
 MAX_SECRET_FILE_BYTES = 64 * 1024
 
 
-def _regular_file_problem(what: str, path: Path | None) -> str | None:
+def _path(p: str | None) -> Path | None:
+    return None if p is None or p.startswith("@") else Path(p)
+
+
+def _regular_file_problem(what: str, path: Path | None, *, read: bool = True) -> str | None:
+    """Why `path` is not a readable regular file (of at most MAX_SECRET_FILE_BYTES if `read`),
+    or None. Never blocks: a FIFO would hang the loader that reads it next."""
     if path is None:
         return None
     try:
-        read_bounded(path, MAX_SECRET_FILE_BYTES, regular_only=True)
+        if read:
+            read_bounded(path, MAX_SECRET_FILE_BYTES, regular_only=True)
+        else:
+            check_regular_file(path)
     except InputFileError as e:
         return f"{what}: {e}"
     return None
@@ -218,8 +232,12 @@ def preflight_problems(cfg: DaemonConfig) -> list[str]:
     without starting it: what ``run --check`` reports and ``Daemon.start`` refuses, all of them,
     one line each. (The inventory is checked by the caller: ``wiring.read_inventory``.)"""
     if cfg.simulate:
-        return []
+        why = _regular_file_problem("sim.snapshot", _path(cfg.sim.snapshot), read=False)
+        return [why] if why else []
     out: list[str] = []
+    if isinstance(cfg.inventory, str):
+        why = _regular_file_problem("inventory", _path(cfg.inventory), read=False)
+        out += [why] if why else []
     b = cfg.broker
     if b.password_file is not None:
         why = _regular_file_problem("broker.password_file", b.password_file)

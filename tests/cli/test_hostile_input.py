@@ -134,3 +134,21 @@ def test_run_and_check_of_special_config_files_do_not_hang(tmp_path: Path) -> No
     for args in (["--check"], []):
         one_error(cli("run", "--config", str(fifo), *args, timeout=30), "is a FIFO")
         one_error(cli("run", "--config", "/dev/zero", *args, timeout=30), "regular file")
+
+
+def test_fifo_inventory_or_snapshot_is_refused_not_read(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"inventory: {fifo}\nstate_dir: {tmp_path / 'state'}\n")
+    r = cli("run", "--config", str(cfg), "--check", timeout=30)
+    assert r.returncode == 2 and any("inventory: " in ln and "FIFO" in ln for ln in error_lines(r))
+    cfg.write_text(
+        f"simulate: true\nsim: {{snapshot: {fifo}}}\nstate_dir: {tmp_path / 'state'}\n"
+        f"policy_dir: {tmp_path}\ncontrol: {{socket: {tmp_path / 'ctl.sock'}}}\n"
+        "metrics: {enabled: false}\n"
+    )
+    r = cli("run", "--config", str(cfg), "--check", timeout=30)
+    assert r.returncode == 2 and any("sim.snapshot" in ln for ln in error_lines(r))
+    r = cli("run", "--config", str(cfg), timeout=30)  # the daemon refuses at start, no hang
+    assert r.returncode != 0 and "sim.snapshot" in r.stderr and "Traceback" not in r.stderr
