@@ -7,7 +7,12 @@ Inputs (seeded, reproducible):
   scalar types), dumped as block or flow YAML or JSON;
 - valid random policies (should be accepted unless they contradict themselves);
 - alias bombs, deep nesting, many aliases, recursive aliases, oversized documents;
-- random bytes and random unicode text.
+- hostile documents: deep flow/block/JSON nesting inside a valid policy, huge and tiny numbers
+  in every numeric field, bools and strings where numbers go, binary with a BOM, NUL bytes;
+- random bytes and random unicode text;
+- special files, through the file loader (``adapters.policy_files``) and the daemon config
+  loader: a FIFO, /dev/zero, a directory, a symlink loop, a dangling symlink, an oversized
+  file, binary; each must be refused in one located line within a second, never read or hang.
 
 A crash is any exception escaping the loader, or a rejection without a located problem
 (line/column inside the document, the right file name). Every rejection is counted by the kind of
@@ -237,8 +242,43 @@ def _mutate(rng: random.Random, text: str) -> str:
     return "\n".join(lines)
 
 
+NUMERIC_FIELDS = [
+    "priority: {}",
+    "limits: {{max_concurrent: {}}}",
+    "limits: {{max_mib_per_hour: {}}}",
+    "targets: {{headroom: {}}}",
+    "targets: {{weights: {{cpu: {}}}}}",
+    "targets: {{prediction: {{window: {}}}}}",
+    "migration: {{default: {{max_downtime_ms: {}}}}}",
+    "energy: {{min_active_hosts: {}}}",
+]
+HUGE = ["9" * 400, "-" + "9" * 400, "1e308", "1e309", "-1e309", "2e-324", "true", "'3'", "1.0"]
+
+
+def _hostile(rng: random.Random) -> str | bytes:
+    head = "apiVersion: rebalancerd/v1\nkind: Policy\n"
+    kind = rng.randrange(5)
+    if kind == 0:  # a number field with a huge, tiny or wrongly typed value
+        return head + rng.choice(NUMERIC_FIELDS).format(rng.choice(HUGE)) + "\n"
+    if kind == 1:  # deep nesting where a list or mapping is expected
+        d = rng.randint(50, 5000)
+        return head + "rules: {exclusions: " + "[" * d + "]" * d + "}\n"
+    if kind == 2:  # JSON, deeply nested objects
+        d = rng.randint(50, 2000)
+        return (
+            '{"apiVersion": "rebalancerd/v1", "kind": "Policy", "x": '
+            + '{"a": ' * d
+            + ("1" + "}" * d + "}")
+        )
+    if kind == 3:  # binary after a BOM / NUL bytes in a valid document
+        return b"\xef\xbb\xbf" + bytes(rng.randrange(256) for _ in range(rng.randint(1, 300)))
+    return head.encode() + b"name: a\x00b\n"
+
+
 def generate(rng: random.Random) -> tuple[str, str | bytes]:
     r = rng.random()
+    if r < 0.06:
+        return "hostile", _hostile(rng)
     if r < 0.35:
         return "mutated_example", _mutate(rng, rng.choice(EXAMPLES))
     if r < 0.60:
@@ -340,6 +380,56 @@ def run_chunk(args: tuple[int, int, int]) -> dict[str, Any]:
     }
 
 
+def special_files() -> dict[str, Any]:
+    """The file loaders on special files: each must be refused with one located line, fast."""
+    import os
+    import tempfile
+
+    from rebalancerd.adapters.policy_files import parse_policy_dir, parse_policy_file
+    from rebalancerd.daemon.config import ConfigError, load_config
+
+    crashes: list[str] = []
+    cases = 0
+    with tempfile.TemporaryDirectory(prefix="fuzz-special-") as tmp:
+        d = Path(tmp)
+        os.mkfifo(d / "fifo.yaml")
+        (d / "zero.yaml").symlink_to("/dev/zero")
+        (d / "dir.yaml").mkdir()
+        (d / "loop.yaml").symlink_to(d / "loop.yaml")
+        (d / "dangling.yaml").symlink_to(d / "nowhere")
+        (d / "huge.yaml").write_bytes(b"# " + b"x" * (2 << 20) + b"\n")
+        (d / "binary.yaml").write_bytes(bytes(range(256)) * 16)
+        names = ["fifo", "zero", "dir", "loop", "dangling", "huge", "binary"]
+        for name in names:
+            path = d / f"{name}.yaml"
+            for what in ("policy", "config"):
+                cases += 1
+                t0 = time.perf_counter()
+                try:
+                    if what == "policy":
+                        parsed = parse_policy_file(path)
+                        ok = parsed.policy is None and len(parsed.problems) == 1
+                        msg = str(parsed.problems[0]) if parsed.problems else ""
+                    else:
+                        try:
+                            load_config(path)
+                            ok, msg = False, "accepted"
+                        except ConfigError as e:
+                            ok, msg = True, str(e)
+                except BaseException as e:
+                    crashes.append(f"special {name} ({what}): {type(e).__name__}: {e}")
+                    continue
+                took = time.perf_counter() - t0
+                if not ok or "\n" in msg or took > 1.0:
+                    crashes.append(f"special {name} ({what}): {msg!r} in {took:.2f}s")
+        cases += 1
+        t0 = time.perf_counter()
+        _parsed, problems = parse_policy_dir(d)  # the whole directory: one issue per file
+        if len(problems) < len(names) - 1 or time.perf_counter() - t0 > 2.0:
+            crashes.append(f"special directory: {len(problems)} problems {problems[:2]}")
+    return {"cases": cases, "crashes": crashes}
+
+
 def baseline(seed: int, n: int) -> tuple[float, float]:
     """(inputs/s of yaml.compose with SafeLoader, inputs/s of our loader) on the same sample."""
     sample = [generate(random.Random(f"{seed}/{i}"))[1] for i in range(n)]
@@ -391,6 +481,8 @@ def main() -> None:
         crashes += r["crashes"]
     worst = max(r["worst_s"] for r in results)
     n = accepted + sum(rejected.values()) + len(crashes)
+    special = special_files()
+    crashes += special["crashes"]
     print(f"inputs by generator: {dict(sorted(sources.items()))}")
     print(f"rejections by kind:  {dict(rejected.most_common())}")
     for c in crashes[:20]:
@@ -405,6 +497,7 @@ def main() -> None:
             {
                 "inputs": n,
                 "crashes": len(crashes),
+                "special_file_cases": special["cases"],
                 "rejected": sum(rejected.values()),
                 "accepted": accepted,
                 "inputs_per_s": round(n / wall, 1),

@@ -11,6 +11,7 @@ out). An edge module: the pure core never imports it (`tests/unit/test_import_co
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from rebalancerd import snapshot as codec
@@ -23,13 +24,34 @@ class InputFileError(ValueError):
     """An input file that cannot be read (missing, unreadable, too large); one line."""
 
 
-def read_bounded(path: str | os.PathLike[str], limit: int) -> bytes:
-    """The file's bytes, or InputFileError if it cannot be read or holds more than ``limit``."""
+def _open_regular(p: Path) -> int:
+    """A read-only descriptor of `p` if it is a regular file, else InputFileError. Opened with
+    O_NONBLOCK, so that opening a FIFO nobody writes to returns at once instead of hanging."""
+    fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(p)
+        if not stat.S_ISREG(mode):
+            kind = "a FIFO" if stat.S_ISFIFO(mode) else "a device or special file"
+            raise InputFileError(f"{p}: is {kind}, expected a regular file")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_bounded(path: str | os.PathLike[str], limit: int, *, regular_only: bool = False) -> bytes:
+    """The file's bytes, or InputFileError if it cannot be read or holds more than ``limit``.
+    `regular_only`: refuse anything but a regular file (a FIFO, /dev/zero, a socket) without
+    blocking on it (what the daemon's own inputs use: it must never hang on a read)."""
     if limit < 0:
         raise ValueError("limit must be >= 0")
     p = Path(path)
     try:
-        with p.open("rb") as fh:
+        opened = os.fdopen(_open_regular(p), "rb") if regular_only else p.open("rb")
+        with opened as fh:
             chunks: list[bytes] = []
             size = 0
             while size <= limit:
@@ -44,6 +66,8 @@ def read_bounded(path: str | os.PathLike[str], limit: int) -> bytes:
         raise InputFileError(f"{p}: is a directory, expected a file") from None
     except PermissionError:
         raise InputFileError(f"{p}: permission denied") from None
+    except InputFileError:
+        raise
     except OSError as e:
         raise InputFileError(f"{p}: cannot read: {e.strerror or e}") from None
     if size > limit:
@@ -51,16 +75,43 @@ def read_bounded(path: str | os.PathLike[str], limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def read_bounded_text(path: str | os.PathLike[str], limit: int) -> str:
+def check_regular_file(path: str | os.PathLike[str]) -> None:
+    """InputFileError (one line) unless `path` can be opened for reading as a regular file;
+    never blocks (a FIFO is refused, not opened for a blocking read) and reads nothing."""
+    p = Path(path)
+    try:
+        os.close(_open_regular(p))
+    except InputFileError:
+        raise
+    except FileNotFoundError:
+        raise InputFileError(f"{p}: no such file") from None
+    except IsADirectoryError:
+        raise InputFileError(f"{p}: is a directory, expected a file") from None
+    except PermissionError:
+        raise InputFileError(f"{p}: permission denied") from None
+    except OSError as e:
+        raise InputFileError(f"{p}: cannot read: {e.strerror or e}") from None
+
+
+def read_bounded_text(
+    path: str | os.PathLike[str], limit: int, *, regular_only: bool = False
+) -> str:
     """``read_bounded`` decoded as UTF-8 (InputFileError when it is not UTF-8 text)."""
-    data = read_bounded(path, limit)
+    data = read_bounded(path, limit, regular_only=regular_only)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise InputFileError(f"{path}: not UTF-8 text (byte {e.start})") from None
 
 
-__all__ = ["InputFileError", "read_bounded", "read_bounded_text"]
+__all__ = [
+    "InputFileError",
+    "check_regular_file",
+    "dump_snapshot",
+    "load_snapshot",
+    "read_bounded",
+    "read_bounded_text",
+]
 
 
 def load_snapshot(path: str | os.PathLike[str]) -> ClusterSnapshot:

@@ -115,6 +115,9 @@ METRICS: dict[str, MetricSpec] = {
         "gauge", "Unix time of the last policy reload attempt."
     ),
     "policy_reloads_total": MetricSpec("counter", "Policy reload attempts.", ("result",)),
+    "policy_dir_empty": MetricSpec(
+        "gauge", "1 if the policy directory was found empty and the last policy was kept."
+    ),
     # --- daemon -------------------------------------------------------------------------------
     "errors_total": MetricSpec("counter", "Unexpected errors caught by a loop.", ("where",)),
     "journal_writable": MetricSpec("gauge", "1 if the state journal can be written, else 0."),
@@ -124,6 +127,9 @@ METRICS: dict[str, MetricSpec] = {
     "daemon_ready": MetricSpec("gauge", "1 while the daemon serves (after start-up, before stop)."),
     "loop_last_cycle_timestamp_seconds": MetricSpec(
         "gauge", "Unix time the control loop last finished a cycle without error."
+    ),
+    "drain_state_entries_dropped_total": MetricSpec(
+        "counter", "Invalid entries of drained.json dropped on load.", ("section",)
     ),
     "drained_hosts": MetricSpec("gauge", "Hosts put in maintenance through the control API."),
 }

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rebalancerd.files import InputFileError, read_bounded
 from rebalancerd.policy.combine import PolicySet
 from rebalancerd.policy.document import Parsed
 from rebalancerd.policy.issues import PolicyError, PolicyIssue
-from rebalancerd.policy.parse import MAX_FILE_BYTES, file_too_large, parse_policy_text
+from rebalancerd.policy.parse import MAX_FILE_BYTES, parse_policy_text
 from rebalancerd.policy.safe_yaml import Marks
 from rebalancerd.policy.schema import Policy
 from rebalancerd.policy.semantics import set_problems
@@ -21,18 +22,12 @@ POLICY_SUFFIXES = (".yaml", ".yml")
 
 
 def _read(path: Path) -> bytes | PolicyIssue:
+    """The bytes of one policy file: regular files only (a FIFO or a device named ``x.yaml`` is
+    refused at once, never read), at most ``MAX_FILE_BYTES``."""
     try:
-        with path.open("rb") as f:
-            data = f.read(MAX_FILE_BYTES + 1)
-    except FileNotFoundError:
-        return PolicyIssue(str(path), 1, 1, "no such file")
-    except IsADirectoryError:
-        return PolicyIssue(str(path), 1, 1, "is a directory")
-    except OSError as e:
-        return PolicyIssue(str(path), 1, 1, f"cannot read: {e.strerror or e}")
-    if len(data) > MAX_FILE_BYTES:
-        return file_too_large(str(path), len(data))
-    return data
+        return read_bounded(path, MAX_FILE_BYTES, regular_only=True)
+    except InputFileError as e:
+        return PolicyIssue(str(path), 1, 1, str(e).removeprefix(f"{path}: "))
 
 
 def parse_policy_file(path: str | Path) -> Parsed:

@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from rebalancerd.adapters.policy_files import load_policy_file
-from rebalancerd.cli.errors import CliError
+from rebalancerd.cli.errors import CliError, checked_seed
 from rebalancerd.policy.schema import Policy, default_policy
 
 
@@ -44,10 +44,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.time_limit is None or not (0 < args.time_limit <= 3600):
         raise CliError("--time-limit must be between 0 and 3600 seconds")
+    seed = checked_seed(args.seed)
     snap = load_snapshot(args.snapshot)
     policy = load_policy(args.policy)
     now = args.now if args.now is not None else (snap.taken_at or 0.0)
-    plan = make_plan(snap, policy, now=now, time_limit_s=args.time_limit, seed=args.seed)
+    plan = make_plan(snap, policy, now=now, time_limit_s=args.time_limit, seed=seed)
     if args.json:
         print(json.dumps(plan.to_dict(), sort_keys=True))
         return 0

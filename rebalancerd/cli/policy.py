@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from rebalancerd.adapters.policy_files import load_policy_path, parse_policy_dir, parse_policy_file
-from rebalancerd.cli.errors import CliError
+from rebalancerd.cli.errors import CliError, checked_seed
+from rebalancerd.files import InputFileError, read_bounded_text
 from rebalancerd.policy.issues import PolicyError, PolicyIssue
 from rebalancerd.policy.reference import reference_markdown
 from rebalancerd.policy.schema import Policy, policy_json_schema_text
@@ -150,6 +151,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     from rebalancerd.files import load_snapshot
     from rebalancerd.planner import make_plan
 
+    seed = checked_seed(args.seed)
     old, new = _policy(args.old), _policy(args.new)
     if args.live:
         from rebalancerd.cli.snapshot import fetch_live
@@ -160,7 +162,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     if args.time_limit <= 0:
         raise CliError("--time-limit must be > 0")
     now = _now(args.now, snap.taken_at)
-    kw: dict[str, Any] = {"now": now, "time_limit_s": args.time_limit, "seed": args.seed}
+    kw: dict[str, Any] = {"now": now, "time_limit_s": args.time_limit, "seed": seed}
     plan_old = make_plan(snap, old, **kw)
     plan_new = make_plan(snap, new, **kw)
     d = diff_plans(plan_old, plan_new)
@@ -192,13 +194,17 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+MAX_SCHEMA_FILE_BYTES = 16 * 1024 * 1024
+"""Largest file `policy schema --check` reads (the schema and docs/policies.md are far smaller)."""
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     text = reference_markdown() if args.markdown else policy_json_schema_text()
     if args.check:
         try:
-            current = Path(args.check).read_text(encoding="utf-8")
-        except OSError as e:
-            raise CliError(f"{args.check}: {e.strerror or e}") from None
+            current = read_bounded_text(args.check, MAX_SCHEMA_FILE_BYTES, regular_only=True)
+        except InputFileError as e:
+            raise CliError(str(e)) from None
         ok = text in current if args.markdown else current == text
         if not ok:
             print(f"{args.check} is out of date: regenerate with `rebalancerd policy schema`")

@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rebalancerd.daemon.config import DaemonConfig
+    from rebalancerd.telemetry.inventory import Inventory
 
 
 def register(subparsers: Any) -> None:
@@ -40,6 +45,9 @@ async def _run(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config)
     except ConfigError as e:
+        if args.check and args.json:
+            print(json.dumps({"config": args.config, "ok": False, "problems": [str(e)]}))
+            return 2
         raise CliError(str(e)) from None
     updates: dict[str, Any] = {}
     if args.simulate:
@@ -56,18 +64,7 @@ async def _run(args: argparse.Namespace) -> int:
     if updates:
         cfg = cfg.model_copy(update=updates)
     if args.check:
-        hosts = None
-        if not cfg.simulate:
-            try:
-                hosts = len(read_inventory(cfg))
-            except StartupError as e:
-                raise CliError(str(e)) from None
-        out = {"config": args.config, "ok": True, "simulate": cfg.simulate, "hosts": hosts}
-        if args.json:
-            print(json.dumps(out))
-        else:
-            print(f"{args.config}: ok" + (f" ({hosts} inventory hosts)" if hosts else ""))
-        return 0
+        return _check(args, cfg, read_inventory, StartupError)
     rlog.configure(cfg.log.level, cfg.log.format)
     daemon = Daemon(cfg, config_path=args.config, overrides=updates)
     try:
@@ -75,3 +72,38 @@ async def _run(args: argparse.Namespace) -> int:
     except StartupError as e:
         print(f"rebalancerd: error: {e}", file=sys.stderr)
         return 1
+
+
+def _check(
+    args: argparse.Namespace,
+    cfg: DaemonConfig,
+    read_inventory: Callable[[DaemonConfig], Inventory],
+    startup_error: type[Exception],
+) -> int:
+    """`run --check`: every problem the daemon would meet at start, one line each (exit 2)."""
+    from rebalancerd.daemon.config import preflight_problems
+
+    problems = preflight_problems(cfg)
+    hosts = None
+    if not cfg.simulate and not any(p.startswith("inventory:") for p in problems):
+        try:
+            hosts = len(read_inventory(cfg))
+            if hosts == 0:
+                problems.append("inventory: no hosts")
+        except startup_error as e:
+            problems.append(str(e))
+    out = {
+        "config": args.config,
+        "ok": not problems,
+        "simulate": cfg.simulate,
+        "hosts": hosts,
+        "problems": problems,
+    }
+    if args.json:
+        print(json.dumps(out))
+    elif problems:
+        for p in problems:
+            print(f"rebalancerd: error: {args.config}: {p}", file=sys.stderr)
+    else:
+        print(f"{args.config}: ok" + (f" ({hosts} inventory hosts)" if hosts else ""))
+    return 2 if problems else 0

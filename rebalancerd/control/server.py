@@ -26,7 +26,15 @@ from typing import Any
 
 import structlog
 
-from rebalancerd.control.protocol import COMMANDS, MAX_REQUEST_BYTES, REQUEST_TIMEOUT_S
+from rebalancerd.control.protocol import (
+    COMMANDS,
+    LISTEN_BACKLOG,
+    MAX_REQUEST_BYTES,
+    MAX_REQUEST_DEPTH,
+    REQUEST_TIMEOUT_S,
+    json_safe,
+    nesting_depth,
+)
 from rebalancerd.ports import MetricsSink
 
 log = structlog.get_logger("rebalancerd.control")
@@ -126,7 +134,7 @@ class ControlServer:
         old = os.umask(0o177)
         try:
             self._server = await asyncio.start_unix_server(
-                self._serve, path=self.path, limit=MAX_REQUEST_BYTES
+                self._serve, path=self.path, limit=MAX_REQUEST_BYTES, backlog=LISTEN_BACKLOG
             )
         finally:
             os.umask(old)
@@ -184,6 +192,8 @@ class ControlServer:
                 await _send(writer, {"ok": False, "error": "request timed out"})
                 return
             try:
+                if nesting_depth(line) > MAX_REQUEST_DEPTH:
+                    raise ValueError(f"nested deeper than {MAX_REQUEST_DEPTH} levels")
                 req = json.loads(line)
                 if not isinstance(req, dict):
                     raise ValueError("not an object")
@@ -191,8 +201,8 @@ class ControlServer:
                 args = req.get("args") or {}
                 if not isinstance(cmd, str) or not isinstance(args, dict):
                     raise ValueError("command must be a string and args an object")
-            except (ValueError, UnicodeDecodeError) as e:
-                await _send(writer, {"ok": False, "error": f"malformed request: {e}"})
+            except (ValueError, UnicodeDecodeError, RecursionError) as e:
+                await _send(writer, {"ok": False, "error": f"malformed request: {e}"[:300]})
                 return
             command = cmd if cmd in COMMANDS else "unknown"
             handler = self.handlers.get(cmd)
@@ -214,6 +224,11 @@ class ControlServer:
             result = "ok"
         except (ConnectionError, OSError) as e:
             log.info("control_client_gone", error=str(e))
+        except Exception as e:  # every request gets an answer, even on a bug here
+            self.metrics.inc("errors_total", where="control")
+            log.error("control_request_failed", error=f"{type(e).__name__}: {e}"[:300])
+            with contextlib.suppress(Exception):
+                await _send(writer, {"ok": False, "error": f"internal error: {type(e).__name__}"})
         finally:
             self.metrics.inc("control_requests_total", command=command, result=result)
             with contextlib.suppress(Exception):
@@ -222,7 +237,12 @@ class ControlServer:
 
 
 async def _send(writer: asyncio.StreamWriter, obj: dict[str, Any]) -> None:
-    writer.write(json.dumps(obj, default=str, allow_nan=False).encode() + b"\n")
+    try:
+        text = json.dumps(obj, default=str, allow_nan=False)
+    except ValueError:  # a NaN/inf somewhere in the answer: send it as null, never fail
+        log.warning("control_answer_not_finite", detail="non-finite values sent as null")
+        text = json.dumps(json_safe(obj), default=str, allow_nan=False)
+    writer.write(text.encode() + b"\n")
     await writer.drain()
 
 

@@ -11,6 +11,7 @@ field is reported as needing a restart and otherwise ignored. Policies are alway
 from __future__ import annotations
 
 import grp
+import ssl
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -19,6 +20,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from rebalancerd.adapters.mqtt import BrokerSettings
 from rebalancerd.execution import adaptive
+from rebalancerd.files import (
+    InputFileError,
+    check_regular_file,
+    read_bounded,
+    read_bounded_text,
+)
+from rebalancerd.planner.seed import MAX_SEED
 from rebalancerd.telemetry.collector import CollectorSettings
 
 DEFAULT_METRICS_ADDRESS = "127.0.0.1:9477"
@@ -33,7 +41,8 @@ class ConfigError(Exception):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True, strict=True)
+    """Strict types, as in policies: `dry_run: 1` or `plan_s: true` are refused, not coerced."""
 
 
 class MetricsConfig(_Strict):
@@ -81,7 +90,8 @@ class Intervals(_Strict):
 
 class PlannerConfig(_Strict):
     time_limit_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
-    seed: int = 0
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED, strict=True)] = 0
+    """Solver seed, 0..2**31-1 (the solver's seed is 32-bit)."""
 
 
 _COLLECTOR = CollectorSettings()
@@ -164,6 +174,14 @@ class DaemonConfig(_Strict):
     sim: SimConfig = Field(default_factory=SimConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
+    @field_validator("cluster")
+    @classmethod
+    def _topic_segment(cls, v: str) -> str:
+        why = topic_segment_problem(v)
+        if why is not None:
+            raise ValueError(why)
+        return v
+
     @field_validator("state_dir", "policy_dir")
     @classmethod
     def _nonempty(cls, v: str) -> str:
@@ -172,16 +190,108 @@ class DaemonConfig(_Strict):
         return v
 
 
+def topic_segment_problem(name: str) -> str | None:
+    """Why `name` cannot be one level of an MQTT topic (the cluster in
+    ``rebalancer/v1/<cluster>/hosts/+/telemetry``), or None."""
+    if not name:
+        return "must not be empty (it is a level of the telemetry topics)"
+    bad = sorted({c for c in name if c in "/#+" or ord(c) < 0x20 or ord(c) == 0x7F})
+    if bad:
+        return (
+            f"{name[:64]!r}: must not contain {', '.join(repr(c) for c in bad)} (MQTT topic level)"
+        )
+    if len(name.encode()) > 200:
+        return "longer than 200 bytes"
+    return None
+
+
+MAX_SECRET_FILE_BYTES = 64 * 1024
+
+
+def _path(p: str | None) -> Path | None:
+    return None if p is None or p.startswith("@") else Path(p)
+
+
+def _regular_file_problem(what: str, path: Path | None, *, read: bool = True) -> str | None:
+    """Why `path` is not a readable regular file (of at most MAX_SECRET_FILE_BYTES if `read`),
+    or None. Never blocks: a FIFO would hang the loader that reads it next."""
+    if path is None:
+        return None
+    try:
+        if read:
+            read_bounded(path, MAX_SECRET_FILE_BYTES, regular_only=True)
+        else:
+            check_regular_file(path)
+    except InputFileError as e:
+        return f"{what}: {e}"
+    return None
+
+
+def preflight_problems(cfg: DaemonConfig) -> list[str]:
+    """Every problem the daemon would hit at start (or at its first connection) that can be seen
+    without starting it: what ``run --check`` reports and ``Daemon.start`` refuses, all of them,
+    one line each. (The inventory is checked by the caller: ``wiring.read_inventory``.)"""
+    if cfg.simulate:
+        why = _regular_file_problem("sim.snapshot", _path(cfg.sim.snapshot), read=False)
+        return [why] if why else []
+    out: list[str] = []
+    if isinstance(cfg.inventory, str):
+        why = _regular_file_problem("inventory", _path(cfg.inventory), read=False)
+        out += [why] if why else []
+    b = cfg.broker
+    if b.password_file is not None:
+        why = _regular_file_problem("broker.password_file", b.password_file)
+        if why is None:
+            text = read_bounded_text(b.password_file, MAX_SECRET_FILE_BYTES, regular_only=True)
+            if not text.splitlines() or not text.splitlines()[0]:
+                why = f"broker.password_file: {b.password_file}: first line is empty"
+        if why is not None:
+            out.append(why)
+    files = {"broker.ca_file": b.ca_file, "broker.cert_file": b.cert_file}
+    files["broker.key_file"] = b.key_file
+    file_problems = [p for k, f in files.items() if (p := _regular_file_problem(k, f))]
+    out += file_problems
+    if b.key_file is not None and b.cert_file is None:
+        out.append("broker.key_file: given without cert_file")
+    elif b.tls and not file_problems:
+        out += _tls_problems(b.ca_file, b.cert_file, b.key_file)
+    return out
+
+
+def _tls_problems(ca: Path | None, cert: Path | None, key: Path | None) -> list[str]:
+    """Load the TLS files the way the MQTT client will (a bad certificate failed every connect)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    out: list[str] = []
+    if ca is not None:
+        try:
+            ctx.load_verify_locations(cafile=str(ca))
+        except (ssl.SSLError, OSError) as e:
+            out.append(f"broker.ca_file: {ca}: not usable as CA certificates ({_ssl_reason(e)})")
+    if cert is not None:
+        try:
+            ctx.load_cert_chain(str(cert), str(key) if key is not None else None)
+        except (ssl.SSLError, OSError) as e:
+            out.append(f"broker.cert_file: {cert}: certificate/key not usable ({_ssl_reason(e)})")
+    return out
+
+
+def _ssl_reason(e: Exception) -> str:
+    return str(getattr(e, "reason", None) or getattr(e, "strerror", None) or e)
+
+
 RELOADABLE: frozenset[str] = frozenset(
     {"intervals", "planner", "shutdown_deadline_s", "log", "control.group"}
 )
 
 
-def _first_error(e: ValidationError) -> str:
-    err = e.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-    more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
-    return f"{loc}: {err['msg']}{more}"
+def _all_errors(e: ValidationError, most: int = 10) -> str:
+    """Every validation error (up to `most`) on one line, `; `-separated."""
+    parts = []
+    for err in e.errors()[:most]:
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        parts.append(f"{loc}: {err['msg']}")
+    more = f" (and {e.error_count() - most} more)" if e.error_count() > most else ""
+    return "; ".join(parts) + more
 
 
 def _resolve(base: Path, p: str | None) -> str | None:
@@ -205,7 +315,7 @@ def parse(data: Any, source: str = "<config>", base: Path | None = None) -> Daem
     try:
         cfg = DaemonConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(f"{source}: {_first_error(e)}") from None
+        raise ConfigError(f"{source}: {_all_errors(e)}") from None
     if not cfg.simulate and not cfg.inventory:
         raise ConfigError(f"{source}: inventory: required unless simulate: true")
     if cfg.control.group is not None:
@@ -245,18 +355,10 @@ def load_config(path: str | Path) -> DaemonConfig:
     """The daemon config read from a YAML file (raises ConfigError, one line)."""
     p = Path(path)
     try:
-        size = p.stat().st_size
-        if size > MAX_CONFIG_BYTES:
-            raise ConfigError(f"{p}: file too large ({size} bytes)")
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: no such file") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{p}: is a directory, expected a YAML file") from None
-    except PermissionError:
-        raise ConfigError(f"{p}: permission denied") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{p}: not UTF-8 text") from None
+        # regular files only, never more than the cap: /dev/zero or a FIFO must not hang `run`
+        text = read_bounded_text(p, MAX_CONFIG_BYTES, regular_only=True)
+    except InputFileError as e:
+        raise ConfigError(str(e)) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import structlog
 
 from rebalancerd import __version__
+from rebalancerd.control.protocol import json_safe
 from rebalancerd.control.server import ControlRequestError, Handler
 from rebalancerd.daemon.config import DaemonConfig
 from rebalancerd.daemon.intent import MOVE_BACK_TTL_S, Drain, MoveBack, apply_intent
@@ -192,7 +193,7 @@ def status_document(daemon: DaemonView) -> dict[str, Any]:
     plan = parts.loop.current_plan
     journal_error = parts.journal_error or parts.journal.probe_error()
     healthy, health = daemon.health()
-    return {
+    doc: dict[str, Any] = {
         "daemon": {
             "version": __version__,
             "pid": os.getpid(),
@@ -224,3 +225,6 @@ def status_document(daemon: DaemonView) -> dict[str, Any]:
         "in_flight": flights,
         "decisions": list(daemon.decisions),
     }
+    # strict JSON whatever a value turned out to be (a NaN from a state file, a model...)
+    safe: dict[str, Any] = json_safe(doc)
+    return safe

@@ -42,11 +42,12 @@ from rebalancerd.adapters.systemd import (
     from_env,
     watchdog_interval_s,
 )
-from rebalancerd.daemon.config import DaemonConfig
+from rebalancerd.daemon.config import DaemonConfig, preflight_problems
 from rebalancerd.daemon.control_api import ControlApi
 from rebalancerd.daemon.health import Progress, Watchdog, health_verdict
 from rebalancerd.daemon.intent import finished_move_backs
 from rebalancerd.daemon.loop import CycleReport, hot_hosts
+from rebalancerd.daemon.policy_source import READ_TIMEOUT_S, read_off_loop
 from rebalancerd.daemon.reload import reload_config, reload_summary
 from rebalancerd.daemon.wiring import Parts, StartupError, build_parts
 from rebalancerd.ports import Clock
@@ -87,7 +88,6 @@ class Daemon:
         self.decisions: deque[dict[str, Any]] = deque(maxlen=DECISIONS_KEPT)
         self.phase = "starting"
         self.reconcile_report: dict[str, Any] | None = None
-        self.last_reload: dict[str, Any] = {"ok": False, "summary": "never loaded"}
         self._resources = contextlib.AsyncExitStack()
         """What start() opened, closed by close() (last opened first)."""
         self._stop_planning = asyncio.Event()
@@ -120,11 +120,20 @@ class Daemon:
                 ) from None
             self._resources.push_async_callback(_close_metrics_server, server)
             log.info("metrics_listening", address=f"{server.host}:{server.port}")
+        problems = preflight_problems(cfg)
+        if problems:
+            raise StartupError("; ".join(problems))
         parts = build_parts(
             cfg, self.clock, self.metrics, handlers=self.api.handlers(), on_cycle=self._on_cycle
         )
         self.parts = parts
         self._resources.push_async_callback(_close_parts, parts)
+        try:  # the first load of the policies, off the event loop
+            await read_off_loop(parts.store.reload)
+        except TimeoutError:
+            raise StartupError(
+                f"policy directory {cfg.policy_dir}: not read within {READ_TIMEOUT_S:g}s"
+            ) from None
         writable = not parts.journal_error and parts.journal.probe()
         self.metrics.set("journal_writable", 1.0 if writable else 0.0)
         if not writable:
@@ -134,7 +143,6 @@ class Daemon:
                 error=parts.journal_error or "write probe failed",
                 consequence="no migration will start until the state directory is writable",
             )
-        self.last_reload = reload_summary(parts.store)
         try:
             await parts.control.start()
         except (OSError, KeyError) as e:
@@ -276,14 +284,22 @@ class Daemon:
                     done = reload_config(self.config_path, self.overrides, self.cfg, parts)
                     self.cfg = done.config
                     out["config"] = done.report
-                result = await asyncio.to_thread(parts.watcher.reload_now)
-                self.last_reload = reload_summary(parts.store)
-                out["policy"] = self.last_reload
-                self.notifier.status(result.summary()[:200])
+                try:
+                    result = await read_off_loop(parts.watcher.reload_now)
+                    self.notifier.status(result.summary()[:200])
+                except TimeoutError:
+                    self.metrics.inc("errors_total", where="policy_reload")
+                    log.error("policy_read_timeout", timeout_s=READ_TIMEOUT_S)
+                out["policy"] = reload_summary(parts.store)
             finally:
                 self.notifier.reloaded()
             parts.loop.wake()
             return out
+
+    @property
+    def last_reload(self) -> dict[str, Any]:
+        """The last policy reload attempt (the store's: watcher, SIGHUP and start alike)."""
+        return reload_summary(self.parts.store)
 
     # -- health -----------------------------------------------------------------------------
     def health(self) -> tuple[bool, str]:

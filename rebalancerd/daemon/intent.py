@@ -8,6 +8,7 @@ pins bringing VMs home after an undrain --move-back). ``DrainFile`` keeps the in
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ import structlog
 
 from rebalancerd.domain.model import ClusterRules, ClusterSnapshot, HostState, Pin
 from rebalancerd.execution.precheck import StatesOverlay
+from rebalancerd.files import InputFileError, read_bounded
+from rebalancerd.ports import MetricsSink
 
 log = structlog.get_logger("rebalancerd.daemon")
 
@@ -24,6 +27,7 @@ DRAINED_FILE = "drained.json"
 MOVE_BACK_TTL_S = 3600.0
 """How long after an undrain --move-back the planner is asked to bring the VMs home."""
 MOVE_BACK_WEIGHT = 50.0
+MAX_DRAINED_BYTES = 16 * 1024 * 1024
 
 
 @dataclass
@@ -88,6 +92,35 @@ def intent_host_states(states: Mapping[str, HostState], intent: Intent) -> Mappi
     return StatesOverlay(drained, states) if drained else states
 
 
+def _finite_time(raw: object, what: str) -> float:
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+        raise ValueError(f"{what}: not a number")
+    t = float(raw)
+    if not math.isfinite(t):
+        raise ValueError(f"{what}: not finite")
+    return t
+
+
+def _drain_entry(raw: object) -> Drain:
+    if not isinstance(raw, dict):
+        raise ValueError("not an object")
+    vms = raw.get("vms", {})
+    if not isinstance(vms, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in vms.items()
+    ):
+        raise ValueError("vms: not an object of VM name -> host name")
+    return Drain(_finite_time(raw.get("since"), "since"), dict(vms))
+
+
+def _move_back_entry(raw: object) -> MoveBack:
+    if not isinstance(raw, dict):
+        raise ValueError("not an object")
+    home = raw.get("home")
+    if not isinstance(home, str) or not home:
+        raise ValueError("home: not a host name")
+    return MoveBack(home, _finite_time(raw.get("until"), "until"))
+
+
 def finished_move_backs(intent: Intent, where: Mapping[str, str], now: float) -> list[str]:
     """The VMs whose move-back is over: past its deadline, or home (`where`: VM -> host)."""
     return [vm for vm, mb in intent.move_back.items() if mb.until < now or where.get(vm) == mb.home]
@@ -99,30 +132,62 @@ class DrainFile:
     def __init__(self, state_dir: str) -> None:
         self.path = Path(state_dir) / DRAINED_FILE
 
-    def load(self) -> tuple[Intent, bool]:
+    def load(self, metrics: MetricsSink | None = None) -> tuple[Intent, bool]:
         """The intent saved last, and whether it was read whole. A missing file is an empty
-        intent; an unreadable or invalid one is logged and keeps what was read before the
-        problem."""
+        intent; an unreadable one is logged (``drain_state_unreadable``) and empty; an entry that
+        is not valid (a non-finite or non-number time, a non-string host...) is dropped with a log
+        line (``drain_state_entry_dropped``) and counted in ``drain_state_entries_dropped_total``,
+        and the valid entries are kept."""
         intent = Intent()
         p = self.path
         try:
-            doc = json.loads(p.read_text())
-        except FileNotFoundError:
-            return intent, False
-        except (OSError, ValueError) as e:
+            doc = json.loads(read_bounded(p, MAX_DRAINED_BYTES, regular_only=True))
+        except InputFileError as e:
+            if not p.exists() and not p.is_symlink():
+                return intent, False
             log.error("drain_state_unreadable", path=str(p), error=str(e))
             return intent, False
-        try:
-            for host, d in doc.get("drained", {}).items():
-                intent.drained[str(host)] = Drain(float(d["since"]), dict(d.get("vms", {})))
-            for vm, mb in doc.get("move_back", {}).items():
-                intent.move_back[str(vm)] = MoveBack(str(mb["home"]), float(mb["until"]))
-        except (AttributeError, KeyError, TypeError, ValueError) as e:
-            log.error("drain_state_invalid", path=str(p), error=str(e))
+        except ValueError as e:
+            log.error("drain_state_unreadable", path=str(p), error=f"not JSON: {e}")
             return intent, False
+        whole = True
+        if not isinstance(doc, dict):
+            log.error("drain_state_unreadable", path=str(p), error="top level is not an object")
+            return intent, False
+
+        def dropped(section: str, key: object, why: str) -> None:
+            nonlocal whole
+            whole = False
+            log.error(
+                "drain_state_entry_dropped",
+                path=str(p),
+                section=section,
+                key=str(key)[:200],
+                error=why,
+            )
+            if metrics is not None:
+                metrics.inc("drain_state_entries_dropped_total", section=section)
+
+        def entries(section: str) -> dict[str, object]:
+            found = doc.get(section, {})
+            if isinstance(found, dict):
+                return found
+            dropped(section, section, "not an object")
+            return {}
+
+        for host, raw in entries("drained").items():
+            try:
+                intent.drained[host] = _drain_entry(raw)
+            except ValueError as e:
+                dropped("drained", host, str(e))
+        for vm, raw in entries("move_back").items():
+            try:
+                intent.move_back[vm] = _move_back_entry(raw)
+            except ValueError as e:
+                dropped("move_back", vm, str(e))
         if intent.drained:
             log.info("drains_restored", hosts=sorted(intent.drained))
-        return intent, True
+        return intent, whole
 
     def save(self, intent: Intent) -> str | None:
         """Persist the intent (atomically); returns an error text if it could not be saved."""

@@ -16,6 +16,20 @@ If the very first load fails there is no old set: the store then holds ``FALLBAC
 *advisory, dry-run* policy that never moves a VM, until a reload succeeds. A broken file never
 makes the daemon act on defaults the operator did not choose.
 
+Empty directory
+---------------
+- At the first load (daemon start), a directory without policy files puts the built-in default
+  policy in force (``default_policy()``: mode balance, no exclusions, which *does* migrate); the
+  store logs ``policy_default_in_force`` saying so.
+- Once a set of policy files was in force, a directory that turns empty (``rm *.yaml && cp ...``,
+  a half-done deploy) never replaces it: the last policy stays in force, the attempt is logged
+  (``policy_dir_empty_kept``), counted (``policy_reloads_total{result="empty"}``), sets
+  ``policy_dir_empty`` to 1 and ``policy_reload_success`` to 0, and ``status`` shows it.
+
+Policy files are read off the event loop (``read_off_loop``: a worker thread, with a timeout),
+regular files only (a FIFO named ``x.yaml`` is refused at once, never opened for a blocking
+read), at most ``MAX_FILE_BYTES`` each (``adapters/policy_files.py``).
+
 The store is a zero-argument callable returning the policy in force, so it can be passed as the
 control loop's ``policy_provider``. It logs through any logger with structlog-style
 ``info``/``error`` methods (``make_store`` passes structlog's).
@@ -40,7 +54,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
@@ -91,8 +105,14 @@ class ReloadResult:
     """The policy files read."""
     policy: Policy
     """The policy in force after this attempt (the old one if not ok)."""
+    at: float = 0.0
+    """When the attempt was made (the store's clock, epoch seconds)."""
+    kept_on_empty: bool = False
+    """The directory held no policy file and the last policy was kept (see the module doc)."""
 
     def summary(self) -> str:
+        if self.kept_on_empty:
+            return f"policy directory empty, keeping {self.policy.name!r} (last policy in force)"
         if self.ok:
             what = "changed" if self.changed else "unchanged"
             return f"policy reloaded ({len(self.files)} files, {what}): {self.policy.name}"
@@ -120,6 +140,7 @@ class PolicyStore:
         self._policy: Policy = FALLBACK
         self._listeners: list[Callable[[ReloadResult], None]] = []
         self.last_result: ReloadResult | None = None
+        self._first_report = True
         if load:
             self.reload()
 
@@ -157,14 +178,19 @@ class PolicyStore:
                 )
             files = tuple(p.source for p in parsed)
             old = self._policy
+            at = self.clock.now()
             if problems:
-                result = ReloadResult(False, False, tuple(problems), files, old)
+                result = ReloadResult(False, False, tuple(problems), files, old, at)
+            elif not files and self._set is not None and self._set.files:
+                # files were in force: an empty directory is a deploy in progress, not a choice
+                empty = PolicyIssue(str(self.directory), 1, 1, "no policy files")
+                result = ReloadResult(False, False, (empty,), files, old, at, kept_on_empty=True)
             else:
                 new_set = PolicySet(tuple(p.policy for p in parsed if p.policy is not None), files)
                 new = new_set.effective()
                 self._set = new_set
                 self._policy = new
-                result = ReloadResult(True, new != old, (), files, new)
+                result = ReloadResult(True, new != old, (), files, new, at)
             self.last_result = result
         self._report(result)
         for fn in list(self._listeners):
@@ -176,8 +202,29 @@ class PolicyStore:
 
     def _report(self, r: ReloadResult) -> None:
         self.metrics.set("policy_reload_success", 1.0 if r.ok else 0.0)
-        self.metrics.set("policy_reload_timestamp_seconds", self.clock.now())
-        self.metrics.inc("policy_reloads_total", result="ok" if r.ok else "error")
+        self.metrics.set("policy_reload_timestamp_seconds", r.at)
+        self.metrics.set("policy_dir_empty", 1.0 if r.kept_on_empty else 0.0)
+        outcome = "empty" if r.kept_on_empty else "ok" if r.ok else "error"
+        self.metrics.inc("policy_reloads_total", result=outcome)
+        if r.kept_on_empty:
+            self.log.error(
+                "policy_dir_empty_kept",
+                directory=str(self.directory),
+                keeping=r.policy.name,
+                mode=r.policy.mode.value,
+                error=r.summary(),
+            )
+            return
+        if r.ok and not r.files and self._first_report:
+            self.log.info(
+                "policy_default_in_force",
+                directory=str(self.directory),
+                policy=r.policy.name,
+                mode=r.policy.mode.value,
+                detail="no policy file at start: the built-in default policy is in force and "
+                "may migrate VMs; add a policy file (mode: advisory to only plan)",
+            )
+        self._first_report = False
         if r.ok:
             self.log.info(
                 "policy_reloaded",
@@ -195,6 +242,30 @@ class PolicyStore:
                 problems=[str(p) for p in r.problems],
                 error=r.summary(),
             )
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading off the event loop
+
+READ_TIMEOUT_S = 30.0
+"""Longest the daemon waits for one reading of the policy directory (a hung NFS mount...)."""
+
+T = TypeVar("T")
+
+
+async def read_off_loop(read: Callable[[], T], timeout_s: float = READ_TIMEOUT_S) -> T:
+    """Run a blocking read of the policy files in a worker thread, so that the event loop (control
+    API, planning, watchdog) goes on meanwhile; TimeoutError after `timeout_s` (the thread is
+    left to finish on its own; the store's lock keeps a later reload from overlapping it)."""
+    # asyncio.wait, not wait_for: 3.11's wait_for drops a cancel that lands as the read ends
+    job = asyncio.ensure_future(asyncio.to_thread(read))
+    try:
+        done, _ = await asyncio.wait({job}, timeout=timeout_s)
+    finally:
+        job.cancel()  # a no-op once done; never awaited here (see PolicyWatcher.run)
+    if not done:
+        raise TimeoutError(f"not done within {timeout_s:g}s")
+    return job.result()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,7 +344,15 @@ class PolicyWatcher:
                     t.cancel()
             self._requested.clear()
             try:
-                self.poll()
+                await read_off_loop(self.poll)
+            except TimeoutError:
+                self.store.metrics.inc("errors_total", where="policy_watch")
+                self.store.log.error(
+                    "policy_read_timeout",
+                    directory=str(self.store.directory),
+                    timeout_s=READ_TIMEOUT_S,
+                    kept=self.store.current().name,
+                )
             except Exception as e:  # never let the watcher die
                 self.store.log.error("policy_watch_failed", error=f"{type(e).__name__}: {e}")
 

@@ -8,7 +8,6 @@ longer parses keeps the running one; a broken policy file keeps the old policies
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -81,7 +80,9 @@ def apply_live(parts: Parts, old: DaemonConfig, new: DaemonConfig) -> None:
 
 
 def reload_summary(store: PolicyStore) -> dict[str, Any]:
-    """The last policy (re)load, for the status document."""
+    """The last policy (re)load attempt, whoever made it (start-up, SIGHUP, `rebalancerd
+    reload` or the directory watcher): the store's last result is the one source of truth, the
+    same the `policy_reload_success` metric is set from."""
     r = store.last_result
     if r is None:
         return {"ok": False, "summary": "never loaded"}
@@ -90,5 +91,6 @@ def reload_summary(store: PolicyStore) -> dict[str, Any]:
         "summary": r.summary(),
         "files": list(r.files),
         "problems": [str(p) for p in r.problems[:20]],
-        "at": time.time(),
+        "at": r.at,
+        "empty_directory_kept": r.kept_on_empty,
     }

@@ -238,10 +238,9 @@ def build_parts(
         telemetry, hypervisor = real_sources(cfg, clock, metrics)
     journal, journal_error = open_journal(cfg.state_dir)
     drain_file = DrainFile(cfg.state_dir)
-    intent, restored = drain_file.load()
-    if restored:
-        metrics.set("drained_hosts", len(intent.drained))
-    store = make_store(cfg.policy_dir, metrics, clock)
+    intent, _whole = drain_file.load(metrics)
+    metrics.set("drained_hosts", len(intent.drained))
+    store = make_store(cfg.policy_dir, metrics, clock, load=False)  # Daemon.start loads it
     watcher = PolicyWatcher(store, clock, interval_s=2.0)
 
     def operator_host_states() -> Mapping[str, HostState]:
@@ -258,6 +257,7 @@ def build_parts(
         dry_run=cfg.dry_run,
         host_states=operator_host_states,
         adaptive=adaptive_concurrency(cfg),
+        policy_provider=store.current,
     )
     loop = ControlLoop(
         telemetry,

@@ -12,6 +12,14 @@ reason).
 Dry-run (the executor's flag or ``policy.dry_run``) and advisory mode never call the hypervisor:
 pure checks run and every move is reported as skipped with reason ``dry_run`` / ``advisory``.
 
+A policy change reaches a wave in flight: with a ``policy_provider`` (the daemon's policy store),
+the policy in force is read again right before each move starts, not only at wave start. If it
+changed, the wave follows it: advisory or dry-run now -> the move (and every later one) is
+skipped with reason ``advisory`` / ``dry_run`` (detail "policy changed during the wave");
+otherwise the new policy is applied on top of the wave's snapshot (its exclusions, scope,
+maintenance, pins add to the old ones for the rest of the wave: a change can only make the wave
+more careful), and its windows and limits are what the pre-checks of the next moves read.
+
 This module orchestrates; the parts live beside it: the pre-checks in `precheck.py` (the list is
 `domain/checks.py`), one move in `moves.py`, reconciliation in `reconcile.py`, the adaptive
 controller's feed in `adaptive_feed.py`, the reports in `records.py`.
@@ -20,11 +28,12 @@ controller's feed in `adaptive_feed.py`, the reports in `records.py`.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import structlog
 
-from rebalancerd.domain.checks import waits
+from rebalancerd.domain.checks import LiveFacts, waits
 from rebalancerd.domain.load import imbalance
 from rebalancerd.domain.model import ClusterSnapshot
 from rebalancerd.domain.plan import Migration, MigrationPlan, PlanStep
@@ -34,7 +43,13 @@ from rebalancerd.execution.guards import CircuitBreaker, HelpTracker
 from rebalancerd.execution.journal import Journal, JournalError
 from rebalancerd.execution.limits import RunningMoves
 from rebalancerd.execution.moves import MoveRunner
-from rebalancerd.execution.precheck import HostStates, Wave, new_wave, precheck
+from rebalancerd.execution.precheck import (
+    HostStates,
+    Wave,
+    new_wave,
+    precheck,
+    vm_anti_groups_of,
+)
 from rebalancerd.execution.reconcile import Reconciler
 from rebalancerd.execution.records import ExecutionReport, InFlight
 from rebalancerd.policy.resolve import apply_policy, policy_weights
@@ -42,6 +57,19 @@ from rebalancerd.policy.schema import Mode, Policy
 from rebalancerd.ports import Clock, Hypervisor, HypervisorError, MetricsSink
 
 log = structlog.get_logger("rebalancerd.executor")
+
+POLICY_CHANGED = "policy changed during the wave"
+
+
+def follow_policy(wave: Wave, policy: Policy, now: float) -> None:
+    """The wave under a policy that changed while it ran: `policy` applied on top of the wave's
+    snapshot (its exclusions, scope, maintenance and pins add to the old ones)."""
+    eff = apply_policy(policy, wave.snap, now)
+    wave.snap = eff
+    wave.policy = policy
+    wave.hosts = eff.host_map()
+    wave.hard_pins = eff.rules.hard_pins()
+    wave.anti_groups = vm_anti_groups_of(eff.rules)
 
 
 class Executor(MoveRunner, Reconciler):
@@ -63,13 +91,17 @@ class Executor(MoveRunner, Reconciler):
         adaptive: AdaptiveConcurrency | None = None,
         stagger_s: float = 0.0,
         share_downtime: bool = True,
+        policy_provider: Callable[[], Policy] | None = None,
     ) -> None:
         """`host_states`, if given, returns the latest state of every host (the telemetry's
         `host_states()`, operator drains applied): host states are re-read from it right before
         each move (a target that turned stale mid-wave is refused).
         `adaptive`: the AIMD concurrency controller (default: on, see adaptive.py).
         `stagger_s`: least time between two move starts while another move runs (0 = off).
-        `share_downtime`: divide the downtime target by the effective concurrency (settings)."""
+        `share_downtime`: divide the downtime target by the effective concurrency (settings).
+        `policy_provider`: the policy in force now (the daemon's policy store), read before each
+        move of a wave (see the module docstring); None = the wave keeps the policy passed to
+        execute()."""
         self.hypervisor = hypervisor
         self.clock = clock
         self.metrics = metrics
@@ -84,6 +116,7 @@ class Executor(MoveRunner, Reconciler):
         self._load_adaptive()
         self.stagger_s = stagger_s
         self.share_downtime = share_downtime
+        self.policy_provider = policy_provider
         self._last_start = -float("inf")
         self._running = {}
         self.running = RunningMoves()
@@ -236,6 +269,32 @@ class Executor(MoveRunner, Reconciler):
         wave.settle(m.vm, m.source, m.target)
         self._skip(report, m, mode_reason, detail="would migrate")
 
+    def _follow_policy(self, wave: Wave) -> str | None:
+        """Bring the wave to the policy in force now (see the module docstring): "dry_run" or
+        "advisory" if no move may start any more, else None (the wave's policy is current)."""
+        new = wave.policy
+        if self.policy_provider is not None:
+            try:
+                new = self.policy_provider()
+            except Exception as e:  # no policy to check against: start nothing
+                log.error("policy_provider_failed", error=f"{type(e).__name__}: {e}")
+                return "policy_unavailable"
+        if new is not wave.policy and new != wave.policy:
+            log.info(
+                "wave_policy_changed",
+                old=wave.policy.name,
+                new=new.name,
+                mode=new.mode.value,
+                dry_run=new.dry_run,
+            )
+            follow_policy(wave, new, self.clock.now())
+        wave.policy = new
+        if self.dry_run or new.dry_run:
+            return "dry_run"
+        if new.mode is Mode.ADVISORY:
+            return "advisory"
+        return None
+
     # -- running a step ---------------------------------------------------------------------
     async def _run_step(self, step: PlanStep, wave: Wave, report: ExecutionReport) -> None:
         pending = list(step.migrations)
@@ -245,14 +304,24 @@ class Executor(MoveRunner, Reconciler):
             hold_until: float | None = None
             wave.sharing = len(self._running) + len(pending)
             for m in pending:
+                halted = self._follow_policy(wave)
+                if halted is not None:
+                    self._skip(report, m, halted, detail=POLICY_CHANGED)
+                    continue
                 why = precheck(m, wave, self)
                 if why is None:
                     why = await self._compatible(m, wave)
+                    live: LiveFacts | None = None
                     if why is None:  # what libvirt itself runs on both hosts, just now
                         why, live = await live_facts(self.hypervisor, m, self._running.values())
+                    # re-read after the awaits: the policy may have changed, other moves may
+                    # have started or ended
+                    halted = self._follow_policy(wave)
+                    if halted is not None:
+                        self._skip(report, m, halted, detail=POLICY_CHANGED)
+                        continue
                     if why is None:
-                        # re-check after the awaits (other moves may have started or ended),
-                        # this time with the hypervisors' own word
+                        # re-check, this time with the hypervisors' own word
                         why = precheck(m, wave, self, live=live)
                 if why is None and self.stagger_s > 0 and tasks:
                     # spread switch-overs: not two starts within stagger_s of each other

@@ -17,6 +17,7 @@ from ortools.sat.python import cp_model
 
 from rebalancerd.planner import objective as obj
 from rebalancerd.planner.problem import Problem
+from rebalancerd.planner.seed import solver_seed
 from rebalancerd.planner.state import State
 
 SCALE = 10_000
@@ -343,7 +344,7 @@ def solve(
     solver = cp_model.CpSolver()
     prm = solver.parameters
     prm.num_workers = 1
-    prm.random_seed = seed
+    prm.random_seed = solver_seed(seed)
     prm.max_deterministic_time = max(0.01, det_time)
     prm.max_time_in_seconds = max(0.01, wall_time)
     prm.log_search_progress = False

@@ -38,7 +38,11 @@ class _Strict(BaseModel):
         str_strip_whitespace=True,
         use_attribute_docstrings=True,
         allow_inf_nan=False,
+        strict=True,
     )
+    """Strict types: a bool is not a number (``priority: true``), a number is not a bool
+    (``dry_run: 1``), a string is not a number (``max_concurrent: "3"``), ``1.0`` is not an
+    integer; an integer is a valid float. Enum fields take their string values (see `Mode`)."""
 
 
 class Mode(StrEnum):
@@ -412,7 +416,7 @@ class Policy(_Strict):
     priority: Annotated[int, Field(ge=-1000, le=1000)] = 0
     """When several policies apply, the highest priority decides mode, targets, migration and
     energy. Default: 0."""
-    mode: Mode = Mode.BALANCE
+    mode: Annotated[Mode, Field(strict=False)] = Mode.BALANCE
     """balance, consolidate, drain or advisory. Default: balance."""
     dry_run: bool = False
     """Plan and log what would be done; the executor never calls the hypervisor. Default: false."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from rebalancerd.policy.schema import _DAYS, TimeWindow, minutes
+from rebalancerd.policy.schema import _DAYS, Day, TimeWindow, minutes
 
 WEEK = 7 * 1440
 Interval = tuple[int, int]
@@ -70,7 +70,7 @@ def _hhmm(m: int) -> str:
 
 def to_windows(intervals: list[Interval]) -> list[TimeWindow]:
     """Intervals of the week back to windows: one window per (start, end) time, with its days."""
-    by_time: dict[tuple[str, str], list[str]] = {}
+    by_time: dict[tuple[str, str], list[Day]] = {}
     for a, b in intervals:
         while a < b:
             d = a // 1440

@@ -65,3 +65,28 @@ def test_drain_file_round_trip_and_damage(tmp_path: Path) -> None:
     assert not whole and loaded.drained == {}
     missing = DrainFile(str(tmp_path / "nope"))
     assert missing.save(intent) is not None  # the directory does not exist: a warning
+
+
+def test_drain_file_drops_bad_entries_keeps_the_rest(tmp_path: Path) -> None:
+    from rebalancerd.observability import MemoryMetrics
+
+    f = DrainFile(str(tmp_path))
+    f.path.write_text(
+        '{"drained": {"a": {"since": NaN, "vms": {}}, "b": {"since": 3.0, "vms": {"v": "b"}},'
+        ' "c": {"since": Infinity}, "d": {"since": true}, "e": "x"},'
+        ' "move_back": {"v1": {"home": "b", "until": -Infinity}, "v2": {"home": "a", "until": 9}}}'
+    )
+    metrics = MemoryMetrics()
+    loaded, whole = f.load(metrics)
+    assert not whole
+    assert loaded.drained == {"b": Drain(3.0, {"v": "b"})}
+    assert loaded.move_back == {"v2": MoveBack("a", 9.0)}
+    assert metrics.total("drain_state_entries_dropped_total", section="drained") == 4
+    assert metrics.total("drain_state_entries_dropped_total", section="move_back") == 1
+
+
+def test_drain_file_special_files_are_not_read(tmp_path: Path) -> None:
+    import os
+
+    os.mkfifo(tmp_path / "drained.json")
+    assert DrainFile(str(tmp_path)).load() == (Intent(), False)

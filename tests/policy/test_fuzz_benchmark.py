@@ -30,3 +30,11 @@ def test_fuzz_chunk_has_no_crash_and_counts_everything() -> None:
     for kind in ("yaml_syntax", "unknown_key", "alias_limit", "encoding"):
         assert r["rejected"].get(kind, 0) > 0, r["rejected"]
     assert set(r["by_source"]) >= {"mutated_example", "valid_policy", "bomb", "random_bytes"}
+
+
+def test_fuzz_hostile_inputs_and_special_files() -> None:
+    bench = load_bench()
+    r = bench.run_chunk((11, 0, 600))  # type: ignore[attr-defined]
+    assert r["crashes"] == [] and r["by_source"].get("hostile", 0) > 0
+    special = bench.special_files()  # type: ignore[attr-defined]
+    assert special["crashes"] == [] and special["cases"] == 15

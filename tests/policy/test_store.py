@@ -118,3 +118,36 @@ def test_listeners_see_every_attempt_and_cannot_break_reload(tmp_path: Path) -> 
     assert not store.reload().ok
     assert len(seen) == 1 and not seen[0].ok
     assert any(e[1] == "policy_listener_failed" for e in log.events)
+
+
+def test_directory_turning_empty_keeps_the_last_policy(tmp_path: Path) -> None:
+    # `rm *.yaml && cp ...`: between the two the directory is empty. The built-in default
+    # (balance, no exclusions) took effect then and migrated VMs an advisory policy held.
+    f = tmp_path / "a.yaml"
+    f.write_text(HEAD + "name: hold\nmode: advisory\nrules: {exclusions: ['*']}\n")
+    store, m, log, clock = make(tmp_path)
+    held = store.current()
+    f.unlink()
+    clock.advance(5)
+    r = store.reload()
+    assert store.current() is held and held.mode is Mode.ADVISORY
+    assert not r.ok and r.kept_on_empty and r.policy is held
+    assert "empty" in r.summary() and "hold" in r.summary()
+    assert m.gauge("policy_dir_empty") == 1.0
+    assert m.gauge("policy_reload_success") == 0.0
+    assert m.total("policy_reloads_total", result="empty") == 1
+    level, event, kw = log.events[-1]
+    assert (level, event, kw["keeping"]) == ("error", "policy_dir_empty_kept", "hold")
+    f.write_text(HEAD + "name: back\nmode: advisory\n")
+    r = store.reload()
+    assert r.ok and store.current().name == "back"
+    assert m.gauge("policy_dir_empty") == 0.0
+
+
+def test_empty_directory_at_start_says_the_default_is_in_force(tmp_path: Path) -> None:
+    store, _m, log, _ = make(tmp_path)
+    assert store.current() == default_policy()
+    assert [e[1] for e in log.events] == ["policy_default_in_force", "policy_reloaded"]
+    assert "may migrate" in log.events[0][2]["detail"]
+    store.reload()  # said once, at the first load
+    assert [e[1] for e in log.events].count("policy_default_in_force") == 1
