@@ -242,19 +242,16 @@ def test_host_whose_capacity_rounds_to_zero_is_rejected() -> None:
         inventory_from_mapping([inv | {"memory_mib": 2**63}])
 
 
+@pytest.mark.timeout(120)  # a hang guard, not a speed target: the old check took minutes
 def test_duplicate_name_check_is_linear() -> None:
-    """60,000 VMs, every name twice: the old check (list.count per name) took minutes."""
+    """60,000 VMs, every name twice: the old check (list.count per name) was quadratic."""
     hosts = (Host("h1", 8, 1024),)
     vms = tuple(Vm(f"v{i % 30_000}", "h1", 1, 1) for i in range(60_000))
-    t0 = time.monotonic()
     with pytest.raises(ValueError, match="duplicate vm names: v0, v1, v10, v100"):
         ClusterSnapshot(hosts, vms)
-    assert time.monotonic() - t0 < 5.0
     many_hosts = tuple(Host(f"h{i % 30_000}", 1, 1) for i in range(60_000))
-    t0 = time.monotonic()
     with pytest.raises(ValueError, match="duplicate host names"):
         ClusterSnapshot(many_hosts, ())
-    assert time.monotonic() - t0 < 5.0
 
 
 @pytest.mark.parametrize("kind", ["binary", "deep", "dev_zero", "tiny_speed"])
@@ -271,7 +268,7 @@ def test_hostile_inventory_file_through_run_check(
         needle = "nested too deeply"
     elif kind == "dev_zero":
         inv = Path("/dev/zero")
-        needle = "file too large"
+        needle = "expected a regular file"  # refused before a byte is read
     else:
         inv.write_text(
             "hosts:\n  - {name: h1, libvirt_uri: 'qemu:///system', cores: 1, memory_mib: 1,"
