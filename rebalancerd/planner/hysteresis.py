@@ -6,7 +6,8 @@ For objectives that apply it to the whole plan (balance, advisory, drain), make_
 1. **Moves that do not pay are undone.** An optional move (not a drain, evacuation, rule fix or
    hotspot relief) goes back to its origin when the balance score (spread + migration cost +
    soft-rule penalty) without it is no worse than with it; then pairs of optional moves that
-   share a host (a swap, or two links of a chain) are undone together the same way. A revert is
+   are links of one swap or chain (the second leaves the host the first went to) are undone
+   together the same way (at most MAX_PASSES rounds of both). A revert is
    tried only where the VM may stand on its origin again: the host takes it within capacity
    with headroom (or is no fuller than now), no hard anti-affinity peer is there, and the VM is
    not in a hard affinity group (those move together).
@@ -31,6 +32,8 @@ EPS = 1e-12
 """A revert is made when it lowers the score or leaves it within this of where it was."""
 MAX_PAIR_TRIALS = 20_000
 """Pairs of moves tried for a joint revert (bounds the step on plans of thousands of moves)."""
+MAX_PASSES = 3
+"""Rounds of single, then pair reverts (a revert can make another one pay)."""
 
 
 class _Gaps:
@@ -47,10 +50,15 @@ class _Gaps:
         self.m = {h: s.mem[h] / p.raw_mem[h] for h in self.hosts}
         self.sc = sorted(self.c.values())
         self.sm = sorted(self.m.values())
+        self.value = self.spread(())
+        """The spread as of the last commit."""
 
     @staticmethod
     def _range(values: list[float], skip: list[float], new: list[float]) -> float:
         """max - min of `values` without one occurrence of each of `skip`, plus `new`."""
+        lo, hi = values[0], values[-1]
+        if all(lo < x < hi for x in skip) and all(lo <= x <= hi for x in new):
+            return hi - lo  # the ends stay where they are (most reverts)
         left = sorted(skip)
 
         def extreme(indices: range) -> float | None:
@@ -91,6 +99,7 @@ class _Gaps:
                 ordered.pop(bisect.bisect_left(ordered, table[h]))
                 table[h] = new
                 bisect.insort(ordered, new)
+        self.value = self.spread(())
 
 
 class _Pruner:
@@ -124,7 +133,7 @@ class _Pruner:
         if not all(p.may_host(v, p.origin[v]) for v in vms):
             return False
         soft = any(v in self.soft for v in vms)
-        before = self.gaps.spread(()) + (soft_penalty(p, s) if soft else 0.0)
+        before = self.gaps.value + (soft_penalty(p, s) if soft else 0.0)
         loads: dict[int, tuple[int, int]] = {}
         was = {v: s.where[v] for v in vms}
         changed = [h for v in vms for h in (s.where[v], p.origin[v])]
@@ -151,29 +160,29 @@ class _Pruner:
     def run(self) -> None:
         p, s = self.p, self.s
         by_cost = sorted(self.optional, key=lambda v: (-p.cost_mib[v], v))
-        changed = True
-        while changed:
+        trials = 0
+        for _ in range(MAX_PASSES):
             changed = False
             for v in by_cost:
                 if self.try_revert([v]):
                     changed = True
             moved = [v for v in by_cost if s.where[v] != p.origin[v]]
-            touching: dict[int, list[int]] = {}
+            leaving: dict[int, list[int]] = {}
             for v in moved:
-                for h in (p.origin[v], s.where[v]):
-                    touching.setdefault(h, []).append(v)
-            trials = 0
+                leaving.setdefault(p.origin[v], []).append(v)
             for v in moved:
-                partners = {
-                    w for h in (p.origin[v], s.where[v]) for w in touching.get(h, ()) if w > v
-                }
-                for w in sorted(partners):
+                # the next links of a swap or chain through v: the moves off the host v went to
+                for w in leaving.get(s.where[v], ()):
+                    if w == v:
+                        continue
                     trials += 1
                     if trials > MAX_PAIR_TRIALS:
                         return
                     if self.try_revert([v, w]):
                         changed = True
                         break
+            if not changed:
+                return
 
 
 def apply_hysteresis(

@@ -27,6 +27,7 @@ def one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
     out, err = capsys.readouterr()
     lines = err.strip().splitlines()
     assert rc == 2, (rc, err[-500:])
+    assert not out.strip(), out[-300:]
     assert len(lines) == 1 and lines[0].startswith("rebalancerd: error: "), err[-500:]
     assert "Error:" not in lines[0], lines[0]  # an exception's class name: an unhandled case
     return lines[0]
