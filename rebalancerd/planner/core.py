@@ -96,7 +96,7 @@ def make_plan(
 
     mandatory = {v: m for v, m in ctx.mandatory.items() if m.kind in MANDATORY_KINDS}
     if objective.whole_plan_hysteresis:  # (consolidate applies it per emptied host)
-        s = apply_hysteresis(p, s, mandatory, notes)
+        s = apply_hysteresis(p, s, mandatory, notes, ctx.opening)
 
     moves = s.moves()
     if not moves:
@@ -108,7 +108,7 @@ def make_plan(
         # Moves the sequencer could not order are not made: what is left must pay for itself
         # too (else e.g. half of a swap is made, for a worse spread).
         reached = _reached(p, steps)
-        paying = apply_hysteresis(p, reached, mandatory, notes)
+        paying = apply_hysteresis(p, reached, mandatory, notes, ctx.opening)
         if paying.where == reached.where:
             break
         steps, later = _sequence(p, paying, objective, mandatory, ctx.opening)

@@ -4,13 +4,14 @@ For objectives that apply it to the whole plan (balance, advisory, drain), make_
 `apply_hysteresis` on the final placement:
 
 1. **Moves that do not pay are undone.** An optional move (not a drain, evacuation, rule fix or
-   hotspot relief) goes back to its origin when the balance score (spread + migration cost +
-   soft-rule penalty) without it is no worse than with it; then pairs of optional moves that
-   are links of one swap or chain (the second leaves the host the first went to) are undone
-   together the same way (at most MAX_PASSES rounds of both). A revert is
-   tried only where the VM may stand on its origin again: the host takes it within capacity
-   with headroom (or is no fuller than now), no hard anti-affinity peer is there, and the VM is
-   not in a hard affinity group (those move together).
+   hotspot relief, nor a move of the opening descent) goes back to its origin when neither the
+   balance score (spread + migration cost + soft-rule penalty) nor the worse weighted gap (which
+   the minimax polish lowers) rises by more than its migration cost without it; then pairs of
+   optional moves that are links of one swap or chain (the second leaves the host the first
+   went to) are undone together the same way (at most MAX_PASSES rounds of both). A revert is
+   tried only where the VMs may stand on their origins again: the host takes them within
+   capacity with headroom (or is no fuller than now), no hard anti-affinity peer is there, and
+   no VM is in a hard affinity group (those move together).
 2. **The rest must beat the hysteresis.** The optional moves left are kept only if together they
    lower the balance score (their spread gain net of their migration cost and soft-rule change)
    by more than zero and by at least the hysteresis; otherwise none of them is made.
@@ -51,7 +52,7 @@ class _Gaps:
         self.sc = sorted(self.c.values())
         self.sm = sorted(self.m.values())
         self.value = self.spread(())
-        """The spread as of the last commit."""
+        """(spread, worst gap) as of the last commit."""
 
     @staticmethod
     def _range(values: list[float], skip: list[float], new: list[float]) -> float:
@@ -71,21 +72,22 @@ class _Gaps:
                 return x
             return None
 
-        lo = extreme(range(len(values)))
-        hi = extreme(range(len(values) - 1, -1, -1))
-        cands = new + [x for x in (lo, hi) if x is not None]
+        low = extreme(range(len(values)))
+        high = extreme(range(len(values) - 1, -1, -1))
+        cands = new + [x for x in (low, high) if x is not None]
         return max(cands) - min(cands) if len(cands) >= 2 else 0.0
 
-    def spread(self, changed: Sequence[int]) -> float:
-        """The spread of the state as it is now, where only `changed` hosts moved since the
-        last commit."""
+    def spread(self, changed: Sequence[int]) -> tuple[float, float]:
+        """(spread, worst weighted gap) of the state as it is now, where only `changed` hosts
+        moved since the last commit (objective.spread and objective.worst_gap)."""
         hs = [h for h in set(changed) if h in self.hosts]
         if len(self.hosts) < 2:
-            return 0.0
+            return 0.0, 0.0
         p, s = self.p, self.s
         gc = self._range(self.sc, [self.c[h] for h in hs], [s.cpu[h] / p.raw_cpu[h] for h in hs])
         gm = self._range(self.sm, [self.m[h] for h in hs], [s.mem[h] / p.raw_mem[h] for h in hs])
-        return self.wc * gc + self.wm * gm
+        wc, wm = self.wc, self.wm
+        return wc * gc + wm * gm, max(wc * gc, wm * gm) / max(wc, wm)
 
     def commit(self, changed: Sequence[int]) -> None:
         p, s = self.p, self.s
@@ -105,7 +107,7 @@ class _Gaps:
 class _Pruner:
     """Undoes optional moves (alone or in pairs) that do not pay for their migration."""
 
-    def __init__(self, p: Problem, s: State, optional: list[int]) -> None:
+    def __init__(self, p: Problem, s: State, optional: list[int], kept: frozenset[int]) -> None:
         self.p = p
         self.s = s
         self.gaps = _Gaps(p, s)
@@ -115,7 +117,7 @@ class _Pruner:
             if not g.hard:
                 soft.update(g.vms)
         self.soft = soft
-        self.optional = [v for v in optional if v not in p.aff_of]
+        self.optional = [v for v in optional if v not in p.aff_of and v not in kept]
         self.reverted: list[int] = []
 
     def _anti_ok(self, vms: Sequence[int]) -> bool:
@@ -133,7 +135,8 @@ class _Pruner:
         if not all(p.may_host(v, p.origin[v]) for v in vms):
             return False
         soft = any(v in self.soft for v in vms)
-        before = self.gaps.value + (soft_penalty(p, s) if soft else 0.0)
+        spread0, worst0 = self.gaps.value
+        before = spread0 + (soft_penalty(p, s) if soft else 0.0)
         loads: dict[int, tuple[int, int]] = {}
         was = {v: s.where[v] for v in vms}
         changed = [h for v in vms for h in (s.where[v], p.origin[v])]
@@ -147,8 +150,11 @@ class _Pruner:
         )
         if ok:
             saved = sum(obj.move_cost(p, v, self.mean_mem) for v in vms)
-            after = self.gaps.spread(changed) + (soft_penalty(p, s) if soft else 0.0)
-            ok = after - saved <= before + EPS
+            spread1, worst1 = self.gaps.spread(changed)
+            after = spread1 + (soft_penalty(p, s) if soft else 0.0)
+            # undone only if the move paid on neither the score nor the worse gap (which the
+            # minimax polish lowers)
+            ok = after - saved <= before + EPS and worst1 - saved <= worst0 + EPS
         if not ok:
             for v in vms:
                 s.move(v, was[v])
@@ -186,10 +192,16 @@ class _Pruner:
 
 
 def apply_hysteresis(
-    p: Problem, s: State, mandatory: dict[int, Mandatory], notes: list[str]
+    p: Problem,
+    s: State,
+    mandatory: dict[int, Mandatory],
+    notes: list[str],
+    opening: Sequence[int] = (),
 ) -> State:
     """`s` without the optional moves that do not pay for their migration, and without any
-    optional move if together they gain less than the hysteresis (module docstring)."""
+    optional move if together they gain less than the hysteresis (module docstring). The
+    `opening` descent's moves are not undone one by one: each closed the gap when it was made
+    and they lead the plan in that order."""
     optional = [v for v, _, _ in s.moves() if v not in mandatory]
     if not optional:
         return s
@@ -198,7 +210,7 @@ def apply_hysteresis(
         base_where[v] = s.where[v]
     base = State(p, base_where)
     s = s.copy()
-    pruner = _Pruner(p, s, optional)
+    pruner = _Pruner(p, s, optional, frozenset(opening))
     pruner.run()
     if pruner.reverted:
         notes.append(
