@@ -65,9 +65,9 @@ def bench_policy(memory_only: bool = False) -> Any:
 
 def make_snapshot(spec: dict[str, Any]) -> Any:
     if "file" in spec:
-        from rebalancerd import snapshot as codec
+        from rebalancerd.files import load_snapshot
 
-        return codec.load(spec["file"])
+        return load_snapshot(spec["file"])
     from rebalancerd.sim.synthetic import skewed_snapshot
 
     h, v, variant = spec["hosts"], spec["vms"], spec["variant"]

@@ -4,13 +4,17 @@
 0 and then never end. ``read_bounded`` reads at most ``limit + 1`` bytes, so memory stays bounded
 by the cap for every kind of file, and says in one line what went wrong.
 
-Stdlib only and no I/O library (the pure snapshot codec uses it too).
+Also the snapshot file's reader and writer (the codec in `snapshot.py` is pure: text in, text
+out). An edge module: the pure core never imports it (`tests/unit/test_import_contract.py`).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from rebalancerd import snapshot as codec
+from rebalancerd.domain.model import ClusterSnapshot
 
 _CHUNK = 1 << 20
 
@@ -57,3 +61,18 @@ def read_bounded_text(path: str | os.PathLike[str], limit: int) -> str:
 
 
 __all__ = ["InputFileError", "read_bounded", "read_bounded_text"]
+
+
+def load_snapshot(path: str | os.PathLike[str]) -> ClusterSnapshot:
+    """Read a snapshot file: at most `snapshot.MAX_SNAPSHOT_BYTES` + 1 bytes are read, whatever
+    the file is. Raises `snapshot.SnapshotError` (one line)."""
+    try:
+        data = read_bounded(path, codec.MAX_SNAPSHOT_BYTES)
+    except InputFileError as e:
+        raise codec.SnapshotError(str(e)) from None
+    return codec.loads(data, str(path))
+
+
+def dump_snapshot(snap: ClusterSnapshot, path: str | os.PathLike[str]) -> None:
+    """Write a snapshot file (the codec's JSON and a newline)."""
+    Path(path).write_text(codec.dumps(snap) + "\n")

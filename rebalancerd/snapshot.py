@@ -23,7 +23,6 @@ from rebalancerd.domain.model import (
     PowerCurve,
     Vm,
 )
-from rebalancerd.files import InputFileError, read_bounded
 
 SNAPSHOT_VERSION = 1
 MAX_SNAPSHOT_BYTES = 512 * 1024 * 1024
@@ -258,21 +257,8 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed in a snapshot")
 
 
-def load(path: str | Path) -> ClusterSnapshot:
-    """Read a snapshot file: at most MAX_SNAPSHOT_BYTES + 1 bytes are read, whatever it is."""
-    try:
-        data = read_bounded(path, MAX_SNAPSHOT_BYTES)
-    except InputFileError as e:
-        raise SnapshotError(str(e)) from None
-    return loads(data, str(path))
-
-
 def dumps(snap: ClusterSnapshot, indent: int | None = 2) -> str:
     return json.dumps(to_dict(snap), indent=indent, allow_nan=False)
-
-
-def dump(snap: ClusterSnapshot, path: str | Path) -> None:
-    Path(path).write_text(dumps(snap) + "\n")
 
 
 def json_schema() -> dict[str, Any]:

@@ -30,9 +30,9 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from planner_scale import bench_policy  # noqa: E402
 
-from rebalancerd import snapshot as codec  # noqa: E402
 from rebalancerd.adapters.policy_files import load_policy_file  # noqa: E402
 from rebalancerd.domain.model import ClusterSnapshot  # noqa: E402
+from rebalancerd.files import load_snapshot  # noqa: E402
 from rebalancerd.planner import make_plan  # noqa: E402
 from rebalancerd.policy.schema import Mode, Policy  # noqa: E402
 from rebalancerd.sim.synthetic import skewed_snapshot  # noqa: E402
@@ -59,7 +59,7 @@ def synthetic(hosts: int, vms: int, variant: str) -> ClusterSnapshot:
 
 
 def cases(max_hosts: int) -> Iterator[tuple[str, ClusterSnapshot, Policy]]:
-    example = codec.load(EXAMPLE)
+    example = load_snapshot(EXAMPLE)
     yield "example/default", example, bench_policy()
     for f in sorted((REPO / "policies").glob("*.yaml")):
         yield f"example/{f.stem}", example, load_policy_file(f)

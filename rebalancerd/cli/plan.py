@@ -39,12 +39,12 @@ def load_policy(path: str | None) -> Policy:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rebalancerd import snapshot as codec
+    from rebalancerd.files import load_snapshot
     from rebalancerd.planner import make_plan
 
     if args.time_limit is None or not (0 < args.time_limit <= 3600):
         raise CliError("--time-limit must be between 0 and 3600 seconds")
-    snap = codec.load(args.snapshot)
+    snap = load_snapshot(args.snapshot)
     policy = load_policy(args.policy)
     now = args.now if args.now is not None else (snap.taken_at or 0.0)
     plan = make_plan(snap, policy, now=now, time_limit_s=args.time_limit, seed=args.seed)

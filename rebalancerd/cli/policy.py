@@ -147,7 +147,7 @@ def _now(arg: str | None, taken_at: float | None) -> float:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from rebalancerd import snapshot as snapshot_codec
+    from rebalancerd.files import load_snapshot
     from rebalancerd.planner import make_plan
 
     old, new = _policy(args.old), _policy(args.new)
@@ -156,7 +156,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
         snap = fetch_live(args.socket)
     else:
-        snap = snapshot_codec.load(args.snapshot)
+        snap = load_snapshot(args.snapshot)
     if args.time_limit <= 0:
         raise CliError("--time-limit must be > 0")
     now = _now(args.now, snap.taken_at)

@@ -12,6 +12,7 @@ from rebalancerd import snapshot as codec
 from rebalancerd.cli.errors import CliError
 from rebalancerd.domain.load import imbalance, resource_gap
 from rebalancerd.domain.model import ClusterSnapshot
+from rebalancerd.files import load_snapshot
 
 DEFAULT_SOCKET = "/run/rebalancerd/control.sock"
 
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         _emit(json.dumps(codec.json_schema(), indent=2, sort_keys=True), args.output)
         return 0
     if args.check:
-        s = codec.load(args.check)
+        s = load_snapshot(args.check)
         info = summary(s)
         if args.json:
             print(json.dumps({"file": args.check, "ok": True} | info, sort_keys=True))

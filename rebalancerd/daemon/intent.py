@@ -76,9 +76,7 @@ def apply_intent(snap: ClusterSnapshot, intent: Intent, now: float) -> ClusterSn
     return snap
 
 
-def intent_host_states(
-    states: Mapping[str, HostState], intent: Intent
-) -> Mapping[str, HostState]:
+def intent_host_states(states: Mapping[str, HostState], intent: Intent) -> Mapping[str, HostState]:
     """Host states with the operator's drains applied, as `apply_intent` applies them to a
     snapshot (a drained host is in maintenance; a stale one stays stale), without copying the
     states of the other hosts: what the executor's pre-checks read, O(1) per host."""

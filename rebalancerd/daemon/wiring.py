@@ -27,10 +27,10 @@ from rebalancerd.domain.model import ClusterRules, ClusterSnapshot, Host, HostSt
 from rebalancerd.execution.adaptive import AdaptiveConcurrency
 from rebalancerd.execution.executor import Executor
 from rebalancerd.execution.journal import Journal, JournalError
+from rebalancerd.files import load_snapshot
 from rebalancerd.ports import Clock, Hypervisor, TelemetrySource
 from rebalancerd.sim.cluster import LoadModel, SimCluster, SimTelemetry, SimVm
 from rebalancerd.snapshot import SnapshotError
-from rebalancerd.snapshot import load as load_snapshot
 from rebalancerd.telemetry.collector import Collector, CollectorSettings
 from rebalancerd.telemetry.inventory import (
     Inventory,

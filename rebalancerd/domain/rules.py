@@ -75,12 +75,3 @@ def affinity_ok(
                 if where is not None and where != host:
                     return False
     return True
-
-
-def planned_cpu_mc(vm: Vm, *, current: bool, percentile: float, window: int) -> int:
-    """The CPU figure (mc) capacity checks hold a VM to: its current use when `current` (the
-    consolidate mode, which predicts per host instead), else its predicted demand (a percentile
-    of its recent history, at least its current use)."""
-    if current:
-        return vm.cpu_used_mc
-    return vm.cpu_demand_mc(percentile=percentile, window=window)

@@ -30,7 +30,6 @@ from rebalancerd.domain.model import (
     Vm,
 )
 from rebalancerd.domain.plan import Migration, ReasonKind
-from rebalancerd.domain.rules import planned_cpu_mc
 from rebalancerd.domain.snapshot_facts import SnapshotFacts
 from rebalancerd.execution.adaptive import AdaptiveConcurrency
 from rebalancerd.execution.guards import CircuitBreaker
@@ -38,6 +37,7 @@ from rebalancerd.execution.journal import Journal, JournalError
 from rebalancerd.execution.limits import HostLoads, RunningMoves
 from rebalancerd.execution.settings import bytes_to_move_mib, class_spec_for
 from rebalancerd.execution.windows import window_block
+from rebalancerd.planner.objectives.registry import objective_for
 from rebalancerd.policy.schema import Mode, Policy
 from rebalancerd.ports import Clock
 
@@ -131,7 +131,8 @@ def new_wave(
 ) -> Wave:
     vms = eff.vm_map()
     t = policy.targets
-    current = policy.mode is Mode.CONSOLIDATE
+    # the CPU figure the planner held each VM to: the one its mode's objective counts
+    demand = objective_for(Mode(policy.mode)).cpu_demand
     pct, win = t.prediction.percentile, t.prediction.window
     cpu_of: dict[str, int] = {}
 
@@ -141,7 +142,7 @@ def new_wave(
             return 0, 0
         cpu = cpu_of.get(name)
         if cpu is None:
-            cpu = cpu_of[name] = planned_cpu_mc(vm, current=current, percentile=pct, window=win)
+            cpu = cpu_of[name] = demand.of(vm, pct, win)
         return cpu, vm.memory_mib
 
     placement = dict(eff.placement())

@@ -25,6 +25,8 @@ import numpy as np
 import numpy.typing as npt
 
 from rebalancerd.domain.model import ClusterSnapshot, Host, Vm
+from rebalancerd.planner.objectives.demand import CpuDemand
+from rebalancerd.planner.objectives.registry import objective_for
 from rebalancerd.policy.resolve import policy_rules
 from rebalancerd.policy.schema import Mode, Policy
 from rebalancerd.sim.admission import Admission, ProposedMove
@@ -305,7 +307,7 @@ class Replay:
         consolidate mode, else the policy's percentile of the recent history, at least current
         use), from the trace as `snapshot_of` shows it to the planner."""
         cur: IntArray = np.rint(demand_mips).astype(np.int64)
-        if self.policy.mode == Mode.CONSOLIDATE:
+        if objective_for(Mode(self.policy.mode)).cpu_demand is CpuDemand.CURRENT:
             return cur
         pred = self.policy.targets.prediction
         lo = max(0, k - pred.window + 1)

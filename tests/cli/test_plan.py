@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from rebalancerd import snapshot as codec
 from rebalancerd.cli.main import main
+from rebalancerd.files import dump_snapshot
 from rebalancerd.sim.synthetic import skewed_snapshot
 
 
 @pytest.fixture
 def snap_file(tmp_path: Path) -> Path:
     path = tmp_path / "snap.json"
-    codec.dump(skewed_snapshot(6, 50, 3, maintenance_hosts=1), path)
+    dump_snapshot(skewed_snapshot(6, 50, 3, maintenance_hosts=1), path)
     return path
 
 

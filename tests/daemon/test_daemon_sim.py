@@ -358,7 +358,7 @@ def test_second_daemon_on_the_same_socket_refuses_to_start(workdir: Path) -> Non
 
 def _big_vm_snapshot(path: Path, memory_mib: int) -> None:
     from rebalancerd.domain.model import ClusterSnapshot, Host, Vm
-    from rebalancerd.snapshot import dump
+    from rebalancerd.files import dump_snapshot as dump
 
     hosts = tuple(Host(f"big{i}", cores=32, memory_mib=256 * 1024) for i in (1, 2, 3))
     vms = (

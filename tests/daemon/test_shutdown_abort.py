@@ -12,7 +12,7 @@ from rebalancerd.daemon.config import parse
 from rebalancerd.daemon.daemon import Daemon
 from rebalancerd.daemon.wiring import SimulatedParts
 from rebalancerd.domain.model import ClusterSnapshot, Host, Vm
-from rebalancerd.snapshot import dump
+from rebalancerd.files import dump_snapshot as dump
 
 
 async def _until(pred: Any, timeout: float, what: str) -> None:

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from rebalancerd import snapshot
 from rebalancerd.domain.model import HostState
+from rebalancerd.files import load_snapshot
 from rebalancerd.snapshot import SnapshotError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,7 +32,7 @@ def test_minimal_snapshot_loads_with_units_converted() -> None:
 
 
 def test_example_round_trips() -> None:
-    s = snapshot.load(EXAMPLE)
+    s = load_snapshot(EXAMPLE)
     again = snapshot.loads(snapshot.dumps(s))
     assert again == s
     assert {g.name for g in s.rules.groups} == {"db-replicas"}
@@ -76,9 +77,9 @@ def test_malformed_json(text: str) -> None:
 
 def test_missing_and_directory_paths(tmp_path: Path) -> None:
     with pytest.raises(SnapshotError, match="no such file"):
-        snapshot.load(tmp_path / "nope.json")
+        load_snapshot(tmp_path / "nope.json")
     with pytest.raises(SnapshotError, match="is a directory"):
-        snapshot.load(tmp_path)
+        load_snapshot(tmp_path)
 
 
 @settings(max_examples=200, deadline=None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rebalancerd import snapshot
+from rebalancerd.files import load_snapshot
 from rebalancerd.planner import make_plan
 from rebalancerd.policy.schema import default_policy
 
@@ -13,7 +13,7 @@ EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "snapshot-small.jso
 
 
 def test_example_snapshot_plan_is_fully_sequenced() -> None:
-    snap = snapshot.load(EXAMPLE)
+    snap = load_snapshot(EXAMPLE)
     plan = make_plan(snap, default_policy(), now=0.0, time_limit_s=2.0, seed=0)
     assert not plan.unsequenced, plan.explain()
     assert len(plan.migrations) >= 3
