@@ -14,7 +14,7 @@ from rebalancerd import snapshot as codec
 from rebalancerd.adapters.policy_files import parse_policy_file
 from rebalancerd.agent import AgentConfigError, load_agent_config
 from rebalancerd.daemon.config import ConfigError, load_config
-from rebalancerd.files import InputFileError, read_bounded
+from rebalancerd.files import InputFileError, load_snapshot, read_bounded
 from rebalancerd.policy.issues import PolicyError
 from rebalancerd.sim.traces import TraceError, read_csv
 from rebalancerd.telemetry.inventory import InventoryError, load_inventory
@@ -42,7 +42,7 @@ def _policy(p: Path) -> None:
 
 FIFO_READERS = [
     pytest.param(lambda p: read_bounded(p, 1024), InputFileError, id="read_bounded"),
-    pytest.param(codec.load, codec.SnapshotError, id="snapshot"),
+    pytest.param(load_snapshot, codec.SnapshotError, id="snapshot"),
     pytest.param(_policy, PolicyError, id="policy-file"),
     pytest.param(load_config, ConfigError, id="daemon-config"),
     pytest.param(load_agent_config, AgentConfigError, id="agent-config"),
@@ -118,7 +118,7 @@ def test_deeply_nested_snapshot_is_a_snapshot_error(tmp_path: Path) -> None:
     f = tmp_path / "s.json"
     f.write_text('{"hosts": ' + "[" * 100_000 + "]" * 100_000 + "}")
     with pytest.raises(codec.SnapshotError, match="nested too deeply"):
-        codec.load(f)
+        load_snapshot(f)
 
 
 @pytest.mark.parametrize(
