@@ -1,4 +1,5 @@
-"""make_plan: greedy, then CP-SAT, then hysteresis, sequencing and explanations.
+"""make_plan: greedy, then CP-SAT, then hysteresis (planner/hysteresis.py), sequencing and
+explanations.
 
 What differs by mode (greedy passes, CP-SAT, bound, move order, reported value) comes from the
 mode's objective (planner/objectives/); the moves' order is planner/ordering.py's."""
@@ -25,15 +26,18 @@ from rebalancerd.planner import cpsat
 from rebalancerd.planner import objective as obj
 from rebalancerd.planner.greedy.context import Mandatory
 from rebalancerd.planner.greedy.run import repolish, run_greedy
+from rebalancerd.planner.hysteresis import apply_hysteresis
 from rebalancerd.planner.objectives.base import Objective
 from rebalancerd.planner.objectives.registry import objective_for
 from rebalancerd.planner.ordering import by_priority
 from rebalancerd.planner.problem import Problem, build_problem
-from rebalancerd.planner.sequence import Hop, sequence
+from rebalancerd.planner.sequence import Blocked, Hop, sequence
 from rebalancerd.planner.state import State
 from rebalancerd.policy.resolve import apply_policy, policy_weights
 from rebalancerd.policy.schema import Policy
 
+RESEQUENCE_ROUNDS = 3
+"""Times the hysteresis step runs again on what the sequencer could order, if it left moves out."""
 MANDATORY_KINDS = frozenset(
     {ReasonKind.DRAIN, ReasonKind.EVACUATE, ReasonKind.RULE, ReasonKind.HOTSPOT}
 )
@@ -98,18 +102,24 @@ def make_plan(
 
     mandatory = {v: m for v, m in ctx.mandatory.items() if m.kind in MANDATORY_KINDS}
     if objective.whole_plan_hysteresis:  # (consolidate applies it per emptied host)
-        s = _hysteresis(p, s, mandatory, notes)
+        s = apply_hysteresis(p, s, mandatory, notes, ctx.opening)
 
     moves = s.moves()
     if not moves:
         status = "NOTHING_TO_DO" if status in ("GREEDY", "LNS", "SKIPPED") else status
-    dest = {v: h for v, _, h in moves}
-    order, strict = objective.order_moves(
-        p, by_priority(p, s, mandatory), dest, mandatory, ctx.opening
-    )
-    steps, blocked = sequence(
-        p, dest, order, budget_moves=p.max_moves, budget_mib=p.max_mib, strict=strict
-    )
+    steps, blocked = _sequence(p, s, objective, mandatory, ctx.opening)
+    for _ in range(RESEQUENCE_ROUNDS if objective.whole_plan_hysteresis else 0):
+        if not blocked:
+            break
+        # Moves the sequencer could not order are not made: what is left must pay for itself
+        # too (else e.g. half of a swap is made, for a worse spread).
+        reached = _reached(p, steps)
+        paying = apply_hysteresis(p, reached, mandatory, notes, ctx.opening)
+        if paying.where == reached.where:
+            break
+        steps, later = _sequence(p, paying, objective, mandatory, ctx.opening)
+        seen = {b.vm for b in blocked}
+        blocked = blocked + [b for b in later if b.vm not in seen]
     start = State(p)
     plan_steps, final = _explain(p, start, steps, mandatory, ctx.mandatory, objective)
     unsequenced = tuple(
@@ -136,25 +146,25 @@ def make_plan(
     return MigrationPlan(steps=tuple(plan_steps), stats=stats, unsequenced=unsequenced)
 
 
-def _hysteresis(p: Problem, s: State, mandatory: dict[int, Mandatory], notes: list[str]) -> State:
-    """Drop the optional moves when together they improve the spread by less than the
-    hysteresis (for objectives that apply it to the whole plan)."""
-    optional = [v for v, _, _ in s.moves() if v not in mandatory]
-    if not optional:
-        return s
-    base_where = list(p.origin)
-    for v in mandatory:
-        base_where[v] = s.where[v]
-    base = State(p, base_where)
-    if any(base.over_capacity(h) and not State(p).over_capacity(h) for h in range(p.n_hosts)):
-        return s  # the mandatory moves need room the optional ones make
-    gain = obj.spread(p, base) - obj.spread(p, s)
-    if gain < p.hysteresis:
-        notes.append(
-            f"{len(optional)} optional moves improve spread by {gain:.3f} < hysteresis "
-            f"{p.hysteresis:.3f}: not moving"
-        )
-        return base
+def _sequence(
+    p: Problem,
+    s: State,
+    objective: Objective,
+    mandatory: dict[int, Mandatory],
+    opening: list[int],
+) -> tuple[list[list[Hop]], list[Blocked]]:
+    """The moves from the origin to `s` in safe steps, and the moves that could not be ordered."""
+    dest = {v: h for v, _, h in s.moves()}
+    order, strict = objective.order_moves(p, by_priority(p, s, mandatory), dest, mandatory, opening)
+    return sequence(p, dest, order, budget_moves=p.max_moves, budget_mib=p.max_mib, strict=strict)
+
+
+def _reached(p: Problem, steps: list[list[Hop]]) -> State:
+    """The placement once every sequenced hop is made."""
+    s = State(p)
+    for step in steps:
+        for hop in step:
+            s.move(hop.vm, hop.target)
     return s
 
 
