@@ -1,6 +1,10 @@
 """The per-hypervisor agent: samples host and VM statistics every interval and publishes a
 telemetry v1 report (QoS 1) plus a retained online/offline status with a Last Will.
 
+It logs like the daemon (JSON lines, or console on a TTY; ``log_level`` / ``log_format`` in its
+config) and reports a lasting problem once when it starts or changes and once when it ends
+(``agent_libvirt_unavailable`` ... ``agent_libvirt_reachable_again``), not every interval.
+
 It never crashes on a libvirt hiccup (the report then carries no VMs and ``libvirt_ok: false``,
 which the collector treats as "we do not know what runs there": the host turns stale) and it
 reconnects to the broker with jittered exponential backoff.
@@ -12,7 +16,7 @@ import asyncio
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import aiomqtt
 import structlog
@@ -61,6 +65,9 @@ class AgentConfig(BaseModel):
     libvirt_timeout_s: Annotated[float, Field(gt=0, le=600)] = 5.0
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
     health: HealthConfig = Field(default_factory=HealthConfig)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    """auto: JSON lines (journald) unless stderr/stdout is a terminal, like the daemon."""
 
 
 def load_agent_config(path: str | Path) -> AgentConfig:
@@ -84,6 +91,33 @@ def load_agent_config(path: str | Path) -> AgentConfig:
         raise AgentConfigError(f"agent config {p}: {loc}: {err['msg']}") from None
 
 
+class ProblemLog:
+    """A lasting problem logged once when it starts or changes, and once when it ends.
+
+    ``problem(key, event, detail)`` warns only when ``key``'s (event, detail) differs from the
+    last one; ``resolved(key, event)`` logs ``event`` at info, with how many times the problem
+    was seen, if ``key`` had a problem."""
+
+    def __init__(self, logger: Any) -> None:
+        self.log = logger
+        self._active: dict[str, tuple[str, str]] = {}
+        self._seen: dict[str, int] = {}
+
+    def problem(self, key: str, event: str, detail: str, **fields: Any) -> None:
+        self._seen[key] = self._seen.get(key, 0) + 1
+        if self._active.get(key) == (event, detail):
+            return
+        self._active[key] = (event, detail)
+        self.log.warning(event, error=detail, **fields)
+
+    def resolved(self, key: str, event: str, **fields: Any) -> None:
+        if self._active.pop(key, None) is not None:
+            self.log.info(event, failures=self._seen.pop(key, 0), **fields)
+
+    def active(self, key: str) -> bool:
+        return key in self._active
+
+
 class Agent:
     def __init__(self, config: AgentConfig, notifier: ServiceNotifier | None = None) -> None:
         self.config = config
@@ -101,22 +135,27 @@ class Agent:
         self._libvirt_task: asyncio.Future[list[dict[str, Any]]] | None = None
         self.telemetry_topic = telemetry_topic(config.cluster, config.host)
         self.status_topic = status_topic(config.cluster, config.host)
+        self.problems = ProblemLog(log)
 
     async def _read_vms(self) -> list[dict[str, Any]] | None:
         """VM entries, or None when libvirt cannot be read (error, or slower than the timeout:
         the slow call keeps running in its thread and is not started twice)."""
         if self._libvirt_task is None or self._libvirt_task.done():
             self._libvirt_task = asyncio.ensure_future(asyncio.to_thread(self.libvirt.read))
+        uri = self.config.libvirt_uri
         try:
-            return await asyncio.wait_for(
+            vms = await asyncio.wait_for(
                 asyncio.shield(self._libvirt_task), self.config.libvirt_timeout_s
             )
         except (LibvirtUnavailable, TimeoutError) as e:
-            log.warning("agent_libvirt_unavailable", uri=self.config.libvirt_uri, error=str(e))
+            detail = str(e) or f"no answer within {self.config.libvirt_timeout_s:g} s"
+            self.problems.problem("libvirt", "agent_libvirt_unavailable", detail, uri=uri)
             return None
         except Exception as e:  # any libvirt-python surprise is a hiccup, not a crash
-            log.warning("agent_libvirt_error", error=f"{type(e).__name__}: {e}")
+            self.problems.problem("libvirt", "agent_libvirt_error", f"{type(e).__name__}: {e}")
             return None
+        self.problems.resolved("libvirt", "agent_libvirt_reachable_again", uri=uri)
+        return vms
 
     async def sample(self) -> dict[str, Any]:
         """One report (without seq); never raises for a libvirt or host-stats problem."""
@@ -124,9 +163,13 @@ class Agent:
         try:
             host_stats, health = self.host_stats.read()
         except Exception as e:  # psutil surprises must not stop telemetry
-            log.warning("agent_host_stats_error", error=f"{type(e).__name__}: {e}")
+            self.problems.problem(
+                "host_stats", "agent_host_stats_error", f"{type(e).__name__}: {e}"
+            )
             host_stats = {"cores": 1, "cpu_pct": 0.0, "mem_total_mib": 1, "mem_available_mib": 0}
             health = {"degraded": False, "reasons": []}
+        else:
+            self.problems.resolved("host_stats", "agent_host_stats_readable_again")
         if self.libvirt.skipped_names:
             health["reasons"].append(
                 f"{self.libvirt.skipped_names} domain(s) with unsupported names not reported"
@@ -160,6 +203,9 @@ class Agent:
                     async with Publisher(
                         self.config.broker, self.status_topic, self.config.host
                     ) as pub:
+                        self.problems.resolved(
+                            "broker", "agent_broker_reachable_again", broker=self.config.broker.url
+                        )
                         log.info(
                             "agent_connected", broker=self.config.broker.url, host=self.config.host
                         )
@@ -178,12 +224,14 @@ class Agent:
                                 next_at = time.monotonic()  # fell behind: do not burst
                 except aiomqtt.MqttError as e:
                     delay = backoff.next()
-                    log.warning(
+                    self.problems.problem(
+                        "broker",
                         "agent_broker_unavailable",
+                        str(e),
                         broker=self.config.broker.url,
-                        error=str(e),
                         retry_in_s=round(delay, 2),
                     )
+                    log.debug("agent_broker_retry", retry_in_s=round(delay, 2))
                     self.notifier.status(f"broker unavailable, retrying in {delay:.0f}s")
                     self.notifier.watchdog()
                     await asyncio.sleep(delay)
@@ -192,4 +240,11 @@ class Agent:
             self.libvirt.close()
 
 
-__all__ = ["Agent", "AgentConfig", "AgentConfigError", "MqttConfigError", "load_agent_config"]
+__all__ = [
+    "Agent",
+    "AgentConfig",
+    "AgentConfigError",
+    "MqttConfigError",
+    "ProblemLog",
+    "load_agent_config",
+]

@@ -8,8 +8,13 @@ Units follow Prometheus conventions (seconds, bytes, ratios 0..1, ``_total`` for
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import product
 from typing import Literal
+
+from rebalancerd.domain.checks import ReasonCode
+from rebalancerd.domain.plan import ReasonKind
 
 MetricType = Literal["counter", "gauge", "histogram"]
 
@@ -132,7 +137,75 @@ METRICS: dict[str, MetricSpec] = {
         "counter", "Invalid entries of drained.json dropped on load.", ("section",)
     ),
     "drained_hosts": MetricSpec("gauge", "Hosts put in maintenance through the control API."),
+    "maintenance_vms": MetricSpec(
+        "gauge", "VMs still placed on hosts in maintenance (drains not finished)."
+    ),
+    "build_info": MetricSpec("gauge", "Always 1; the running version as a label.", ("version",)),
 }
+
+LabelValues = Mapping[str, Mapping[str, Sequence[str]]]
+"""metric short name -> label name -> every value the daemon can give that label."""
+
+REASON_KINDS: tuple[str, ...] = tuple(k.value for k in ReasonKind)
+MIGRATION_ERRORS: tuple[str, ...] = (
+    "hypervisor_error",
+    "migration_error",
+    "verify_still_on_source",
+    "vm_lost",
+    "running_on_both",
+    "unverified",
+)
+"""The ``error`` label of migrations_failed_total (execution/moves.py concludes a move)."""
+PLAN_STATUSES: tuple[str, ...] = (
+    "OPTIMAL",
+    "FEASIBLE",
+    "INFEASIBLE",
+    "MODEL_INVALID",
+    "UNKNOWN",
+    "GREEDY",
+    "LNS",
+    "NOTHING_TO_DO",
+    "SKIPPED",
+)
+ERROR_PLACES: tuple[str, ...] = (
+    "cycle",
+    "reconcile",
+    "reconcile_unresolved",
+    "telemetry_ingest",
+    "metrics",
+    "verify_running_on_both",
+    "verify_unverified",
+)
+"""The ``where`` label of errors_total that alerts and runbooks name."""
+
+KNOWN_LABEL_VALUES: LabelValues = {
+    "migrations_planned_total": {"reason": REASON_KINDS},
+    "migrations_started_total": {"reason": REASON_KINDS},
+    "migrations_succeeded_total": {"reason": REASON_KINDS},
+    "migrations_aborted_total": {"reason": REASON_KINDS},
+    "migrations_failed_total": {"error": MIGRATION_ERRORS},
+    "migrations_skipped_total": {"reason": tuple(c.value for c in ReasonCode)},
+    "migrations_reconciled_total": {"result": ("succeeded", "failed", "aborted", "lost")},
+    "plans_total": {"status": PLAN_STATUSES},
+    "policy_reloads_total": {"result": ("ok", "error")},
+    "errors_total": {"where": ERROR_PLACES},
+}
+"""Counters whose series exist at 0 from start-up, so ``increase()`` sees the first event (a
+labelled counter otherwise has no series until it happens). The telemetry reject reasons are
+added by the daemon, which may read ``telemetry.schema``."""
+
+
+def label_sets(values: LabelValues) -> Iterator[tuple[str, dict[str, str]]]:
+    """Every (metric, labels) combination of ``values``; metrics not in METRICS are an error."""
+    for name, by_label in values.items():
+        spec = METRICS.get(name)
+        if spec is None:
+            raise KeyError(f"undeclared metric {name!r}: add it to observability.METRICS")
+        if set(by_label) != set(spec.labels):
+            raise ValueError(f"metric {name!r} takes labels {sorted(spec.labels)}")
+        keys = list(spec.labels)
+        for combo in product(*(by_label[k] for k in keys)):
+            yield name, dict(zip(keys, combo, strict=True))
 
 
 class MemoryMetrics:

@@ -30,7 +30,7 @@ from prometheus_client import (
 )
 from prometheus_client.registry import Collector
 
-from rebalancerd.observability import METRICS, MetricSpec
+from rebalancerd.observability import METRICS, LabelValues, MetricSpec, label_sets
 
 PREFIX = "rebalancerd_"
 DEFAULT_ADDRESS = "127.0.0.1:9477"
@@ -84,6 +84,14 @@ class PrometheusMetrics:
 
     def observe(self, name: str, value: float, **labels: str) -> None:
         self._apply(name, "histogram", labels, lambda m: m.observe(value))
+
+    def initialise(self, values: LabelValues) -> None:
+        """Create the series of these counters' label values at 0 (without it a labelled counter
+        has no series before its first event, and ``increase()`` cannot see that event)."""
+        for name, labels in label_sets(values):
+            if METRICS[name].type != "counter":
+                raise TypeError(f"metric {name!r}: only counters start at 0 for known labels")
+            self._metrics[name].labels(**labels)
 
     def remove(self, name: str, **labels: str) -> None:
         """Drop one label set (e.g. a VM's remaining-bytes gauge once its migration ended)."""

@@ -26,6 +26,7 @@ def register(subparsers: Any) -> None:
 
 
 async def _run(args: argparse.Namespace) -> int:
+    from rebalancerd import logging as rlog
     from rebalancerd.adapters.mqtt import MqttConfigError
     from rebalancerd.adapters.systemd import from_env
     from rebalancerd.agent import Agent, AgentConfigError, load_agent_config
@@ -33,6 +34,8 @@ async def _run(args: argparse.Namespace) -> int:
 
     try:
         config = load_agent_config(args.config)
+        # like the daemon's logs; with --once stdout carries the report, so logs go to stderr
+        rlog.configure(config.log_level, config.log_format, sys.stderr if args.once else sys.stdout)
         agent = Agent(config, notifier=from_env())
         if args.once:
             report = await agent.sample()

@@ -50,13 +50,20 @@ from rebalancerd.daemon.loop import CycleReport, hot_hosts
 from rebalancerd.daemon.policy_source import READ_TIMEOUT_S, read_off_loop
 from rebalancerd.daemon.reload import reload_config, reload_summary
 from rebalancerd.daemon.wiring import Parts, StartupError, build_parts
+from rebalancerd.observability import KNOWN_LABEL_VALUES, LabelValues
 from rebalancerd.ports import Clock
+from rebalancerd.telemetry.schema import RejectReason
 
 log = structlog.get_logger("rebalancerd.daemon")
 
 ABORT_GRACE_S = 30.0
 """After the shutdown deadline: how long aborted migrations get to settle before we exit."""
 DECISIONS_KEPT = 20
+STARTUP_LABEL_VALUES: LabelValues = {
+    **KNOWN_LABEL_VALUES,
+    "telemetry_rejected_total": {"reason": tuple(r.value for r in RejectReason)},
+}
+"""Counter series the daemon exports at 0 from start-up (alerts use ``increase()`` on them)."""
 
 
 class Daemon:
@@ -79,6 +86,8 @@ class Daemon:
         self.overrides = dict(overrides or {})
         self.notifier = notifier if notifier is not None else from_env(env)
         self.metrics = PrometheusMetrics()
+        self.metrics.initialise(STARTUP_LABEL_VALUES)
+        self.metrics.set("build_info", 1.0, version=__version__)
         self.clock: Clock = (
             ScaledClock(cfg.sim.speed) if cfg.simulate and cfg.sim.speed != 1.0 else SystemClock()
         )

@@ -140,6 +140,10 @@ class ControlLoop:
                 "hosts", sum(1 for h in snap.hosts if h.state is state), state=state.value
             )
         self.metrics.set("vms", len(snap.vms))
+        in_maintenance = {h.name for h in snap.hosts if h.state is HostState.MAINTENANCE}
+        self.metrics.set(
+            "maintenance_vms", sum(hl.vms for n, hl in loads.items() if n in in_maintenance)
+        )
         imb = imbalance(snap, weights=policy_weights(policy))
         self.metrics.set("cluster_imbalance_ratio", imb)
         return imb

@@ -24,7 +24,20 @@ REQUIRED = {
     "RebalancerdPolicyReloadFailed",
     "RebalancerdImbalanceHigh",
     "RebalancerdDown",
+    "RebalancerdVmLost",
+    "RebalancerdJournalNotWritable",
+    "RebalancerdVmRunningOnTwoHosts",
+    "RebalancerdMigrationUnresolved",
+    "RebalancerdControlLoopStalled",
+    "RebalancerdControlLoopFailing",
+    "RebalancerdRestarting",
+    "RebalancerdBrokerDisconnected",
+    "RebalancerdMigrationStuck",
+    "RebalancerdDrainStuck",
+    "RebalancerdHostCircuitOpen",
+    "RebalancerdDowntimeOverLimit",
 }
+OPERATIONS = ROOT / "docs" / "operations.md"
 
 
 def _promtool() -> str:
@@ -99,6 +112,65 @@ def test_every_alert_is_tested_firing_and_uses_declared_metrics() -> None:
     for name, expr in alerts.items():
         unknown = _names_in(expr) - known
         assert not unknown, f"{name} uses undeclared metrics {unknown}"
+
+
+def test_every_alert_is_tested_not_firing_too() -> None:
+    rules = yaml.safe_load((PROM / "alerts.yml").read_text())
+    alerts = {r["alert"] for g in rules["groups"] for r in g["rules"] if "alert" in r}
+    tests = yaml.safe_load((PROM / "alerts_test.yml").read_text())
+    quiet = {
+        t["alertname"]
+        for case in tests["tests"]
+        for t in case.get("alert_rule_test", [])
+        if not t.get("exp_alerts")
+    }
+    assert quiet == alerts, f"alerts never tested not firing: {alerts - quiet}"
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def test_every_alert_has_a_runbook_section() -> None:
+    rules = yaml.safe_load((PROM / "alerts.yml").read_text())
+    headings = {
+        _anchor(line.lstrip("#"))
+        for line in OPERATIONS.read_text().splitlines()
+        if line.startswith("#")
+    }
+    for g in rules["groups"]:
+        for r in g["rules"]:
+            url = r["annotations"].get("runbook_url", "")
+            path, _, anchor = url.partition("#")
+            assert path == "docs/operations.md", f"{r['alert']}: runbook_url {url!r}"
+            assert anchor in headings, f"{r['alert']}: no section #{anchor} in operations.md"
+            assert anchor == r["alert"].lower()
+
+
+def test_failure_alert_fires_without_any_abort_series(tmp_path: Path) -> None:
+    """A sum over a counter with no series is empty and `x + empty` is empty: the failure alert
+    must still fire when nothing was ever aborted (the test case that proves it is in
+    alerts_test.yml; dropping the `or vector(0)` guards makes it fail)."""
+    rules = (PROM / "alerts.yml").read_text()
+    assert "or vector(0)" in rules
+    (tmp_path / "alerts.yml").write_text(
+        rules.replace(" or vector(0))", ")").replace(
+            "(sum(increase(rebalancerd_migrations_failed_total[30m])))",
+            "sum(increase(rebalancerd_migrations_failed_total[30m]))",
+        )
+    )
+    shutil.copy(PROM / "alerts_test.yml", tmp_path / "alerts_test.yml")
+    r = subprocess.run(
+        [_promtool(), "test", "rules", "alerts_test.yml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode != 0
+    assert "alertname: RebalancerdMigrationFailuresHigh, time: 20m" in r.stdout + r.stderr
 
 
 def test_grafana_dashboard_uses_declared_metrics() -> None:
