@@ -24,15 +24,18 @@ class InputFileError(ValueError):
     """An input file that cannot be read (missing, unreadable, too large); one line."""
 
 
-def _open_regular(p: Path) -> int:
-    """A read-only descriptor of `p` if it is a regular file, else InputFileError. Opened with
-    O_NONBLOCK, so that opening a FIFO nobody writes to returns at once instead of hanging."""
+def _open_regular(p: Path, *, devices: bool = False) -> int:
+    """A read-only descriptor of `p` if it is a regular file (or, with `devices`, a device such
+    as /dev/zero, which a bounded read survives), else InputFileError. Opened with O_NONBLOCK,
+    so that opening a FIFO nobody writes to returns at once instead of hanging; a FIFO or a
+    socket is always refused."""
     fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         mode = os.fstat(fd).st_mode
         if stat.S_ISDIR(mode):
             raise IsADirectoryError(p)
-        if not stat.S_ISREG(mode):
+        device = stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+        if not (stat.S_ISREG(mode) or (devices and device)):
             kind = "a FIFO" if stat.S_ISFIFO(mode) else "a device or special file"
             raise InputFileError(f"{p}: is {kind}, expected a regular file")
         os.set_blocking(fd, True)
@@ -44,14 +47,13 @@ def _open_regular(p: Path) -> int:
 
 def read_bounded(path: str | os.PathLike[str], limit: int, *, regular_only: bool = False) -> bytes:
     """The file's bytes, or InputFileError if it cannot be read or holds more than ``limit``.
-    `regular_only`: refuse anything but a regular file (a FIFO, /dev/zero, a socket) without
-    blocking on it (what the daemon's own inputs use: it must never hang on a read)."""
+    Never blocks on a FIFO or a socket (refused at once). `regular_only`: refuse devices too
+    (/dev/zero: what the daemon's own inputs use)."""
     if limit < 0:
         raise ValueError("limit must be >= 0")
     p = Path(path)
     try:
-        opened = os.fdopen(_open_regular(p), "rb") if regular_only else p.open("rb")
-        with opened as fh:
+        with os.fdopen(_open_regular(p, devices=not regular_only), "rb") as fh:
             chunks: list[bytes] = []
             size = 0
             while size <= limit:

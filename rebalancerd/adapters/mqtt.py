@@ -153,6 +153,13 @@ def _capturing_queue(
     return _Queue
 
 
+DEFAULT_MAX_PAYLOAD_BYTES = 256 * 1024
+"""The collector's default payload cap (`CollectorSettings.max_payload_bytes`; a test keeps
+them equal)."""
+PACKET_OVERHEAD_BYTES = 1024
+"""Room for the MQTT fixed header, topic and properties on top of the payload cap."""
+
+
 class MqttStream:
     """``ports.MessageStream`` over MQTT: subscribes (QoS 1), yields batches of
     ``(topic, payload)`` drained from aiomqtt's bounded queue, and reconnects and resubscribes
@@ -169,6 +176,7 @@ class MqttStream:
         backoff: Backoff | None = None,
         session_expiry_s: int = 0,
         fast_path: bool = True,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     ) -> None:
         """session_expiry_s > 0 keeps an MQTT v5 session (needs broker.client_id): reports sent
         while the collector is away are delivered when it comes back (old ones are then
@@ -176,6 +184,9 @@ class MqttStream:
         if session_expiry_s and not broker.client_id:
             raise MqttConfigError("a persistent MQTT session needs a client_id")
         self.session_expiry_s = session_expiry_s
+        self.max_packet_bytes = max_payload_bytes + PACKET_OVERHEAD_BYTES
+        """Told to the broker (MQTT 5 Maximum Packet Size): it drops larger messages instead of
+        delivering them, so an oversized report never costs the daemon its memory."""
         self.fast_path = fast_path
         """Hook paho's on_message directly (aiomqtt 2.x internals) instead of aiomqtt's
         per-message queue; falls back to the public API when the internals differ."""
@@ -243,9 +254,10 @@ class MqttStream:
                     t.add_done_callback(_retrieve)
 
     def _session_kwargs(self) -> dict[str, Any]:
-        if not self.session_expiry_s:
-            return {}
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.MaximumPacketSize = self.max_packet_bytes
+        if not self.session_expiry_s:
+            return {"properties": props}
         props.SessionExpiryInterval = self.session_expiry_s
         return {"clean_start": False, "properties": props}
 

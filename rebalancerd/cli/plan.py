@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from typing import Any
 
 from rebalancerd.adapters.policy_files import load_policy_file
 from rebalancerd.cli.errors import CliError, checked_seed
 from rebalancerd.policy.schema import Policy, default_policy
+from rebalancerd.snapshot import MAX_EPOCH_S
 
 
 def register(sub: Any) -> None:
@@ -47,6 +49,10 @@ def run(args: argparse.Namespace) -> int:
     seed = checked_seed(args.seed)
     snap = load_snapshot(args.snapshot)
     policy = load_policy(args.policy)
+    if args.now is not None and not (math.isfinite(args.now) and abs(args.now) <= MAX_EPOCH_S):
+        raise CliError(
+            f"--now must be epoch seconds (finite, |now| <= {MAX_EPOCH_S:g}), got {args.now}"
+        )
     now = args.now if args.now is not None else (snap.taken_at or 0.0)
     plan = make_plan(snap, policy, now=now, time_limit_s=args.time_limit, seed=seed)
     if args.json:

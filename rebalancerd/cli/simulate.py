@@ -102,8 +102,8 @@ def run_simulate(args: argparse.Namespace) -> int:
 
     if not 1 <= args.hosts <= 100_000:
         raise CliError(f"--hosts must be between 1 and 100000, got {args.hosts}")
-    if args.hours is not None and not args.hours > 0:
-        raise CliError(f"--hours must be > 0, got {args.hours}")
+    if args.hours is not None and not 0 < args.hours <= 24 * 366:
+        raise CliError(f"--hours must be > 0 and at most a year of hours, got {args.hours}")
     if args.max_vms is not None and args.max_vms < 1:
         raise CliError(f"--max-vms must be >= 1, got {args.max_vms}")
     if not 0.01 <= args.time_limit <= 600:

@@ -366,7 +366,12 @@ def load_config(path: str | Path) -> DaemonConfig:
         where = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or type(e).__name__
         raise ConfigError(f"{p}:{where}: invalid YAML: {problem}") from None
-    return parse(data, str(p), p.parent.resolve())
+    except RecursionError:
+        raise ConfigError(f"{p}: YAML nested too deeply") from None
+    try:
+        return parse(data, str(p), p.parent.resolve())
+    except RecursionError:
+        raise ConfigError(f"{p}: config nested too deeply") from None
 
 
 def _flatten(cfg: DaemonConfig) -> dict[str, Any]:

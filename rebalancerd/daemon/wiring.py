@@ -206,7 +206,12 @@ def real_sources(
         cfg.broker.client_kwargs()  # TLS files and password file readable?
     except MqttConfigError as e:
         raise StartupError(f"broker: {e}") from None
-    stream = MqttStream(cfg.broker, subscription_topics(cfg.cluster), metrics)
+    stream = MqttStream(
+        cfg.broker,
+        subscription_topics(cfg.cluster),
+        metrics,
+        max_payload_bytes=settings.max_payload_bytes,
+    )
     collector = Collector(inventory, clock, metrics, settings, stream)
     hypervisor = LibvirtHypervisor(
         {h.name: (h.libvirt_uri, peer_uri(h.libvirt_uri, h.migration_uri)) for h in inventory}

@@ -65,7 +65,7 @@ def test_bad_arguments_end_in_one_line(capsys: pytest.CaptureFixture[str], argv:
 
 @pytest.mark.parametrize("now", ["nan", "inf", "-inf"])
 def test_plan_refuses_a_non_finite_now(capsys: pytest.CaptureFixture[str], now: str) -> None:
-    # Open today: `plan --now nan` plans (exit 0) with every schedule (maintenance windows,
+    # Found open in the attack round (now fixed): `plan --now nan` plans (exit 0) with every schedule (maintenance windows,
     # week-based policies) evaluated at NaN, i.e. silently ignored.
     assert "--now" in one_line_error(capsys, ["plan", "--snapshot", EXAMPLE, f"--now={now}"])
 
@@ -74,7 +74,7 @@ def test_plan_refuses_a_non_finite_now(capsys: pytest.CaptureFixture[str], now: 
 def test_simulate_refuses_infinite_hours(
     capsys: pytest.CaptureFixture[str], write_day: WriteDay, hours: str
 ) -> None:
-    # Open today: exit 1, "rebalancerd: error: OverflowError: cannot convert float infinity
+    # Found open in the attack round (now fixed): exit 1, "rebalancerd: error: OverflowError: cannot convert float infinity
     # to integer" (--hours is checked for > 0 and NaN, not for being finite).
     d = write_day({"vm1": [10] * 12, "vm2": [20] * 12})
     line = one_line_error(capsys, ["simulate", "--trace", f"planetlab:{d}", "--hours", hours])
@@ -87,7 +87,7 @@ def _limit_memory() -> None:
 
 @pytest.mark.slow
 def test_policy_schema_check_reads_a_bounded_amount() -> None:
-    # Open today: `policy schema --check /dev/zero` reads until memory runs out (under a 1 GiB
+    # Found open in the attack round (now fixed): `policy schema --check /dev/zero` reads until memory runs out (under a 1 GiB
     # address-space limit: exit 1, "rebalancerd: error: MemoryError"; without one it eats RAM).
     code = "import sys; from rebalancerd.cli.main import main; sys.exit(main(sys.argv[1:]))"
     r = subprocess.run(

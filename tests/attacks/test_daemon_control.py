@@ -76,7 +76,7 @@ def test_hostile_control_requests_get_one_line_and_the_daemon_stays(daemon: Daem
 def test_a_deeply_nested_config_on_reload_is_one_line_and_keeps_the_old_one(
     daemon: DaemonProc,
 ) -> None:
-    # Open today: RecursionError escapes daemon/config.load_config, so `reload` answers
+    # Found open in the attack round (now fixed): RecursionError escapes daemon/config.load_config, so `reload` answers
     # "internal error: RecursionError" (and SIGHUP logs no config_reload_failed line, and the
     # policies are not reloaded either).
     daemon.config_path.write_text("planner: " + "[" * 5000 + "]" * 5000 + "\n")

@@ -53,7 +53,7 @@ FIFO_READERS = [
 
 @pytest.mark.parametrize(("read", "error"), FIFO_READERS)
 def test_a_fifo_is_refused_at_once(tmp_path: Path, read: object, error: type) -> None:
-    # Open today: every reader blocks in open() until someone writes to the FIFO
+    # Found open in the attack round (now fixed): every reader blocks in open() until someone writes to the FIFO
     # (`rebalancerd plan --snapshot FIFO`, `validate FIFO`, `run --config FIFO --check`,
     # `agent --config FIFO --once`, `simulate --trace csv:FIFO` hang for ever).
     fifo = make_fifo(tmp_path)
@@ -65,7 +65,7 @@ def test_a_fifo_is_refused_at_once(tmp_path: Path, read: object, error: type) ->
 
 # -- nesting, aliases, tags -------------------------------------------------------------------
 def test_deeply_nested_daemon_config_is_a_config_error(tmp_path: Path) -> None:
-    # Open today: RecursionError escapes load_config (`run --config F --check` exits 1 with
+    # Found open in the attack round (now fixed): RecursionError escapes load_config (`run --config F --check` exits 1 with
     # "RecursionError: maximum recursion depth exceeded"; on SIGHUP reload_config does not log
     # config_reload_failed and the policies are not reloaded either).
     f = tmp_path / "rebalancerd.yaml"
