@@ -233,6 +233,8 @@ ADAPTER_ALLOWLIST = {
     "adapters/libvirt_stats.py": {"rebalancerd.telemetry.schema"},
     # policy files on disk: the bytes read go to the pure policy parser and cross-file checks
     "adapters/policy_files.py": {
+        # bounded, non-blocking reads of operator-given files (the edge utility every reader uses)
+        "rebalancerd.files",
         "rebalancerd.policy.combine",
         "rebalancerd.policy.document",
         "rebalancerd.policy.issues",
