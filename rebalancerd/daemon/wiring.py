@@ -180,7 +180,7 @@ def simulated_cluster(cfg: DaemonConfig, clock: Clock) -> tuple[SimTelemetry, Si
                 v.vcpus,
                 v.memory_mib,
                 LoadModel(base_mc=max(1, v.cpu_used_mc), amplitude=0.0),
-                dirty_rate_mib_s=v.dirty_rate_mib_s,
+                dirty_rate_mib_s=v.dirty_mib_s,
                 tags=v.tags,
             ),
         )

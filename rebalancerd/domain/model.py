@@ -74,6 +74,11 @@ class Host:
     cpu_model: str = ""
     """Host CPU model name; a guest whose cpu_model needs another model cannot move here."""
     cpu_features: frozenset[str] = frozenset()
+    networks: frozenset[str] | None = None
+    """libvirt networks and bridges a guest NIC can attach to here ("network:NAME",
+    "bridge:NAME"); None = not known (from the agent's report or the inventory)."""
+    net_capacity_bytes_s: float = 1.25e9
+    """Usable NIC throughput for guest traffic, bytes/s (default 10 Gbit/s)."""
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -107,9 +112,11 @@ class Vm:
     cpu_used_mc: int = 0
     """Current CPU use in reference millicores (1000 = one full reference core)."""
     memory_used_mib: int = 0
+    """Memory the guest really uses (balloon/RSS), MiB; 0 = not measured: use memory_mib."""
     cpu_history_mc: tuple[int, ...] = ()
     """Recent CPU samples, oldest first, in millicores."""
-    dirty_rate_mib_s: float = 0.0
+    dirty_rate_mib_s: float | None = None
+    """Measured guest memory dirty rate, MiB/s; None = not measured (not the same as 0)."""
     tags: frozenset[str] = frozenset()
     local_disk_mib: int = 0
     """Non-shared storage that a migration must copy (0 = shared storage)."""
@@ -118,6 +125,10 @@ class Vm:
     cpu_model: str = ""
     """Guest CPU model it needs on the target ('' = any)."""
     required_cpu_features: frozenset[str] = frozenset()
+    networks: frozenset[str] = frozenset()
+    """Networks/bridges its NICs attach to ("network:NAME", "bridge:NAME"): a target needs all."""
+    net_bytes_s: float = 0.0
+    """Guest network throughput, received + sent, bytes/s."""
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -128,8 +139,20 @@ class Vm:
             raise ValueError(f"vm {self.name}: memory_mib must be > 0")
         if self.cpu_used_mc < 0 or self.memory_used_mib < 0:
             raise ValueError(f"vm {self.name}: usage must be >= 0")
-        if not 0 <= self.dirty_rate_mib_s < math.inf or self.local_disk_mib < 0:
+        if not 0 <= self.dirty_mib_s < math.inf or self.local_disk_mib < 0:
             raise ValueError(f"vm {self.name}: dirty rate (finite) and disk must be >= 0")
+        if not 0 <= self.net_bytes_s < math.inf:
+            raise ValueError(f"vm {self.name}: network throughput must be finite and >= 0")
+
+    @property
+    def dirty_mib_s(self) -> float:
+        """The dirty rate for cost estimates: the measured one, 0 when not measured."""
+        return self.dirty_rate_mib_s if self.dirty_rate_mib_s is not None else 0.0
+
+    @property
+    def memory_used_or_configured_mib(self) -> int:
+        """Used memory when measured, else the configured size."""
+        return self.memory_used_mib if self.memory_used_mib > 0 else self.memory_mib
 
     def cpu_demand_mc(self, percentile: float | None = None, window: int | None = None) -> int:
         """Predicted CPU demand: a high percentile of recent history, at least current use."""

@@ -167,7 +167,7 @@ def choose_settings(
     (concurrent switch-overs starve the hosts' CPUs, and real downtime grows with them)."""
     mem = float(vm.memory_mib)
     disk = float(vm.local_disk_mib if spec.non_shared_disk else 0)
-    dirty = vm.dirty_rate_mib_s
+    dirty = vm.dirty_mib_s
     budget = spec.time_budget_s
     downtime = spec.max_downtime_ms
     cap = spec.bandwidth_mib_s

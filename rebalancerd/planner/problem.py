@@ -267,7 +267,7 @@ def build_problem(
     cpu_demand = cpu_demand_for(Mode(policy.mode))
     cpu = [cpu_demand.of(v, pct, win) for v in vms]
     mem = [v.memory_mib for v in vms]
-    cost = [v.memory_mib + v.local_disk_mib + v.dirty_rate_mib_s * DIRTY_SECONDS for v in vms]
+    cost = [v.memory_mib + v.local_disk_mib + v.dirty_mib_s * DIRTY_SECONDS for v in vms]
     move_mib = [v.memory_mib + v.local_disk_mib for v in vms]
 
     budget = policy.limits.max_per_cycle

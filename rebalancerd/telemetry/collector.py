@@ -91,7 +91,7 @@ class _VmState:
         self.vcpus = 1
         self.memory_mib = 1
         self.memory_used_mib = 0
-        self.dirty = 0.0
+        self.dirty: float | None = None
         self.running = True
 
 
@@ -438,7 +438,7 @@ class Collector:
             vs.vcpus = vm.vcpus
             vs.memory_mib = vm.memory_mib
             vs.memory_used_mib = vm.memory_used_mib
-            vs.dirty = vm.dirty_rate_mib_s or 0.0
+            vs.dirty = vm.dirty_rate_mib_s
             vs.running = vm.state == "running"
             new[name] = vs
         hs.vms = new
