@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
 from rebalancerd.domain.model import ClusterSnapshot, HostState
@@ -205,3 +206,32 @@ class ServiceNotifier(Protocol):
     def reloaded(self) -> None: ...
 
     def stopping(self) -> None: ...
+
+
+# --------------------------------------------------------------------------------------------
+# Host power (BMC: IPMI, Redfish; Wake-on-LAN; an operator's command)
+
+
+class PowerState(StrEnum):
+    ON = "on"
+    OFF = "off"
+    UNKNOWN = "unknown"
+    """The driver cannot tell (Wake-on-LAN, a command hook without a status command)."""
+
+
+class PowerError(Exception):
+    """A power action or query that failed (wrong credentials, timeout, BMC error); one line."""
+
+
+@runtime_checkable
+class PowerDriver(Protocol):
+    """Switches one host's power. Only the executor calls it (journal, limits, dry-run); every
+    call is bounded by the driver's own timeout and raises PowerError, never hangs."""
+
+    async def power_state(self, host: str) -> PowerState: ...
+
+    async def power_on(self, host: str) -> None: ...
+
+    async def power_off(self, host: str, *, hard: bool = False) -> None:
+        """Soft (ACPI) off unless ``hard``; fencing a dead host uses ``hard=True``."""
+        ...
