@@ -75,7 +75,10 @@ class VmDoc(_M):
     cpu_used: Cores = Field(default=0.0, description="CPU in use, in reference cores.")
     memory_used_mib: Mib0 = 0
     cpu_history: list[Cores] = Field(default_factory=list, description="Recent CPU, cores.")
-    dirty_rate_mib_s: Annotated[float, Field(ge=0, le=MAX_DIRTY_MIB_S, allow_inf_nan=False)] = 0.0
+    dirty_rate_mib_s: (
+        Annotated[float, Field(ge=0, le=MAX_DIRTY_MIB_S, allow_inf_nan=False)] | None
+    ) = None
+    """Measured dirty rate; null or absent = not measured (not the same as 0)."""
     tags: list[str] = Field(default_factory=list)
     local_disk_mib: Mib0 = 0
     migratable: bool = True

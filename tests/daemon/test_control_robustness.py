@@ -126,5 +126,6 @@ def test_connect_retry_is_bounded_and_ends_in_one_line(
     finally:
         s.close()
     took = time.monotonic() - t0
-    assert 0.25 <= took < 2.0
+    assert took >= 0.25  # it retried for CONNECT_RETRY_S before giving up (the timeout marker
+    # of this test bounds it from above: a retry loop that never ends fails there)
     assert "\n" not in str(ei.value)

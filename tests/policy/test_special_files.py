@@ -19,12 +19,11 @@ from rebalancerd.observability import MemoryMetrics
 HEAD = "apiVersion: rebalancerd/v1\nkind: Policy\n"
 
 
+@pytest.mark.timeout(30)  # a hang guard: a blocking open of a FIFO never returns
 def test_fifo_policy_file_is_refused_without_blocking(tmp_path: Path) -> None:
     (tmp_path / "a.yaml").write_text(HEAD + "name: a\n")
     os.mkfifo(tmp_path / "x.yaml")  # nobody writes to it: a blocking open never returns
-    t0 = time.monotonic()
     _parsed, problems = parse_policy_dir(tmp_path)
-    assert time.monotonic() - t0 < 5
     assert [str(p) for p in problems] == [
         f"{tmp_path / 'x.yaml'}:1:1: is a FIFO, expected a regular file"
     ]

@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -56,11 +55,10 @@ def snapshot_file(tmp_path: Path, mutate: Any) -> Path:
 # -- bounded reads ----------------------------------------------------------------------------
 
 
+@pytest.mark.timeout(30)  # a hang guard: an unbounded read of /dev/zero never returns
 def test_read_bounded_reads_at_most_the_cap_from_an_endless_file() -> None:
-    t0 = time.monotonic()
     with pytest.raises(InputFileError, match="file too large"):
         read_bounded("/dev/zero", 1 << 20)
-    assert time.monotonic() - t0 < 5
 
 
 def test_read_bounded_errors_are_one_line(tmp_path: Path) -> None:
