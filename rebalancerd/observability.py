@@ -123,6 +123,11 @@ METRICS: dict[str, MetricSpec] = {
     "policy_dir_empty": MetricSpec(
         "gauge", "1 if the policy directory was found empty and the last policy was kept."
     ),
+    "policy_scheduled_in_force": MetricSpec(
+        "gauge",
+        "1 while a policy of a scheduled set is in force (its schedule covers now), else 0.",
+        ("policy",),
+    ),
     # --- daemon -------------------------------------------------------------------------------
     "errors_total": MetricSpec("counter", "Unexpected errors caught by a loop.", ("where",)),
     "journal_writable": MetricSpec("gauge", "1 if the state journal can be written, else 0."),

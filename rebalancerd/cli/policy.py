@@ -5,7 +5,8 @@
 - ``rebalancerd policy diff --old P --new P --snapshot FILE | --live [--socket S]``: plan the
   snapshot (or the running daemon's cluster model) under both policies (P = a file or a
   directory) and show the moves added, removed and changed, and the scores.
-- ``rebalancerd policy show P``: the effective policy of a file or directory.
+- ``rebalancerd policy show P [--at TIME]``: the effective policy of a file or directory at a
+  wall time (default now; scheduled policies count only inside their schedule).
 - ``rebalancerd policy schema``: the JSON Schema of policy files (``--markdown``: the field
   reference of docs/policies.md; ``--check FILE``: exit 1 if FILE is out of date).
 """
@@ -69,6 +70,12 @@ def register(sub: Any) -> None:
 
     s = ps.add_parser("show", help="the effective policy of a file or directory")
     s.add_argument("path", metavar="DIR|FILE")
+    s.add_argument(
+        "--at",
+        metavar="TIME",
+        help="the policy in force at this wall time (scheduled policies): ISO 8601 or epoch "
+        "seconds (default: now)",
+    )
     s.add_argument("--json", action="store_true", help="print JSON (the default is YAML-ish)")
     s.set_defaults(func=cmd_show)
 
@@ -122,26 +129,32 @@ def cmd_validate(args: argparse.Namespace) -> int:
 # -- diff ----------------------------------------------------------------------------------------
 
 
-def _policy(path: str) -> Policy:
+def _policy(path: str, now: float | None = None) -> Policy:
+    """The effective policy of a file or directory at wall time `now` (None: schedules
+    ignored)."""
     try:
-        return load_policy_path(path).effective()
+        return load_policy_path(path).effective(now)
     except PolicyError as e:
         raise CliError(f"invalid policy: {e.one_line()}") from None
     except OSError as e:
         raise CliError(f"{path}: {e.strerror or e}") from None
 
 
-def _now(arg: str | None, taken_at: float | None) -> float:
+def _now(arg: str | None, taken_at: float | None, flag: str = "--now") -> float:
     if arg is None:
         return taken_at if taken_at is not None else time.time()
     try:
-        return float(arg)
+        t = float(arg)
     except ValueError:
         pass
+    else:
+        if not 0 <= t < 253402300800:  # also refuses nan and inf: year 9999 at most
+            raise CliError(f"{flag} {arg!r}: epoch seconds out of range")
+        return t
     try:
         dt = datetime.fromisoformat(arg)
     except ValueError:
-        raise CliError(f"--now {arg!r}: not ISO 8601 nor epoch seconds") from None
+        raise CliError(f"{flag} {arg!r}: not ISO 8601 nor epoch seconds") from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return dt.timestamp()
@@ -152,7 +165,6 @@ def cmd_diff(args: argparse.Namespace) -> int:
     from rebalancerd.planner import make_plan
 
     seed = checked_seed(args.seed)
-    old, new = _policy(args.old), _policy(args.new)
     if args.live:
         from rebalancerd.cli.snapshot import fetch_live
 
@@ -162,6 +174,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     if args.time_limit <= 0:
         raise CliError("--time-limit must be > 0")
     now = _now(args.now, snap.taken_at)
+    old, new = _policy(args.old, now), _policy(args.new, now)
     kw: dict[str, Any] = {"now": now, "time_limit_s": args.time_limit, "seed": seed}
     plan_old = make_plan(snap, old, **kw)
     plan_new = make_plan(snap, new, **kw)
@@ -183,8 +196,11 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    pol = _policy(args.path)
+    now = _now(args.at, None, "--at")
+    pol = _policy(args.path, now)
     data = pol.model_dump(mode="json")
+    if args.json:
+        data = {"at": now} | data
     if args.json:
         print(json.dumps(data, indent=2, ensure_ascii=False))
     else:

@@ -138,6 +138,9 @@ class PolicyStore:
         self._lock = threading.Lock()
         self._set: PolicySet | None = None
         self._policy: Policy = FALLBACK
+        self._live: tuple[str, ...] | None = None
+        """Names of the scheduled set's policies in force when last looked at."""
+        self._scheduled_policy: Policy = FALLBACK
         self._listeners: list[Callable[[ReloadResult], None]] = []
         self.last_result: ReloadResult | None = None
         self._first_report = True
@@ -146,8 +149,29 @@ class PolicyStore:
 
     # -- reading -------------------------------------------------------------------------------
     def current(self) -> Policy:
-        """The policy in force (the effective policy of the last valid set)."""
-        return self._policy
+        """The policy in force (the effective policy of the last valid set). With scheduled
+        policies, the one in force at the store's clock now: a change of the set in force is
+        logged (``policy_schedule_changed``) and shown by the ``policy_scheduled_in_force``
+        gauge per policy name."""
+        s = self._set
+        if s is None or not s.scheduled:
+            return self._policy
+        live = tuple(p.name for p in s.in_force(self.clock.now()))
+        if live != self._live:
+            with self._lock:
+                self._scheduled_policy = s.effective(self.clock.now())
+                before, self._live = self._live, live
+            for p in s.policies:
+                on = 1.0 if p.name in live else 0.0
+                self.metrics.set("policy_scheduled_in_force", on, policy=p.name)
+            self.log.info(
+                "policy_schedule_changed",
+                in_force=list(live),
+                before=list(before or ()),
+                policy=self._scheduled_policy.name,
+                mode=self._scheduled_policy.mode.value,
+            )
+        return self._scheduled_policy
 
     __call__ = current
 
@@ -190,6 +214,7 @@ class PolicyStore:
                 new = new_set.effective()
                 self._set = new_set
                 self._policy = new
+                self._live = None  # a new set: the scheduled policy is computed afresh
                 result = ReloadResult(True, new != old, (), files, new, at)
             self.last_result = result
         self._report(result)

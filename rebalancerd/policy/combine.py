@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from rebalancerd.policy.schedule import NOTHING_SCHEDULED, policies_at
 from rebalancerd.policy.schema import Limits, Migration, Policy, Rules, Scope, default_policy
 from rebalancerd.policy.week import common_intervals, to_windows
 
@@ -40,10 +41,25 @@ def ordered(policies: Sequence[Policy]) -> list[Policy]:
     return sorted(policies, key=lambda p: (-p.priority, p.name))
 
 
+def sets_mode(policy: Policy) -> bool:
+    """True if the policy's file (or constructor) gave ``mode`` explicitly."""
+    return "mode" in policy.model_fields_set
+
+
+def primary_of(ordered_policies: Sequence[Policy]) -> Policy:
+    """The policy that decides mode, targets, migration and energy: the highest-priority one
+    that sets ``mode``; if none does, the highest-priority one."""
+    for p in ordered_policies:
+        if sets_mode(p):
+            return p
+    return ordered_policies[0]
+
+
 def combine(policies: Sequence[Policy]) -> Policy:
     """The one policy in force when several apply (see docs/policies.md, "Several policies").
 
-    - The primary policy (highest ``priority``, then name) decides ``mode``, ``targets``,
+    - The primary policy (highest ``priority``, then name, among those that set ``mode``; if
+      none does, among all) decides ``mode``, ``targets``,
       ``migration.default``, ``energy`` and ``rules.evacuate_degraded``.
     - ``dry_run`` is on if any policy says so.
     - ``scope`` is the union of the scopes (a policy with an empty scope covers everything).
@@ -56,7 +72,7 @@ def combine(policies: Sequence[Policy]) -> Policy:
     if not policies:
         return default_policy()
     pol = ordered(policies)
-    primary = pol[0]
+    primary = primary_of(pol)
     if len(pol) == 1:
         return primary
     budgets = [p.limits.max_mib_per_hour for p in pol if p.limits.max_mib_per_hour is not None]
@@ -110,6 +126,23 @@ class PolicySet:
     policies: tuple[Policy, ...] = ()
     files: tuple[str, ...] = ()
 
-    def effective(self) -> Policy:
-        """The policy in force: see ``combine``. No policy at all = ``default_policy()``."""
-        return combine(self.policies)
+    @property
+    def scheduled(self) -> bool:
+        """True if some policy has a schedule (the policy in force then depends on the time)."""
+        return any(p.schedule is not None for p in self.policies)
+
+    def in_force(self, now: float | None = None) -> list[Policy]:
+        """The policies in force at wall time `now` (None: all, schedules ignored)."""
+        return list(self.policies) if now is None else policies_at(self.policies, now)
+
+    def effective(self, now: float | None = None) -> Policy:
+        """The policy in force at wall time `now`: ``combine`` of the policies whose schedule
+        covers `now` (None: of all, schedules ignored). No policy at all = ``default_policy()``;
+        policies that all have schedules, none covering `now` = ``NOTHING_SCHEDULED``
+        (advisory: plans, never moves)."""
+        if not self.policies:
+            return default_policy()
+        live = self.in_force(now)
+        if not live:
+            return NOTHING_SCHEDULED
+        return combine(live)

@@ -286,16 +286,21 @@ class Limits(_Strict):
     @field_validator("timezone")
     @classmethod
     def _tz(cls, v: str) -> str:
-        ok = v == "UTC"  # valid even where the tz database is not installed
-        if not ok and 0 < len(v) <= 64 and "\x00" not in v:
-            try:
-                ZoneInfo(v)
-                ok = True
-            except Exception:  # ZoneInfoNotFoundError, ValueError, OSError on odd keys
-                ok = False
-        if not ok:
-            raise ValueError(f"unknown time zone {v[:64]!r} (use an IANA name like Europe/Paris)")
-        return v
+        return check_timezone(v)
+
+
+def check_timezone(v: str) -> str:
+    """`v` if it names an IANA time zone, else ValueError with a one-line message."""
+    ok = v == "UTC"  # valid even where the tz database is not installed
+    if not ok and 0 < len(v) <= 64 and "\x00" not in v:
+        try:
+            ZoneInfo(v)
+            ok = True
+        except Exception:  # ZoneInfoNotFoundError, ValueError, OSError on odd keys
+            ok = False
+    if not ok:
+        raise ValueError(f"unknown time zone {v[:64]!r} (use an IANA name like Europe/Paris)")
+    return v
 
 
 class MigrationSettingsSpec(_Strict):
@@ -404,6 +409,21 @@ class Energy(_Strict):
         return self
 
 
+class Schedule(_Strict):
+    """When a policy is in force: weekly windows in a time zone. Outside them the policy does not
+    count at all (mode, targets, rules and limits alike), see docs/policies.md "Schedules"."""
+
+    windows: list[TimeWindow] = Field(min_length=1, max_length=1000)
+    """Windows in which the policy is in force (days, start, end as in `limits.windows`)."""
+    timezone: str = "UTC"
+    """IANA time zone of the windows (e.g. Europe/Paris). Default: UTC."""
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        return check_timezone(v)
+
+
 class Policy(_Strict):
     """A rebalancerd policy file."""
 
@@ -417,7 +437,10 @@ class Policy(_Strict):
     """When several policies apply, the highest priority decides mode, targets, migration and
     energy. Default: 0."""
     mode: Annotated[Mode, Field(strict=False)] = Mode.BALANCE
-    """balance, consolidate, drain or advisory. Default: balance."""
+    """balance, consolidate, drain or advisory. A policy that does not set `mode` never decides
+    the mode when other policies apply (it adds rules and limits only). Default: balance."""
+    schedule: Schedule | None = None
+    """Weekly windows in which this policy is in force; null = always. Default: null."""
     dry_run: bool = False
     """Plan and log what would be done; the executor never calls the hypervisor. Default: false."""
     scope: Scope = Field(default_factory=Scope)

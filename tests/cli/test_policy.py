@@ -230,3 +230,16 @@ def test_policy_diff_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[st
         == 0
     )
     assert "same moves under both policies" in capsys.readouterr().out
+
+
+def test_show_at_a_time_applies_schedules(capsys: pytest.CaptureFixture[str]) -> None:
+    examples = str(ROOT / "policies")
+    assert main(["policy", "show", "--json", examples, "--at", "2026-12-02T23:30:00+01:00"]) == 0
+    night = json.loads(capsys.readouterr().out)
+    assert (night["mode"], night["at"]) == ("consolidate", 1796250600.0)
+    assert main(["policy", "show", "--json", examples, "--at", "1796212800"]) == 0  # 12:00Z
+    assert json.loads(capsys.readouterr().out)["mode"] == "balance"
+    for bad in ("tomorrow", "nan", "1e300"):
+        assert main(["policy", "show", examples, "--at", bad]) != 0
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--at" in err

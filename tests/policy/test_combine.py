@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -10,7 +12,7 @@ from rebalancerd.adapters.policy_files import load_policy_dir, load_policy_path
 from rebalancerd.policy.combine import PolicySet, combine
 from rebalancerd.policy.issues import PolicyError
 from rebalancerd.policy.parse import load_policy_text
-from rebalancerd.policy.schema import Mode, TimeWindow, default_policy
+from rebalancerd.policy.schema import Mode, default_policy
 
 HEAD = "apiVersion: rebalancerd/v1\nkind: Policy\n"
 EXAMPLES = Path(__file__).resolve().parents[2] / "policies"
@@ -182,17 +184,21 @@ def test_every_file_is_checked_and_all_problems_reported(tmp_path: Path) -> None
 def test_examples_load_together() -> None:
     s = load_policy_dir(EXAMPLES)
     assert len(s.policies) == 4
-    eff = s.effective()
-    # maintenance.yaml has the highest priority: drain mode; every file's rules add up
-    assert eff.mode is Mode.DRAIN
-    assert {m.host for m in eff.rules.maintenance} == {"hv03", "hv04"}
-    assert [g.name for g in eff.rules.anti_affinity] == ["db-replicas"]
-    assert eff.limits.max_per_cycle == 5  # balance.yaml's is the smallest
-    assert eff.limits.windows == [
-        TimeWindow(
-            days=["mon", "tue", "wed", "thu", "fri", "sat", "sun"], start="22:00", end="06:00"
-        )
-    ]
+    day = datetime(2026, 12, 2, 12, 0, tzinfo=ZoneInfo("Europe/Paris")).timestamp()
+    night = datetime(2026, 12, 2, 23, 30, tzinfo=ZoneInfo("Europe/Paris")).timestamp()
+    by_day, at_night = s.effective(day), s.effective(night)
+    # maintenance.yaml has the highest priority but sets no mode: it never decides the mode
+    assert by_day.mode is Mode.BALANCE
+    assert at_night.mode is Mode.CONSOLIDATE  # consolidate-nightly is scheduled 22:00-06:00
+    assert by_day.name == "maintenance+anti-affinity+balance"
+    assert at_night.name == "maintenance+consolidate-nightly+anti-affinity+balance"
+    for eff in (by_day, at_night):  # every file in force adds its rules
+        assert {m.host for m in eff.rules.maintenance} == {"hv03", "hv04"}
+        assert [g.name for g in eff.rules.anti_affinity] == ["db-replicas"]
+        assert eff.limits.max_per_cycle == 5  # balance.yaml's is the smallest
+        assert eff.limits.windows == []
+    # schedules ignored (now=None): all four combine, still not drain
+    assert s.effective().mode is Mode.CONSOLIDATE
 
 
 def test_load_policy_path_file_or_dir(tmp_path: Path) -> None:

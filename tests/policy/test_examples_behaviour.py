@@ -12,7 +12,7 @@ from rebalancerd.domain.model import ClusterSnapshot, Host, Vm
 from rebalancerd.domain.plan import MigrationPlan, ReasonKind
 from rebalancerd.planner import make_plan
 from rebalancerd.policy.parse import load_policy_text
-from rebalancerd.policy.schema import Policy
+from rebalancerd.policy.schema import Mode, Policy
 from rebalancerd.policy.whatif import net_moves
 
 EX = Path(__file__).resolve().parents[2] / "policies"
@@ -140,13 +140,26 @@ def maint_cluster() -> ClusterSnapshot:
 
 
 def test_maintenance_drains_only_the_open_window_hosts() -> None:
-    pol = example("maintenance.yaml")
+    # the example sets no mode (it never decides the mode next to other policies); with
+    # `mode: drain` added it drains and does nothing else
+    pol = example("maintenance.yaml").model_copy(update={"mode": Mode.DRAIN})
     s = maint_cluster()
     pl = plan(s, pol)
     moves = net_moves(pl)
     assert set(moves) == {"m-1", "m-2"}  # not license-server (excluded), not hv01's (drain mode)
     assert all(m.reason.kind is ReasonKind.DRAIN for m in pl.migrations)
     assert not {m.target for m in moves.values()} & {"hv03", "hv04"}
+
+
+def test_maintenance_example_drains_in_the_mode_of_the_others() -> None:
+    pol = example("maintenance.yaml")
+    assert "mode" not in pol.model_fields_set
+    s = maint_cluster()
+    pl = plan(s, pol)  # alone: the default mode, balance
+    moves = net_moves(pl)
+    assert {"m-1", "m-2"} <= set(moves) and "license-server" not in moves
+    assert {m.vm for m in pl.migrations if m.reason.kind is ReasonKind.DRAIN} == {"m-1", "m-2"}
+    assert "hv03" not in {m.target for m in moves.values()}  # hv04's window is not open yet
 
 
 def test_maintenance_schedule_opens_hv04() -> None:
@@ -230,11 +243,14 @@ def _paris(iso: str) -> float:
 
 def test_consolidate_nightly_window_and_balance_blackout_as_the_executor_reads_them() -> None:
     from rebalancerd.execution.windows import window_block
+    from rebalancerd.policy.schedule import in_force
 
-    night = example("consolidate-nightly.yaml").limits
-    assert window_block(night, _paris("2026-03-04T23:30:00")) is None
-    assert window_block(night, _paris("2026-03-05T05:59:00")) is None  # wraps past midnight
-    assert window_block(night, _paris("2026-03-05T12:00:00")) == "outside_window"
+    # consolidate-nightly is in force only at night (its schedule), with no window of its own
+    night = example("consolidate-nightly.yaml")
+    assert in_force(night, _paris("2026-03-04T23:30:00"))
+    assert in_force(night, _paris("2026-03-05T05:59:00"))  # wraps past midnight
+    assert not in_force(night, _paris("2026-03-05T12:00:00"))
+    assert window_block(night.limits, _paris("2026-03-05T12:00:00")) is None
     day = example("balance.yaml").limits
     assert window_block(day, _paris("2026-03-02T02:00:00")) == "blackout"  # a Monday
     assert window_block(day, _paris("2026-03-03T02:00:00")) is None  # Tuesday

@@ -151,3 +151,30 @@ def test_empty_directory_at_start_says_the_default_is_in_force(tmp_path: Path) -
     assert "may migrate" in log.events[0][2]["detail"]
     store.reload()  # said once, at the first load
     assert [e[1] for e in log.events].count("policy_default_in_force") == 1
+
+
+def test_scheduled_policy_switches_with_the_clock(tmp_path: Path) -> None:
+    # 1_800_000_000 is 2027-01-15 08:00 UTC (a Friday); night: 20:00-06:00 UTC
+    (tmp_path / "day.yaml").write_text(HEAD + "name: day\nmode: balance\n")
+    (tmp_path / "night.yaml").write_text(
+        HEAD + "name: night\npriority: 5\nmode: consolidate\n"
+        'schedule: {windows: [{start: "20:00", end: "06:00"}]}\n'
+    )
+    store, m, log, clock = make(tmp_path)
+    assert store.current().name == "day" and store.current().mode is Mode.BALANCE
+    assert m.gauge("policy_scheduled_in_force", policy="night") == 0.0
+    assert m.gauge("policy_scheduled_in_force", policy="day") == 1.0
+    clock.advance(12 * 3600)  # 20:00 UTC
+    assert store.current().name == "night+day" and store.current().mode is Mode.CONSOLIDATE
+    assert m.gauge("policy_scheduled_in_force", policy="night") == 1.0
+    changes = [kw for _, e, kw in log.events if e == "policy_schedule_changed"]
+    assert changes[-1]["in_force"] == ["day", "night"] and changes[-1]["before"] == ["day"]
+    n = len(changes)
+    store.current()
+    assert len([e for _, e, _ in log.events if e == "policy_schedule_changed"]) == n  # no repeat
+    clock.advance(10 * 3600)  # 06:00 UTC the next day
+    assert store.current().mode is Mode.BALANCE
+    # a reload recomputes at once
+    (tmp_path / "day.yaml").write_text(HEAD + "name: day\nmode: drain\n")
+    assert store.reload().ok
+    assert store.current().mode is Mode.DRAIN
