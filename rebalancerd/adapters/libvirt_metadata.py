@@ -212,7 +212,7 @@ def host_bridges(sys_class_net: Path = Path("/sys/class/net")) -> list[str]:
 def host_facts(conn: Any, sys_class_net: Path = Path("/sys/class/net")) -> HostFacts:
     """CPU, active libvirt networks and bridges of the host behind ``conn``."""
     try:
-        cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")[:1 << 20]
+        cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")[: 1 << 20]
     except OSError:
         cpuinfo = ""
     model, feats = parse_host_cpu(conn.getCapabilities(), cpuinfo)
@@ -230,7 +230,7 @@ def host_facts(conn: Any, sys_class_net: Path = Path("/sys/class/net")) -> HostF
             if NET_RE.match(br):
                 nets.append(br)
     nets.extend(host_bridges(sys_class_net))
-    return HostFacts(model, feats, tuple(sorted(set(nets))[:MAX_NETWORKS * 4]))
+    return HostFacts(model, feats, tuple(sorted(set(nets))[: MAX_NETWORKS * 4]))
 
 
 class MetadataCache:

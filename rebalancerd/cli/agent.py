@@ -41,9 +41,7 @@ async def _run(args: argparse.Namespace) -> int:
         def relog(c: Any) -> None:
             rlog.configure(c.log_level, c.log_format, out)
 
-        agent = Agent(
-            config, notifier=from_env(), config_path=args.config, configure_logging=relog
-        )
+        agent = Agent(config, notifier=from_env(), config_path=args.config, configure_logging=relog)
         if args.once:
             report = await agent.sample()
             await _sleep(min(1.0, config.interval_s))
