@@ -16,7 +16,7 @@ class Dom:
         self.fail_modes = fail_modes
         self.fail = fail
 
-    def startDirtyRateCalc(self, secs: int, flags: int) -> None:  # noqa: N802 - libvirt's name
+    def startDirtyRateCalc(self, secs: int, flags: int) -> None:
         self.calls.append((secs, flags))
         if self.fail or (self.fail_modes and flags):
             raise libvirt.libvirtError("unsupported")

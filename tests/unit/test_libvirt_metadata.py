@@ -8,6 +8,7 @@ from pathlib import Path
 import libvirt
 import pytest
 
+from rebalancerd.adapters.dirty_rate import DirtyRateSettings
 from rebalancerd.adapters.libvirt_metadata import (
     RB_NS,
     MetadataCache,
@@ -16,7 +17,6 @@ from rebalancerd.adapters.libvirt_metadata import (
     parse_domain_xml,
     parse_host_cpu,
 )
-from rebalancerd.adapters.dirty_rate import DirtyRateSettings
 from rebalancerd.adapters.libvirt_stats import LibvirtStatsReader
 
 DOMAIN = f"""<domain type='kvm'>
