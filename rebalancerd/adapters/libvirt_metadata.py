@@ -28,6 +28,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from rebalancerd.adapters.libvirt_domains import devices_reason
+
 RB_NS = "https://rebalancerd.dev/xmlns/1"
 MAX_XML_CHARS = 4 * 1024 * 1024
 MAX_TAGS = 32
@@ -153,8 +155,9 @@ def parse_domain_xml(
             disk = _disk(d, shared_paths, shared_pools)
             if disk is not None and len(disks) < MAX_DISKS:
                 disks.append(disk)
-        if devices.find("hostdev") is not None:
-            reasons.append("host device passthrough (<hostdev>)")
+    devices_why = devices_reason(xml)  # the executor's own verdict on the devices
+    if devices_why:
+        reasons.append(devices_why)
     mb = root.find("memoryBacking")
     if mb is not None and mb.find("locked") is not None:
         reasons.append("locked memory (<memoryBacking><locked/>)")

@@ -81,6 +81,7 @@ def test_shared_path_prefix_is_a_directory_boundary() -> None:
     ("extra", "where", "reason"),
     [
         ("<hostdev mode='subsystem' type='pci'/>", "devices", "hostdev"),
+        ("<interface type='hostdev'/>", "devices", "passthrough network interface"),
         ("<memoryBacking><locked/></memoryBacking>", "domain", "locked"),
     ],
 )
