@@ -288,7 +288,7 @@ class Agent:
             health = {"degraded": False, "reasons": []}
         else:
             self.problems.resolved("host_stats", "agent_host_stats_readable_again")
-        facts = self.libvirt.host
+        facts = getattr(self.libvirt, "host", None)  # a reader may not know the host facts
         if facts is not None and vms is not None:
             host_stats["cpu_model"] = facts.cpu_model
             host_stats["cpu_features"] = list(facts.cpu_features)
