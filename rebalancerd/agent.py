@@ -5,6 +5,11 @@ It logs like the daemon (JSON lines, or console on a TTY; ``log_level`` / ``log_
 config) and reports a lasting problem once when it starts or changes and once when it ends
 (``agent_libvirt_unavailable`` ... ``agent_libvirt_reachable_again``), not every interval.
 
+SIGHUP (``systemctl reload``) re-reads the config file: interval, log level/format, health
+thresholds and dirty-rate settings apply at once; a changed host, cluster, broker or libvirt URI
+reconnects. A config that does not load keeps the running one (``agent_config_reload_failed``
+with a one-line error).
+
 It never crashes on a libvirt hiccup (the report then carries no VMs and ``libvirt_ok: false``,
 which the collector treats as "we do not know what runs there": the host turns stale) and it
 reconnects to the broker with jittered exponential backoff.
@@ -13,8 +18,11 @@ reconnects to the broker with jittered exponential backoff.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -23,6 +31,7 @@ import structlog
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from rebalancerd.adapters.dirty_rate import MODES, DirtyRateSettings
 from rebalancerd.adapters.host_stats import HealthThresholds, HostStatsReader
 from rebalancerd.adapters.libvirt_stats import LibvirtStatsReader, LibvirtUnavailable
 from rebalancerd.adapters.mqtt import Backoff, BrokerSettings, MqttConfigError, Publisher
@@ -54,6 +63,23 @@ class HealthConfig(BaseModel):
     failing_disks_degrade: bool = True
 
 
+class DirtyRateConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    enabled: bool = True
+    """Ask QEMU to measure guests' dirty rate (needs a read-write libvirt connection)."""
+    per_interval: Annotated[int, Field(ge=0, le=1000)] = 2
+    calc_seconds: Annotated[int, Field(ge=1, le=60)] = 1
+    max_age_s: Annotated[float, Field(gt=0, le=86400)] = 300.0
+    calc_mode: Literal["page-sampling", "dirty-bitmap", "dirty-ring"] = "page-sampling"
+
+    def settings(self) -> DirtyRateSettings:
+        assert self.calc_mode in MODES
+        return DirtyRateSettings(
+            self.enabled, self.per_interval, self.calc_seconds, self.max_age_s, self.calc_mode
+        )
+
+
 class AgentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
@@ -68,6 +94,26 @@ class AgentConfig(BaseModel):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
     """auto: JSON lines (journald) unless stderr/stdout is a terminal, like the daemon."""
+    dirty_rate: DirtyRateConfig = Field(default_factory=DirtyRateConfig)
+    shared_storage_paths: Annotated[list[str], Field(max_length=256)] = Field(default_factory=list)
+    """Disk paths (prefixes) on shared storage (NFS, cluster FS): not copied by a migration."""
+    shared_storage_pools: Annotated[list[str], Field(max_length=256)] = Field(default_factory=list)
+    """libvirt storage pools on shared storage (``<disk type='volume'>``)."""
+
+
+RECONNECT_FIELDS = (
+    "host",
+    "cluster",
+    "broker",
+    "libvirt_uri",
+    "shared_storage_paths",
+    "shared_storage_pools",
+)
+"""Config fields whose change makes a reloading agent reconnect (and reopen libvirt)."""
+
+
+class _Reconnect(Exception):
+    """A reloaded config needs a new broker session."""
 
 
 def load_agent_config(path: str | Path) -> AgentConfig:
@@ -119,8 +165,20 @@ class ProblemLog:
 
 
 class Agent:
-    def __init__(self, config: AgentConfig, notifier: ServiceNotifier | None = None) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        notifier: ServiceNotifier | None = None,
+        *,
+        config_path: str | Path | None = None,
+        configure_logging: Callable[[AgentConfig], None] | None = None,
+    ) -> None:
         self.config = config
+        self.config_path = Path(config_path) if config_path is not None else None
+        """Re-read on SIGHUP (None: SIGHUP is ignored with a warning)."""
+        self.configure_logging = configure_logging
+        self.reloads = 0
+        self._hup: asyncio.Event | None = None
         self.notifier: ServiceNotifier = notifier if notifier is not None else NullNotifier()
         """systemd: READY=1 once connected, WATCHDOG=1 on every turn of the loop that makes
         progress (a report published, or a broker retry scheduled), STOPPING=1 on exit."""
@@ -128,7 +186,7 @@ class Agent:
         self.host_stats = HostStatsReader(
             HealthThresholds(h.temp_degraded_c, h.memory_full_pressure_pct, h.failing_disks_degrade)
         )
-        self.libvirt = LibvirtStatsReader(config.libvirt_uri)
+        self.libvirt = self._reader(config)
         self.boot = int(time.time() * 1000)
         self.seq = 0
         self.published = 0
@@ -136,6 +194,66 @@ class Agent:
         self.telemetry_topic = telemetry_topic(config.cluster, config.host)
         self.status_topic = status_topic(config.cluster, config.host)
         self.problems = ProblemLog(log)
+
+    @staticmethod
+    def _reader(config: AgentConfig) -> LibvirtStatsReader:
+        return LibvirtStatsReader(
+            config.libvirt_uri,
+            config.dirty_rate.settings(),
+            config.shared_storage_paths,
+            config.shared_storage_pools,
+        )
+
+    def request_reload(self) -> None:
+        """SIGHUP handler: reload at the next turn of the loop (wakes its sleep)."""
+        if self._hup is not None:
+            self._hup.set()
+
+    def reload(self) -> bool:
+        """Re-read the config file; apply it, or keep the running one. True if it needs a new
+        broker session (host, cluster, broker or libvirt changed)."""
+        if self.config_path is None:
+            log.warning("agent_config_reload_failed", error="no config file to reload")
+            return False
+        try:
+            new = load_agent_config(self.config_path)
+            if self.configure_logging is not None:
+                self.configure_logging(new)
+        except (AgentConfigError, ValueError) as e:
+            log.error("agent_config_reload_failed", error=str(e).splitlines()[0][:300])
+            return False
+        old = self.config
+        changed = [k for k in AgentConfig.model_fields if getattr(old, k) != getattr(new, k)]
+        self.config = new
+        self.reloads += 1
+        h = new.health
+        self.host_stats.thresholds = HealthThresholds(
+            h.temp_degraded_c, h.memory_full_pressure_pct, h.failing_disks_degrade
+        )
+        self.libvirt.dirty.settings = new.dirty_rate.settings()
+        reconnect = any(k in RECONNECT_FIELDS for k in changed)
+        log.info("agent_config_reloaded", changed=changed, reconnect=reconnect)
+        if reconnect:
+            self.telemetry_topic = telemetry_topic(new.cluster, new.host)
+            self.status_topic = status_topic(new.cluster, new.host)
+            if self._libvirt_task is None or self._libvirt_task.done():
+                self.libvirt.close()
+                self.libvirt = self._reader(new)
+        return reconnect
+
+    async def _sleep_until(self, deadline: float) -> None:
+        delay = max(0.0, deadline - time.monotonic())
+        if self._hup is None:
+            await asyncio.sleep(delay)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._hup.wait(), delay)
+
+    def _take_reload(self) -> None:
+        if self._hup is not None and self._hup.is_set():
+            self._hup.clear()
+            if self.reload():
+                raise _Reconnect
 
     async def _read_vms(self) -> list[dict[str, Any]] | None:
         """VM entries, or None when libvirt cannot be read (error, or slower than the timeout:
@@ -170,6 +288,11 @@ class Agent:
             health = {"degraded": False, "reasons": []}
         else:
             self.problems.resolved("host_stats", "agent_host_stats_readable_again")
+        facts = getattr(self.libvirt, "host", None)  # a reader may not know the host facts
+        if facts is not None and vms is not None:
+            host_stats["cpu_model"] = facts.cpu_model
+            host_stats["cpu_features"] = list(facts.cpu_features)
+            host_stats["networks"] = list(facts.networks) if facts.networks is not None else None
         if self.libvirt.skipped_names:
             health["reasons"].append(
                 f"{self.libvirt.skipped_names} domain(s) with unsupported names not reported"
@@ -196,7 +319,12 @@ class Agent:
     async def run(self, *, max_reports: int | None = None) -> None:
         """Publish until cancelled (or after ``max_reports``)."""
         backoff = Backoff(0.5, 30.0)
-        interval = self.config.interval_s
+        loop = asyncio.get_running_loop()
+        self._hup = asyncio.Event()
+        hup_installed = False
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+            hup_installed = True
         try:
             while max_reports is None or self.published < max_reports:
                 try:
@@ -218,10 +346,14 @@ class Agent:
                             await pub.publish(self.telemetry_topic, self.encode(report))
                             self.published += 1
                             self.notifier.watchdog()
-                            next_at += interval
-                            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-                            if time.monotonic() - next_at > interval:
+                            next_at += self.config.interval_s
+                            await self._sleep_until(next_at)
+                            self._take_reload()
+                            if time.monotonic() - next_at > self.config.interval_s:
                                 next_at = time.monotonic()  # fell behind: do not burst
+                except _Reconnect:
+                    log.info("agent_reconnecting", broker=self.config.broker.url)
+                    continue
                 except aiomqtt.MqttError as e:
                     delay = backoff.next()
                     self.problems.problem(
@@ -234,8 +366,12 @@ class Agent:
                     log.debug("agent_broker_retry", retry_in_s=round(delay, 2))
                     self.notifier.status(f"broker unavailable, retrying in {delay:.0f}s")
                     self.notifier.watchdog()
-                    await asyncio.sleep(delay)
+                    await self._sleep_until(time.monotonic() + delay)
+                    with contextlib.suppress(_Reconnect):
+                        self._take_reload()
         finally:
+            if hup_installed:
+                loop.remove_signal_handler(signal.SIGHUP)
             self.notifier.stopping()
             self.libvirt.close()
 
@@ -244,6 +380,7 @@ __all__ = [
     "Agent",
     "AgentConfig",
     "AgentConfigError",
+    "DirtyRateConfig",
     "MqttConfigError",
     "ProblemLog",
     "load_agent_config",

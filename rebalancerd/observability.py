@@ -103,6 +103,9 @@ METRICS: dict[str, MetricSpec] = {
     "vms": MetricSpec("gauge", "VMs known to the model."),
     # --- telemetry ----------------------------------------------------------------------------
     "telemetry_messages_total": MetricSpec("counter", "Telemetry messages accepted.", ()),
+    "telemetry_reports_total": MetricSpec(
+        "counter", "Telemetry reports accepted, by wire format version (1 or 2).", ("version",)
+    ),
     "telemetry_rejected_total": MetricSpec(
         "counter", "Telemetry messages rejected, by reason.", ("reason",)
     ),
@@ -194,6 +197,7 @@ KNOWN_LABEL_VALUES: LabelValues = {
     "plans_total": {"status": PLAN_STATUSES},
     "policy_reloads_total": {"result": ("ok", "error")},
     "errors_total": {"where": ERROR_PLACES},
+    "telemetry_reports_total": {"version": ("1", "2")},
 }
 """Counters whose series exist at 0 from start-up, so ``increase()`` sees the first event (a
 labelled counter otherwise has no series until it happens). The telemetry reject reasons are

@@ -65,6 +65,10 @@ class HostDoc(_M):
     )
     cpu_model: str = ""
     cpu_features: list[str] = Field(default_factory=list)
+    networks: list[str] | None = Field(
+        default=None, description="Networks/bridges here; null or absent = unknown."
+    )
+    net_capacity_bytes_s: Annotated[float, Field(gt=0, le=1e13, allow_inf_nan=False)] = 1.25e9
 
 
 class VmDoc(_M):
@@ -84,6 +88,8 @@ class VmDoc(_M):
     migratable: bool = True
     cpu_model: str = ""
     required_cpu_features: list[str] = Field(default_factory=list)
+    networks: list[str] = Field(default_factory=list)
+    net_bytes_s: Annotated[float, Field(ge=0, le=1e13, allow_inf_nan=False)] = 0.0
 
 
 class GroupDoc(_M):
@@ -133,6 +139,8 @@ def from_doc(doc: SnapshotDoc) -> ClusterSnapshot:
             power_curve=PowerCurve(tuple(h.power_curve)) if h.power_curve else None,
             cpu_model=h.cpu_model,
             cpu_features=frozenset(h.cpu_features),
+            networks=frozenset(h.networks) if h.networks is not None else None,
+            net_capacity_bytes_s=h.net_capacity_bytes_s,
         )
         for h in doc.hosts
     )
@@ -151,6 +159,8 @@ def from_doc(doc: SnapshotDoc) -> ClusterSnapshot:
             migratable=v.migratable,
             cpu_model=v.cpu_model,
             required_cpu_features=frozenset(v.required_cpu_features),
+            networks=frozenset(v.networks),
+            net_bytes_s=v.net_bytes_s,
         )
         for v in doc.vms
     )
@@ -182,6 +192,8 @@ def to_dict(snap: ClusterSnapshot) -> dict[str, Any]:
                 "power_curve": list(h.power_curve.watts) if h.power_curve else None,
                 "cpu_model": h.cpu_model,
                 "cpu_features": sorted(h.cpu_features),
+                "networks": sorted(h.networks) if h.networks is not None else None,
+                "net_capacity_bytes_s": h.net_capacity_bytes_s,
             }
             for h in snap.hosts
         ],
@@ -200,6 +212,8 @@ def to_dict(snap: ClusterSnapshot) -> dict[str, Any]:
                 "migratable": v.migratable,
                 "cpu_model": v.cpu_model,
                 "required_cpu_features": sorted(v.required_cpu_features),
+                "networks": sorted(v.networks),
+                "net_bytes_s": v.net_bytes_s,
             }
             for v in snap.vms
         ],

@@ -3,7 +3,12 @@
 One ``getAllDomainStats`` call per interval (falling back to ``dom.info()`` per domain for
 drivers that return few fields, like ``test:///``). CPU use comes from ``cpu.time`` deltas,
 block/network throughput from byte counter deltas, memory from the balloon (``rss`` when the
-driver reports it), dirty rate from ``dirtyrate.*`` when QEMU measured it (best effort).
+driver reports it, else available - unused; null when neither), dirty rate from
+``dirtyrate.*`` after the reader's ``DirtyRateSampler`` asked QEMU to measure (a couple of reads
+``calc_seconds`` apart give a value; that needs a read-write connection, so the reader opens one
+when dirty-rate sampling is enabled, read-only otherwise). Placement facts (tags, CPU, disks,
+networks, migratability) come from the domain XML through ``MetadataCache`` (parsed when the XML
+changes), the host's CPU and networks from ``host_facts`` (refreshed every ``HOST_FACTS_EVERY_S``).
 
 Blocking (libvirt-python): the agent calls ``read()`` in a worker thread. Errors raise
 ``LibvirtUnavailable``; the connection is reopened on the next call.
@@ -13,12 +18,17 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import libvirt
 
+from rebalancerd.adapters.dirty_rate import DirtyRateSampler, DirtyRateSettings
+from rebalancerd.adapters.libvirt_metadata import HostFacts, MetadataCache, host_facts
 from rebalancerd.telemetry.schema import NAME_RE
+
+HOST_FACTS_EVERY_S = 60.0
 
 _STATS = (
     libvirt.VIR_DOMAIN_STATS_STATE
@@ -55,12 +65,24 @@ def _sum(st: dict[str, Any], prefix: str, suffix: str) -> float:
 
 
 class LibvirtStatsReader:
-    def __init__(self, uri: str) -> None:
+    def __init__(
+        self,
+        uri: str,
+        dirty_rate: DirtyRateSettings | None = None,
+        shared_storage_paths: Sequence[str] = (),
+        shared_storage_pools: Sequence[str] = (),
+    ) -> None:
         self.uri = uri
         self._conn: Any = None
         self._prev: dict[str, _Prev] = {}
         self._stats_flags = _STATS | _DIRTY
         self.skipped_names = 0
+        self.dirty = DirtyRateSampler(dirty_rate or DirtyRateSettings(enabled=False))
+        self.meta = MetadataCache(shared_storage_paths, shared_storage_pools)
+        self.host: HostFacts | None = None
+        """The host's CPU and networks (None until read once)."""
+        self._host_at = -HOST_FACTS_EVERY_S
+        self.host_errors = 0
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
@@ -71,7 +93,10 @@ class LibvirtStatsReader:
     def _connect(self) -> Any:
         if self._conn is None:
             try:
-                self._conn = libvirt.openReadOnly(self.uri)
+                if self.dirty.settings.enabled:  # starting a measurement needs read-write
+                    self._conn = libvirt.open(self.uri)
+                else:
+                    self._conn = libvirt.openReadOnly(self.uri)
             except libvirt.libvirtError as e:
                 raise LibvirtUnavailable(f"cannot open {self.uri}: {e}") from None
         return self._conn
@@ -92,7 +117,15 @@ class LibvirtStatsReader:
         try:
             records = self._all_stats(conn)
             now = time.monotonic()
-            out = [self._vm(dom, st, now) for dom, st in records]
+            wall = time.time()
+            self._refresh_host(conn, now)
+            out = [self._vm(dom, st, now, wall) for dom, st in records]
+            running = [
+                (dom, v["name"], v["memory_mib"], int(st.get("dirtyrate.calc_status", 0) or 0))
+                for (dom, st), v in zip(records, out, strict=True)
+                if v is not None and v["state"] == "running"
+            ]
+            self.dirty.schedule([(d, n, m, s == 1) for d, n, m, s in running], now)
         except libvirt.libvirtError as e:
             self.close()
             raise LibvirtUnavailable(f"{self.uri}: {e}") from None
@@ -101,9 +134,22 @@ class LibvirtStatsReader:
         seen = {v["name"] for v in vms}
         for gone in set(self._prev) - seen:
             del self._prev[gone]
+        self.dirty.forget_except(seen)
+        self.meta.forget_except({str(v.pop("_uuid")) for v in vms})
         return vms
 
-    def _vm(self, dom: Any, st: dict[str, Any], now: float) -> dict[str, Any] | None:
+    def _refresh_host(self, conn: Any, now: float) -> None:
+        if now - self._host_at < HOST_FACTS_EVERY_S and self.host is not None:
+            return
+        self._host_at = now
+        try:
+            self.host = host_facts(conn)
+        except libvirt.libvirtError:
+            raise
+        except Exception:  # capabilities XML we cannot use: keep what we had
+            self.host_errors += 1
+
+    def _vm(self, dom: Any, st: dict[str, Any], now: float, wall: float) -> dict[str, Any] | None:
         name = dom.name()
         if not NAME_RE.match(name):
             return None
@@ -135,13 +181,16 @@ class LibvirtStatsReader:
         memory_mib = max(1, int(cur_kib) // 1024)
         rss = st.get("balloon.rss")
         unused = st.get("balloon.unused")
-        if rss is not None:
+        available = st.get("balloon.available")
+        used: int | None = None
+        if rss is not None and int(rss) > 0:
             used = int(rss) // 1024
-        elif unused is not None:
-            used = max(0, int(cur_kib) - int(unused)) // 1024
-        else:
-            used = memory_mib
-        dirty = st.get("dirtyrate.megabytes_per_second")
+        elif unused is not None and available is not None:
+            used = max(0, int(available) - int(unused)) // 1024
+        self.dirty.observe(name, st, wall)
+        dirty, dirty_age = self.dirty.value(name, wall)
+        host_model = self.host.cpu_model if self.host is not None else ""
+        meta = self.meta.get(dom, host_model)
         state = {libvirt.VIR_DOMAIN_RUNNING: "running", libvirt.VIR_DOMAIN_PAUSED: "paused"}.get(
             int(state_code), "other"
         )
@@ -156,5 +205,14 @@ class LibvirtStatsReader:
             "block_wr_bytes_s": round(rates[1], 1),
             "net_rx_bytes_s": round(rates[2], 1),
             "net_tx_bytes_s": round(rates[3], 1),
-            "dirty_rate_mib_s": float(dirty) if dirty is not None and dirty >= 0 else None,
+            "dirty_rate_mib_s": dirty,
+            "dirty_rate_age_s": dirty_age,
+            "tags": list(meta.tags),
+            "cpu_model": meta.cpu_model,
+            "cpu_features": list(meta.cpu_features),
+            "networks": list(meta.networks),
+            "local_disk_mib": meta.local_disk_mib,
+            "migratable": not meta.not_migratable,
+            "not_migratable_reason": meta.not_migratable[:200],
+            "_uuid": dom.UUIDString(),
         }

@@ -36,7 +36,12 @@ async def _run(args: argparse.Namespace) -> int:
         config = load_agent_config(args.config)
         # like the daemon's logs; with --once stdout carries the report, so logs go to stderr
         rlog.configure(config.log_level, config.log_format, sys.stderr if args.once else sys.stdout)
-        agent = Agent(config, notifier=from_env())
+        out = sys.stderr if args.once else sys.stdout
+
+        def relog(c: Any) -> None:
+            rlog.configure(c.log_level, c.log_format, out)
+
+        agent = Agent(config, notifier=from_env(), config_path=args.config, configure_logging=relog)
         if args.once:
             report = await agent.sample()
             await _sleep(min(1.0, config.interval_s))

@@ -41,6 +41,7 @@ from rebalancerd.domain.rules import (
     capacity_with_headroom,
     cpu_compatible,
     fits,
+    networks_available,
     pin_allows,
 )
 
@@ -65,6 +66,7 @@ class ReasonCode(StrEnum):
     TARGET_STALE = "target_stale"
     TARGET_UNKNOWN = "target_unknown"
     CPU_INCOMPATIBLE = "cpu_incompatible"
+    NETWORK_MISSING = "network_missing"
     COOLDOWN = "cooldown"
     STOPPING = "stopping"
     BACKOFF = "backoff"
@@ -397,6 +399,18 @@ def _cpu_signature(f: MoveFacts) -> Hashable | None:
     return (vm.cpu_model, vm.required_cpu_features)
 
 
+def _networks(f: MoveFacts) -> ReasonCode | None:
+    vm, host = f.vm(), f.host(f.target)
+    if vm is None or host is None or networks_available(vm.networks, host.networks):
+        return None
+    return ReasonCode.NETWORK_MISSING
+
+
+def _networks_signature(f: MoveFacts) -> Hashable | None:
+    vm = f.vm()
+    return None if vm is None or not vm.networks else vm.networks
+
+
 def _cooldown(f: MoveFacts) -> ReasonCode | None:
     return ReasonCode.COOLDOWN if f.in_cooldown() else None
 
@@ -543,6 +557,7 @@ PRECHECKS: list[Check] = [
     Check("source_fresh", RC.SOURCE_STALE, _V, _S, _source_state),
     Check("target_active", RC.TARGET_UNKNOWN, _T, _S, _target_state),
     Check("cpu_compatible", RC.CPU_INCOMPATIBLE, _T, _S, _cpu, signature=_cpu_signature),
+    Check("networks", RC.NETWORK_MISSING, _T, _S, _networks, signature=_networks_signature),
     Check("cooldown", RC.COOLDOWN, _V, _R, _cooldown),
     Check("return_guard", RC.RETURN_TRIP, _T, _H, _return_trip, signature=_return_signature),
     Check("stopping", RC.STOPPING, _V, _R, _stopping),

@@ -43,6 +43,21 @@ def vm_cpu_compatible(vm: Vm, host: Host) -> bool:
     return cpu_compatible(vm.cpu_model, vm.required_cpu_features, host.cpu_model, host.cpu_features)
 
 
+def networks_available(
+    vm_networks: AbstractSet[str], host_networks: AbstractSet[str] | None
+) -> bool:
+    """The host has every network/bridge the guest's NICs attach to. Unknown host networks
+    (None: no agent report with them and none in the inventory) do not block: libvirt refuses
+    such a migration cleanly before the guest leaves its source (the target cannot start QEMU
+    without the NIC's network), whereas blocking would freeze every host of a cluster whose
+    agents are older than the networks field."""
+    return host_networks is None or vm_networks <= host_networks
+
+
+def vm_networks_available(vm: Vm, host: Host) -> bool:
+    return networks_available(vm.networks, host.networks)
+
+
 def pin_allows(pins: AbstractSet[str] | None, host: str) -> bool:
     """A hard pin (the set of hosts a VM may run on; None = not pinned) allows `host`."""
     return pins is None or host in pins

@@ -6,6 +6,7 @@ Pure: the time used for maintenance schedules is passed in.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 
@@ -119,17 +120,7 @@ def apply_policy(policy: Policy, snapshot: ClusterSnapshot, now: float) -> Clust
             state = HostState.MAINTENANCE
         curve = power_curve_for(policy, h)
         if state is not h.state or curve is not h.power_curve:
-            h = Host(
-                name=h.name,
-                cores=h.cores,
-                memory_mib=h.memory_mib,
-                state=state,
-                tags=h.tags,
-                speed=h.speed,
-                power_curve=curve,
-                cpu_model=h.cpu_model,
-                cpu_features=h.cpu_features,
-            )
+            h = replace(h, state=state, power_curve=curve)  # every other field kept
         hosts.append(h)
     rules = snapshot.rules.merged(policy_rules(policy, snapshot))
     return ClusterSnapshot(tuple(hosts), snapshot.vms, rules, snapshot.taken_at)

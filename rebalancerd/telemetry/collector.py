@@ -28,7 +28,8 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import structlog
 
@@ -42,6 +43,7 @@ from rebalancerd.telemetry.schema import (
     RejectReason,
     StatusV1,
     TelemetryV1,
+    VmStats,
     decode_report,
     decode_status,
     parse_topic,
@@ -84,7 +86,7 @@ class CollectorSettings:
 
 
 class _VmState:
-    __slots__ = ("cpu", "dirty", "memory_mib", "memory_used_mib", "running", "vcpus")
+    __slots__ = ("cpu", "dirty", "memory_mib", "memory_used_mib", "report", "running", "vcpus")
 
     def __init__(self, history_len: int, alpha: float) -> None:
         self.cpu = Series(history_len, alpha)
@@ -93,6 +95,8 @@ class _VmState:
         self.memory_used_mib = 0
         self.dirty: float | None = None
         self.running = True
+        self.report: VmStats | None = None
+        """The VM's entry in the last accepted report (its v2 placement facts)."""
 
 
 class _HostState:
@@ -219,7 +223,7 @@ class Collector:
             state, age = self._state(hs, now)
             self._note(hs, state, age)
             set_gauge("telemetry_staleness_seconds", min(age, 1e9), host=name)
-            hosts.append(hs.inv.to_host(state))
+            hosts.append(_merged_host(hs, state))
             if state is HostState.STALE:
                 continue
             ages.append(age)
@@ -229,6 +233,7 @@ class Collector:
                 if len(listed.get(vm_name, ())) > 1 and not owns(name, vm_name, now):
                     continue  # another host's VM
                 hist = vs.cpu.samples
+                rep = vs.report
                 vm = Vm(
                     name=vm_name,
                     host=name,
@@ -238,6 +243,7 @@ class Collector:
                     memory_used_mib=vs.memory_used_mib,
                     cpu_history_mc=tuple(hist),
                     dirty_rate_mib_s=vs.dirty,
+                    **(_placement(rep) if rep is not None else {}),
                 )
                 chosen.append(vm)
         set_gauge("telemetry_data_age_seconds", max(ages) if ages else -1.0)
@@ -405,7 +411,8 @@ class Collector:
                     RejectReason.OVER_CAPACITY, f"{inv.name}/{vm.name}: cpu {cpu:.0f} mc"
                 )
             mem = vm.memory_mib
-            if mem > host_mem or vm.memory_used_mib > mem * tol + 1024:
+            used = vm.memory_used_mib or 0
+            if mem > host_mem or used > mem * tol + 1024:
                 return self._reject(RejectReason.OVER_CAPACITY, f"{inv.name}/{vm.name}: memory")
         if total > cores * tol1000:
             return self._reject(RejectReason.OVER_CAPACITY, f"{inv.name}: cpu {total:.0f} mc")
@@ -437,12 +444,14 @@ class Collector:
             vs.cpu.add(int(vm.cpu_mc * speed + 0.5))
             vs.vcpus = vm.vcpus
             vs.memory_mib = vm.memory_mib
-            vs.memory_used_mib = vm.memory_used_mib
+            vs.memory_used_mib = vm.memory_used_mib or 0
             vs.dirty = vm.dirty_rate_mib_s
+            vs.report = vm
             vs.running = vm.state == "running"
             new[name] = vs
         hs.vms = new
         self.owners.relist(inv.name, old, new, now_mono)
+        self.metrics.inc("telemetry_reports_total", version=str(r.v))
         return None
 
     def _order(
@@ -523,6 +532,37 @@ class Collector:
         else:
             self._log_suppressed[reason] = self._log_suppressed.get(reason, 0) + 1
         return reason
+
+
+def _placement(r: VmStats) -> dict[str, Any]:
+    """A report's v2 placement facts as Vm fields (v1 reports leave the defaults)."""
+    return {
+        "tags": frozenset(r.tags),
+        "local_disk_mib": r.local_disk_mib,
+        "migratable": r.migratable,
+        "cpu_model": r.cpu_model,
+        "required_cpu_features": frozenset(r.cpu_features),
+        "networks": frozenset(r.networks),
+        "net_bytes_s": r.net_rx_bytes_s + r.net_tx_bytes_s,
+    }
+
+
+def _merged_host(hs: _HostState, state: HostState) -> Host:
+    """The inventory host with the agent's CPU and networks where the inventory sets none
+    (inventory values win when set)."""
+    host = hs.inv.to_host(state)
+    r = hs.last_report
+    if r is None:
+        return host
+    st = r.host_stats
+    changes: dict[str, Any] = {}
+    if not host.cpu_model and st.cpu_model:
+        changes["cpu_model"] = st.cpu_model
+    if not host.cpu_features and st.cpu_features:
+        changes["cpu_features"] = frozenset(st.cpu_features)
+    if host.networks is None and st.networks is not None:
+        changes["networks"] = frozenset(st.networks)
+    return replace(host, **changes) if changes else host
 
 
 def _printable(text: str, limit: int = 120) -> str:

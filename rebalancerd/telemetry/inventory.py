@@ -72,6 +72,9 @@ class InventoryHost(BaseModel):
     tags: list[Annotated[str, Field(min_length=1, max_length=253)]] = Field(default_factory=list)
     cpu_model: str = ""
     cpu_features: list[str] = Field(default_factory=list)
+    networks: list[str] | None = None
+    """libvirt networks / bridges here ("network:NAME", "bridge:NAME"); None = take the agent's
+    report (unknown until it reports)."""
 
     @field_validator("libvirt_uri")
     @classmethod
@@ -105,6 +108,7 @@ class InventoryHost(BaseModel):
             speed=self.speed,
             cpu_model=self.cpu_model,
             cpu_features=frozenset(self.cpu_features),
+            networks=frozenset(self.networks) if self.networks is not None else None,
         )
 
 

@@ -1,4 +1,5 @@
-"""Telemetry wire format v1: what an agent publishes, and the pure decoder the collector uses.
+"""Telemetry wire format v2 (v1 still accepted): what an agent publishes, and the pure decoder
+the collector uses.
 
 Topics (``<cluster>`` and ``<host>`` are plain names, see ``NAME_RE``):
 
@@ -24,7 +25,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+ACCEPTED_VERSIONS = (1, 2)
 TOPIC_ROOT = "rebalancer/v1"
 MAX_NAME_LEN = 128
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
@@ -33,6 +35,13 @@ NAME_RE = re.compile(NAME_PATTERN)
 
 MAX_VMS_PER_REPORT = 2000
 MAX_CORES = 4096
+MAX_TAGS = 32
+MAX_CPU_FEATURES = 512
+MAX_VM_NETWORKS = 64
+MAX_HOST_NETWORKS = 256
+TAG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/=-]{0,63}$"
+NET_PATTERN = r"^(network|bridge):[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+FEATURE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
 class RejectReason(StrEnum):
@@ -67,7 +76,7 @@ class Rejection:
 
 # ---------------------------------------------------------------------------------------------
 # Models (msgspec: decoding + validation in C, about twice as fast as pydantic on a report; the
-# JSON Schema shipped in rebalancerd/schemas/telemetry-v1.json is generated from these)
+# JSON Schema shipped in rebalancerd/schemas/telemetry-v2.json is generated from these)
 
 
 Name = Annotated[str, Meta(pattern=NAME_PATTERN, max_length=MAX_NAME_LEN)]
@@ -75,6 +84,11 @@ NonNeg = Annotated[float, Meta(ge=0, le=1e15)]
 Pct = Annotated[float, Meta(ge=0, le=100.0)]
 Count = Annotated[int, Meta(ge=0, le=1 << 62)]
 Mib = Annotated[int, Meta(gt=0, le=1 << 40)]
+Tag = Annotated[str, Meta(pattern=TAG_PATTERN, max_length=64)]
+NetName = Annotated[str, Meta(pattern=NET_PATTERN, max_length=136)]
+Feature = Annotated[str, Meta(pattern=FEATURE_PATTERN, max_length=64)]
+CpuModel = Annotated[str, Meta(max_length=128, pattern=r"^[A-Za-z0-9_.+ -]*$")]
+Features = Annotated[tuple[Feature, ...], Meta(max_length=MAX_CPU_FEATURES)]
 
 
 class Pressure(Struct, frozen=True, kw_only=True, gc=False):
@@ -101,6 +115,12 @@ class HostStats(Struct, frozen=True, kw_only=True, gc=False):
     disk_write_bytes_s: NonNeg = 0.0
     pressure: Pressure = Pressure()
     temp_max_c: Annotated[float, Meta(ge=-100, le=300)] | None = None
+    # v2
+    cpu_model: CpuModel = ""
+    """Host CPU model (libvirt capabilities), '' = not reported."""
+    cpu_features: Features = ()
+    networks: Annotated[tuple[NetName, ...], Meta(max_length=MAX_HOST_NETWORKS)] | None = None
+    """Active libvirt networks and Linux bridges here; null = not reported (unknown)."""
 
     def __post_init__(self) -> None:
         if self.mem_available_mib > self.mem_total_mib:
@@ -120,18 +140,33 @@ class VmStats(Struct, frozen=True, kw_only=True, gc=False):
     """Memory the guest may use (current balloon target / max memory)."""
     cpu_mc: Annotated[float, Meta(ge=0, le=MAX_CORES * 1000 * 2)]
     """CPU use over the last interval, millicores of host cores (from cpu.time deltas)."""
-    memory_used_mib: Annotated[int, Meta(ge=0, le=1 << 40)] = 0
-    """Memory actually used (RSS of the QEMU process, else balloon current)."""
+    memory_used_mib: Annotated[int, Meta(ge=0, le=1 << 40)] | None = None
+    """Memory actually used (balloon rss, else current - unused); null/absent = not measured."""
     block_rd_bytes_s: NonNeg = 0.0
     block_wr_bytes_s: NonNeg = 0.0
     net_rx_bytes_s: NonNeg = 0.0
     net_tx_bytes_s: NonNeg = 0.0
     dirty_rate_mib_s: NonNeg | None = None
-    """Guest memory dirty rate when QEMU measured it, else null."""
+    """Guest memory dirty rate when QEMU measured it, else null (never 0 for unknown)."""
+    # v2
+    dirty_rate_age_s: NonNeg | None = None
+    """Seconds since that measurement ended; null when there is none."""
+    tags: Annotated[tuple[Tag, ...], Meta(max_length=MAX_TAGS)] = ()
+    cpu_model: CpuModel = ""
+    """CPU model the guest needs on the target ('' = any: a host-passthrough guest only)."""
+    cpu_features: Features = ()
+    """CPU features the guest requires."""
+    networks: Annotated[tuple[NetName, ...], Meta(max_length=MAX_VM_NETWORKS)] = ()
+    local_disk_mib: Annotated[int, Meta(ge=0, le=1 << 40)] = 0
+    """Non-shared disk data a migration must copy, MiB (0 = all storage shared)."""
+    migratable: bool = True
+    not_migratable_reason: Annotated[str, Meta(max_length=200)] = ""
 
 
 class TelemetryV1(Struct, frozen=True, kw_only=True, gc=False):
-    v: Literal[1]
+    """A telemetry report, v1 or v2 (v2 only adds optional fields; ``v`` says which)."""
+
+    v: Literal[1, 2]
     kind: Literal["telemetry"] = "telemetry"
     cluster: Name
     host: Name
@@ -239,11 +274,11 @@ def decode_status(payload: bytes | str) -> StatusV1 | Rejection:
 
 
 def json_schema() -> dict[str, Any]:
-    """The JSON Schema of a telemetry report (shipped as rebalancerd/schemas/telemetry-v1.json)."""
+    """The JSON Schema of a telemetry report (shipped as rebalancerd/schemas/telemetry-v2.json)."""
     schema: dict[str, Any] = msgspec.json.schema(TelemetryV1)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["$id"] = "https://rebalancerd.example/schemas/telemetry-v1.json"
-    schema["title"] = "rebalancerd telemetry report v1"
+    schema["$id"] = "https://rebalancerd.example/schemas/telemetry-v2.json"
+    schema["title"] = "rebalancerd telemetry report v2 (v1 accepted)"
     return schema
 
 
@@ -252,6 +287,7 @@ def encode(doc: Struct) -> bytes:
 
 
 __all__ = [
+    "ACCEPTED_VERSIONS",
     "NAME_RE",
     "SCHEMA_VERSION",
     "Health",

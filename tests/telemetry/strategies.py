@@ -3,6 +3,7 @@ benchmarks/fuzz_telemetry.py)."""
 
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any
 
@@ -79,7 +80,49 @@ _PATHS: list[tuple[Any, ...]] = [
     ("vms", 0, "memory_used_mib"),
     ("vms", 0, "state"),
     ("vms", 0, "dirty_rate_mib_s"),
+    # v2
+    ("host_stats", "cpu_model"),
+    ("host_stats", "cpu_features"),
+    ("host_stats", "cpu_features", 0),
+    ("host_stats", "networks"),
+    ("host_stats", "networks", 0),
+    ("vms", 0, "dirty_rate_age_s"),
+    ("vms", 0, "tags"),
+    ("vms", 0, "tags", 0),
+    ("vms", 0, "cpu_model"),
+    ("vms", 0, "cpu_features"),
+    ("vms", 0, "cpu_features", 0),
+    ("vms", 0, "networks"),
+    ("vms", 0, "networks", 0),
+    ("vms", 0, "local_disk_mib"),
+    ("vms", 0, "migratable"),
+    ("vms", 0, "not_migratable_reason"),
 ]
+
+V2_VM_FIELDS: dict[str, Any] = {
+    "dirty_rate_age_s": 2.5,
+    "tags": ["db", "tier-1"],
+    "cpu_model": "",
+    "cpu_features": ["avx2"],
+    "networks": ["bridge:br0", "network:default"],
+    "local_disk_mib": 10240,
+    "migratable": True,
+    "not_migratable_reason": "",
+}
+V2_HOST_FIELDS: dict[str, Any] = {
+    "cpu_model": "Skylake-Client-IBRS",
+    "cpu_features": ["avx2", "aes"],
+    "networks": ["bridge:br0", "network:default"],
+}
+
+
+def as_v2(doc: dict[str, Any]) -> dict[str, Any]:
+    """A v1 report made v2: every new field set on the host and on each VM."""
+    doc["v"] = 2
+    doc["host_stats"].update(copy.deepcopy(V2_HOST_FIELDS))  # mutations must not leak
+    for v in doc["vms"]:
+        v.update(copy.deepcopy(V2_VM_FIELDS))
+    return doc
 
 _DELETE = object()
 
@@ -109,6 +152,8 @@ def mutated_report(draw: st.DrawFn, now: float, seq: int) -> bytes:
         for i in range(n_vms)
     ]
     doc = report(host, seq, now + draw(st.floats(-60, 60)), vms)
+    if draw(st.booleans()):
+        as_v2(doc)
     for _ in range(draw(st.integers(0, 3))):
         path = draw(st.sampled_from(_PATHS))
         value = draw(st.one_of(json_values, st.just(_DELETE)))

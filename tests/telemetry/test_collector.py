@@ -242,7 +242,7 @@ def test_every_bad_kind_is_rejected_and_counted(env) -> None:
     cases: list[tuple[RejectReason, str, bytes]] = [
         (RejectReason.MALFORMED_JSON, t1, b'{"v": 1, "host": '),
         (RejectReason.MALFORMED_JSON, t1, b"[1, 2, 3]"),
-        (RejectReason.SCHEMA_VERSION, t1, json.dumps({**good, "v": 2, "seq": 6}).encode()),
+        (RejectReason.SCHEMA_VERSION, t1, json.dumps({**good, "v": 3, "seq": 6}).encode()),
         (
             RejectReason.SCHEMA_VERSION,
             t1,

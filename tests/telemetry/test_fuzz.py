@@ -14,8 +14,8 @@ from rebalancerd.observability import MemoryMetrics
 from rebalancerd.telemetry.collector import Collector, CollectorSettings
 from rebalancerd.telemetry.schema import Rejection, RejectReason, TelemetryV1, decode_report
 
-from .helpers import CLUSTER, ManualClock, inventory
-from .strategies import hostile_message, json_values, mutated_report
+from .helpers import CLUSTER, ManualClock, inventory, msg, report, vm
+from .strategies import as_v2, hostile_message, json_values, mutated_report
 
 EXAMPLES = int(os.environ.get("REBALANCERD_FUZZ_EXAMPLES", "300"))
 
@@ -78,3 +78,40 @@ def test_decoder_accepts_only_sane_reports(data: st.DataObject) -> None:
         for v in r.vms:
             assert v.cpu_mc >= 0 and v.memory_mib > 0 and v.vcpus > 0
         assert r.host_stats.mem_available_mib <= r.host_stats.mem_total_mib
+
+
+_UNKNOWN = st.sampled_from(["absent", "null"])
+_MEASURED = st.one_of(st.just(0), st.integers(1, 2048))
+
+
+@settings(max_examples=EXAMPLES, deadline=None, database=None)
+@given(
+    st.one_of(_UNKNOWN, _MEASURED),
+    st.one_of(_UNKNOWN, _MEASURED),
+    st.sampled_from([1, 2]),
+)
+def test_unknown_stays_distinct_from_zero(dirty: object, used: object, version: int) -> None:
+    """absent / null dirty rate is None in the model, a measured 0 is 0.0 (same for used
+    memory: unknown is 0 = "not measured, use the configured size", a measured value is kept)."""
+    doc = report("h1", 1, ManualClock().now(), [vm("a")])
+    if version == 2:
+        as_v2(doc)
+    entry = doc["vms"][0]
+    for field, value in (("dirty_rate_mib_s", dirty), ("memory_used_mib", used)):
+        if value == "absent":
+            del entry[field]
+        elif value == "null":
+            entry[field] = None
+        else:
+            entry[field] = value
+    c = Collector(inventory(3), ManualClock(), MemoryMetrics(), CollectorSettings(cluster=CLUSTER))
+    assert c.ingest(*msg(doc)) is None
+    got = c.current().vm("a")
+    assert got is not None
+    if isinstance(dirty, int):
+        assert got.dirty_rate_mib_s == float(dirty)
+    else:
+        assert got.dirty_rate_mib_s is None
+    assert got.memory_used_mib == (used if isinstance(used, int) else 0)
+    if version == 2:
+        assert got.tags == {"db", "tier-1"} and got.local_disk_mib == 10240

@@ -399,3 +399,60 @@ async def test_agent_speaks_the_systemd_notify_protocol(
     assert ready < first_wd, got
     assert any(m.startswith("STATUS=publishing to") for m in got), got
     assert "STOPPING=1" in got[-1], got
+
+
+async def test_sighup_reloads_the_agent_config_and_keeps_it_on_error(
+    running: Running, mosquitto_broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    """`systemctl reload` (ExecReload=kill -HUP) on a real agent process: a good config applies
+    (log level, interval, dirty-rate settings; a new host name reconnects under that name), a
+    bad one is refused in one line and the agent keeps publishing with the old one."""
+    cfg = tmp_path / "agent.yaml"
+
+    def write(host: str, extra: str = "") -> None:
+        cfg.write_text(
+            f"host: {host}\ncluster: {CLUSTER}\ninterval_s: 0.2\nlibvirt_uri: 'test:///default'\n"
+            f"log_format: json\nbroker:\n  url: {mosquitto_broker.url}\n  keepalive_s: 5\n{extra}"
+        )
+
+    write("h3")
+    log_path = tmp_path / "agent.log"
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rebalancerd.cli.main", "agent", "--config", str(cfg)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    c = running.collector
+
+    def logged(event: str) -> list[dict]:
+        lines = log_path.read_text(errors="replace").splitlines()
+        docs = [json.loads(x) for x in lines if x.startswith("{")]
+        return [d for d in docs if d.get("event") == event]
+
+    try:
+        await wait_until(lambda: c.current().host("h3").state is HostState.ACTIVE, 30, "h3")
+        write("h3", "log_level: debug\ndirty_rate:\n  per_interval: 5\n")
+        os.kill(proc.pid, signal.SIGHUP)
+        await wait_until(lambda: bool(logged("agent_config_reloaded")), 15, "reloaded")
+        (ev,) = logged("agent_config_reloaded")
+        assert set(ev["changed"]) == {"log_level", "dirty_rate"} and ev["reconnect"] is False
+
+        cfg.write_text("host: [not, a, name]\n")
+        os.kill(proc.pid, signal.SIGHUP)
+        await wait_until(lambda: bool(logged("agent_config_reload_failed")), 15, "refused")
+        (bad,) = logged("agent_config_reload_failed")
+        assert "host" in bad["error"] and "\n" not in bad["error"]
+        seq = _seq(c, "h3")
+        await wait_until(lambda: _seq(c, "h3") > seq + 2, 15, "still publishing")
+        assert proc.poll() is None
+
+        write("h2")  # a new host name: reconnect and publish under it
+        os.kill(proc.pid, signal.SIGHUP)
+        await wait_until(lambda: c.current().host("h2").state is HostState.ACTIVE, 30, "h2")
+        assert proc.poll() is None
+        assert logged("agent_config_reloaded")[-1]["reconnect"] is True
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=10)

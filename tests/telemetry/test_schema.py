@@ -25,13 +25,13 @@ from .helpers import report, vm
 
 def test_shipped_json_schema_is_current() -> None:
     shipped = json.loads(
-        resources.files("rebalancerd").joinpath("schemas/telemetry-v1.json").read_text()
+        resources.files("rebalancerd").joinpath("schemas/telemetry-v2.json").read_text()
     )
     assert shipped == json.loads(json.dumps(json_schema())), (
-        "regenerate rebalancerd/schemas/telemetry-v1.json from telemetry.schema.json_schema()"
+        "regenerate rebalancerd/schemas/telemetry-v2.json from telemetry.schema.json_schema()"
     )
     report = shipped["$defs"][shipped["$ref"].rsplit("/", 1)[1]]
-    assert report["properties"]["v"]["enum"] == [1]
+    assert report["properties"]["v"]["enum"] == [1, 2]
     assert set(report["required"]) >= {"v", "cluster", "host", "boot", "seq", "ts", "host_stats"}
 
 
