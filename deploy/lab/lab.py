@@ -48,6 +48,7 @@ NETNS_DIR = Path("/run/netns")
 STATE_FILE = "lab.json"
 DEFAULT_CACHE = Path(os.environ.get("REBALANCERD_LAB_CACHE", "/var/cache/rebalancerd-lab"))
 SUBNET = "10.231.0"  # exists only inside the lab's namespaces; each lab has its own bridge netns
+MIGRATION_SUBNET = "10.232.0"  # the dedicated migration link (own bridge netns, `mig0` per host)
 FIRST_HOST_OCTET = 11
 LIBVIRT_PATHS = {
     # per-host directory name -> path it is bind-mounted over inside the host's mount namespace
@@ -321,7 +322,9 @@ security_driver = "none"
 dynamic_ownership = 0
 stdio_handler = "file"
 namespaces = []
-migration_address = "{ip}"
+# incoming migrations listen on every link (eth0 and the dedicated mig0); without a
+# migration URI the source is told the eth0 address
+migration_address = "0.0.0.0"
 migration_host = "{ip}"
 remember_owner = 0
 # peer-to-peer migration connections notice a dead or cut peer within about 4 s
@@ -390,6 +393,8 @@ def public_view(state: dict[str, Any]) -> dict[str, Any]:
                 "uri": h["uri"],
                 "migration_uri": h["migration_uri"],
                 "netns": h["netns"],
+                "mig_ip": h.get("mig_ip"),
+                "mig_uri": h.get("mig_uri"),
             }
             for h in state["hosts"]
         ],
@@ -416,6 +421,7 @@ def up(
         "dir": str(lab_dir),
         "prefix": prefix,
         "bridge_netns": None,
+        "mig_bridge_netns": None,
         "hosts": [],
         "domain_type": "kvm" if Path("/dev/kvm").exists() else "qemu",
         "created": time.time(),
@@ -451,8 +457,16 @@ def _up(state: dict[str, Any], n_hosts: int, cache_dir: Path, dirty_mib: int) ->
     run([ip, "-n", br, "link", "set", "lo", "up"])
     run([ip, "-n", br, "link", "add", "br0", "type", "bridge"])
     run([ip, "-n", br, "link", "set", "br0", "up"])
+    mbr = f"{prefix}-mbr"  # the dedicated migration link: its own bridge namespace
+    state["mig_bridge_netns"] = mbr
+    save_state(state)
+    run([ip, "netns", "add", mbr])
+    run([ip, "-n", mbr, "link", "set", "lo", "up"])
+    run([ip, "-n", mbr, "link", "add", "br1", "type", "bridge"])
+    run([ip, "-n", mbr, "link", "set", "br1", "up"])
     names = [f"h{i + 1}" for i in range(n_hosts)]
     ips = {n: f"{SUBNET}.{FIRST_HOST_OCTET + i}" for i, n in enumerate(names)}
+    mig_ips = {n: f"{MIGRATION_SUBNET}.{FIRST_HOST_OCTET + i}" for i, n in enumerate(names)}
     hostnames = {n: f"{prefix}-{n}" for n in names}
     hosts_file = "127.0.0.1 localhost\n" + "".join(f"{ips[n]} {hostnames[n]}\n" for n in names)
     for name in names:
@@ -466,6 +480,8 @@ def _up(state: dict[str, Any], n_hosts: int, cache_dir: Path, dirty_mib: int) ->
             "hostdir": str(hdir),
             "uri": f"qemu+unix:///system?socket={hdir}/run/libvirt-sock",
             "migration_uri": f"qemu+tcp://{ips[name]}/system",
+            "mig_ip": mig_ips[name],
+            "mig_uri": f"tcp://{mig_ips[name]}",
             "unshare_pid": None,
         }
         state["hosts"].append(entry)
@@ -492,6 +508,11 @@ def _up(state: dict[str, Any], n_hosts: int, cache_dir: Path, dirty_mib: int) ->
         run([ip, "-n", entry["netns"], "link", "set", "lo", "up"])
         run([ip, "-n", entry["netns"], "addr", "add", f"{ips[name]}/24", "dev", "eth0"])
         run([ip, "-n", entry["netns"], "link", "set", "eth0", "up"])
+        veth = ["type", "veth", "peer", "name", "mig0", "netns", entry["netns"]]
+        run([ip, "-n", mbr, "link", "add", name, *veth])
+        run([ip, "-n", mbr, "link", "set", name, "master", "br1", "up"])
+        run([ip, "-n", entry["netns"], "addr", "add", f"{mig_ips[name]}/24", "dev", "mig0"])
+        run([ip, "-n", entry["netns"], "link", "set", "mig0", "up"])
         # private state
         for sub in LIBVIRT_PATHS:
             (hdir / sub).mkdir(parents=True, exist_ok=True)
@@ -650,9 +671,8 @@ def down(lab_dir: Path, timeout: float = 20.0) -> list[str]:
                 problems.append(f"cgroup {cg} not removed")
     # 4. network namespaces
     ip = tool("ip")
-    for ns in [h["netns"] for h in hosts] + (
-        [state["bridge_netns"]] if state.get("bridge_netns") else []
-    ):
+    bridges = [state.get("bridge_netns"), state.get("mig_bridge_netns")]
+    for ns in [h["netns"] for h in hosts] + [b for b in bridges if b]:
         if (NETNS_DIR / ns).exists():
             proc = run([ip, "netns", "del", ns], check=False)
             if proc.returncode != 0:
@@ -719,6 +739,20 @@ def set_link(lab_dir: Path, host: str, up_: bool) -> None:
     run([tool("ip"), "-n", h["netns"], "link", "set", "eth0", "up" if up_ else "down"])
 
 
+def link_bytes(lab_dir: Path, host: str, ifname: str) -> dict[str, int]:
+    """{"rx": bytes, "tx": bytes} of one interface in a host's network namespace."""
+    state = load_state(lab_dir)
+    h = _host_entry(state, host)
+    if ifname not in ("eth0", "mig0"):
+        raise LabError(f"unknown lab interface {ifname!r} (eth0 or mig0)")
+    out = {}
+    for k in ("rx", "tx"):
+        counter = f"/sys/class/net/{ifname}/statistics/{k}_bytes"
+        proc = run([tool("ip"), "netns", "exec", h["netns"], "cat", counter])
+        out[k] = int(proc.stdout.strip())
+    return out
+
+
 def status(lab_dir: Path) -> dict[str, Any]:
     state = load_state(lab_dir)
     view = public_view(state)
@@ -767,7 +801,8 @@ def define_guest(
 
 def _iter_hosts(view: dict[str, Any]) -> Iterator[str]:
     for h in view["hosts"]:
-        line = f"{h['name']:4} {h['ip']:15} {h['uri']}  (peers: {h['migration_uri']})"
+        line = f"{h['name']:4} {h['ip']:15} {h['uri']}  (peers: {h['migration_uri']}"
+        line += f", migration link: {h['mig_uri']})" if h.get("mig_uri") else ")"
         if "init_alive" in h:
             line += (
                 f"  init={'up' if h['init_alive'] else 'DOWN'}"
