@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import pwd
@@ -60,6 +61,7 @@ LIBVIRT_PATHS = {
 }
 REQUIRED_TOOLS = ("libvirtd", "virsh", "qemu-system-x86_64", "ip", "unshare", "nsenter", "as", "ld")
 READY_TIMEOUT_S = 60.0
+MIB = 1 << 20
 
 
 class LabError(Exception):
@@ -253,8 +255,47 @@ def build_dirty_image(out_dir: Path, dirty_mib: int = 64) -> Path:
     return image
 
 
+LOCAL_DISK_DIR = "images"
+"""Local (non-shared) guest disks: <hostdir>/lib/images, seen as /var/lib/libvirt/images inside
+the host (every host has its own: a migration must copy them, VIR_MIGRATE_NON_SHARED_DISK)."""
+
+
+def local_disk_paths(hostdir: str, name: str) -> tuple[str, Path]:
+    """(path inside the host, path from the root namespace) of a guest's local disk."""
+    return (
+        f"{LIBVIRT_PATHS['lib']}/{LOCAL_DISK_DIR}/{name}.raw",
+        Path(hostdir) / "lib" / LOCAL_DISK_DIR / f"{name}.raw",
+    )
+
+
+def write_local_disk(path: Path, name: str, mib: int) -> str:
+    """A raw image of `mib` MiB filled with a pattern derived from the guest's name; its sha256."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    with path.open("wb") as f:
+        for i in range(mib):
+            chunk = hashlib.sha256(f"{name}:{i}".encode()).digest() * (MIB // 32)
+            f.write(chunk)
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(MIB):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def guest_xml(
-    name: str, memory_mib: int = 128, *, dirty_image: str | None = None, domain_type: str = "kvm"
+    name: str,
+    memory_mib: int = 128,
+    *,
+    dirty_image: str | None = None,
+    domain_type: str = "kvm",
+    local_disk: str | None = None,
+    network: str | None = None,
 ) -> str:
     """Domain XML of a lab guest: diskless SeaBIOS (idles at "no bootable device"), or booting the
     dirty boot sector from a read-only virtio disk (read-only disks are migration-safe on a path
@@ -272,6 +313,16 @@ def guest_xml(
     else:
         boot = "<boot dev='hd'/>"
         disk = ""
+    if local_disk:  # writable, on this host only: copied by a copy-storage migration
+        disk += (
+            "<disk type='file' device='disk'><driver name='qemu' type='raw'/>"
+            f"<source file='{local_disk}'/><target dev='vdb' bus='virtio'/></disk>"
+        )
+    if network:
+        disk += (
+            f"<interface type='network'><source network='{network}'/>"
+            "<model type='virtio'/></interface>"
+        )
     return f"""<domain type='{domain_type}'>
   <name>{name}</name>
   <uuid>{uuid.uuid4()}</uuid>
@@ -753,6 +804,37 @@ def link_bytes(lab_dir: Path, host: str, ifname: str) -> dict[str, int]:
     return out
 
 
+def disk_checksum(lab_dir: Path, host: str, name: str) -> str | None:
+    """sha256 of a guest's local disk in a host's private directory (None: no such file)."""
+    h = _host_entry(load_state(lab_dir), host)
+    _, on_host = local_disk_paths(h["hostdir"], name)
+    return file_sha256(on_host) if on_host.exists() else None
+
+
+def precreate_disk(lab_dir: Path, host: str, name: str, mib: int) -> None:
+    """An empty (sparse) image of the same size on a target host: libvirt 9 creates a missing
+    target disk only for a volume of a storage pool; for a plain file it must exist."""
+    h = _host_entry(load_state(lab_dir), host)
+    _, on_host = local_disk_paths(h["hostdir"], name)
+    on_host.parent.mkdir(parents=True, exist_ok=True)
+    with on_host.open("wb") as f:
+        f.truncate(mib * MIB)
+
+
+def define_network(lab_dir: Path, host: str, name: str) -> str:
+    """An isolated libvirt network (a bridge, no forwarding, no DHCP) on one host only."""
+    h = _host_entry(load_state(lab_dir), host)
+    if not name.replace("-", "").replace("_", "").isalnum() or len(name) > 15:
+        raise LabError(f"bad network name {name!r} (letters, digits, - _; at most 15)")
+    idx = 1 + sum(1 for p in (Path(h["hostdir"]) / "etc").glob("rbl-net-*.xml"))
+    path = Path(h["hostdir"]) / "etc" / f"rbl-net-{name}.xml"
+    path.write_text(f"<network><name>{name}</name><bridge name='rbln{idx}' stp='off'/></network>\n")
+    virsh = tool("virsh")
+    run([virsh, "-c", h["uri"], "net-define", str(path)])
+    run([virsh, "-c", h["uri"], "net-start", name])
+    return name
+
+
 def status(lab_dir: Path) -> dict[str, Any]:
     state = load_state(lab_dir)
     view = public_view(state)
@@ -775,17 +857,32 @@ def leftovers(prefix: str | None = None) -> dict[str, list[str]]:
 
 
 def define_guest(
-    lab_dir: Path, host: str, name: str, memory_mib: int, dirty: bool, start: bool
+    lab_dir: Path,
+    host: str,
+    name: str,
+    memory_mib: int,
+    dirty: bool,
+    start: bool,
+    local_disk_mib: int = 0,
+    network: str | None = None,
 ) -> str:
     state = load_state(lab_dir)
     h = _host_entry(state, host)
     if not 16 <= memory_mib <= 4096:
         raise LabError("--memory must be between 16 and 4096 MiB")
+    if not 0 <= local_disk_mib <= 4096:
+        raise LabError("--local-disk must be between 0 and 4096 MiB")
+    local = None
+    if local_disk_mib:
+        local, on_host = local_disk_paths(h["hostdir"], name)
+        write_local_disk(on_host, name, local_disk_mib)
     xml = guest_xml(
         name,
         memory_mib,
         dirty_image=state["dirty_image"] if dirty else None,
         domain_type=state["domain_type"],
+        local_disk=local,
+        network=network,
     )
     path = Path(state["dir"]) / "guests" / f"{name}.xml"
     path.write_text(xml)
@@ -830,6 +927,13 @@ def main(argv: list[str] | None = None) -> int:
     p_def.add_argument("--memory", type=int, default=128)
     p_def.add_argument("--dirty", action="store_true", help="boot the RAM-dirtying boot sector")
     p_def.add_argument("--no-start", action="store_true")
+    p_def.add_argument(
+        "--local-disk", type=int, default=0, metavar="MIB", help="a local disk with a pattern"
+    )
+    p_def.add_argument("--network", help="a NIC on this libvirt network (see define-network)")
+    p_net = sub.add_parser("define-network", help="an isolated libvirt network on one host")
+    p_net.add_argument("--host", required=True)
+    p_net.add_argument("--name", required=True)
     p_kill = sub.add_parser("kill-libvirtd", help="SIGKILL a host's libvirtd (fault injection)")
     p_kill.add_argument("--host", required=True)
     p_rst = sub.add_parser("restart-libvirtd", help="start a killed libvirtd again")
@@ -861,9 +965,18 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "define-guest":
             out = {
                 "xml": define_guest(
-                    args.dir, args.host, args.name, args.memory, args.dirty, not args.no_start
+                    args.dir,
+                    args.host,
+                    args.name,
+                    args.memory,
+                    args.dirty,
+                    not args.no_start,
+                    args.local_disk,
+                    args.network,
                 )
             }
+        elif args.cmd == "define-network":
+            out = {"network": define_network(args.dir, args.host, args.name)}
         elif args.cmd == "kill-libvirtd":
             out = {"killed": kill_libvirtd(args.dir, args.host)}
         elif args.cmd == "restart-libvirtd":

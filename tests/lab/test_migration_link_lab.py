@@ -70,3 +70,23 @@ async def test_stalled_precopy_steps_the_downtime_up_then_switches_to_post_copy(
     assert res.downtime_step_ups == 3 and res.final_max_downtime_ms == 400, res
     assert res.total_s < settings.postcopy_after_s  # switched by the sequence, not the timer
     assert lab.running_on("su1") == ["h2"]
+
+
+DISK_MIB = 32
+
+
+@pytest.mark.slow
+async def test_copy_storage_moves_a_local_disk_and_its_content(
+    lab: Lab, hv: LibvirtHypervisor
+) -> None:
+    lab.define_guest("h1", "ld1", 64, local_disk_mib=DISK_MIB)
+    want = lab.disk_checksum("h1", "ld1")
+    assert want is not None and lab.disk_checksum("h2", "ld1") is None
+    lab.precreate_disk("h2", "ld1", DISK_MIB)
+    assert lab.disk_checksum("h2", "ld1") != want  # empty until the copy
+    res = await hv.migrate(
+        "ld1", "h1", "h2", MigrationSettings(non_shared_disk=True, time_budget_s=60.0)
+    )
+    assert res.ok, res
+    assert lab.running_on("ld1") == ["h2"]
+    assert lab.disk_checksum("h2", "ld1") == want  # the pattern arrived on h2's own disk
