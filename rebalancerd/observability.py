@@ -59,6 +59,15 @@ METRICS: dict[str, MetricSpec] = {
         (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2, 5),
     ),
     "migrated_bytes_total": MetricSpec("counter", "Bytes transferred by live migrations."),
+    "migration_strategy_total": MetricSpec(
+        "counter", "Live migrations started, by the convergence strategy chosen.", ("strategy",)
+    ),
+    "migration_downtime_step_ups_total": MetricSpec(
+        "counter", "Max-downtime step-ups of pre-copy passes that did not converge."
+    ),
+    "migration_postcopy_switches_total": MetricSpec(
+        "counter", "Live migrations that switched to post-copy."
+    ),
     "migration_limit_blocks_total": MetricSpec(
         "counter", "Moves held back by a limit (concurrency, budget, window, cooldown).", ("limit",)
     ),
@@ -186,6 +195,16 @@ ERROR_PLACES: tuple[str, ...] = (
 )
 """The ``where`` label of errors_total that alerts and runbooks name."""
 
+MIGRATION_STRATEGIES: tuple[str, ...] = (
+    "precopy",
+    "auto-converge",
+    "postcopy",
+    "precopy-unlikely",
+    "default-auto-converge",
+    "default-precopy",
+)
+"""The ``strategy`` label (`execution.settings.choose_settings`)."""
+
 KNOWN_LABEL_VALUES: LabelValues = {
     "migrations_planned_total": {"reason": REASON_KINDS},
     "migrations_started_total": {"reason": REASON_KINDS},
@@ -198,6 +217,7 @@ KNOWN_LABEL_VALUES: LabelValues = {
     "policy_reloads_total": {"result": ("ok", "error")},
     "errors_total": {"where": ERROR_PLACES},
     "telemetry_reports_total": {"version": ("1", "2")},
+    "migration_strategy_total": {"strategy": MIGRATION_STRATEGIES},
 }
 """Counters whose series exist at 0 from start-up, so ``increase()`` sees the first event (a
 labelled counter otherwise has no series until it happens). The telemetry reject reasons are

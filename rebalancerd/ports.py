@@ -86,6 +86,11 @@ class MigrationSettings:
     tls: bool = False
     strategy: str = "precopy"
     """Human label of the convergence strategy chosen (precopy, auto-converge, postcopy...)."""
+    downtime_limit_ms: int | None = None
+    """The class's max downtime: how far a non-converging pre-copy may step the downtime up
+    (None = no step-up beyond `max_downtime_ms`)."""
+    dirty_rate_known: bool = True
+    """False when the VM's dirty rate was not measured: the class's default strategy is used."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +112,9 @@ class MigrationResult:
     postcopy: bool = False
     aborted: bool = False
     error: str | None = None
+    downtime_step_ups: int = 0
+    """How many times the max downtime was raised because a pre-copy pass did not converge."""
+    final_max_downtime_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import pwd
@@ -48,6 +49,7 @@ NETNS_DIR = Path("/run/netns")
 STATE_FILE = "lab.json"
 DEFAULT_CACHE = Path(os.environ.get("REBALANCERD_LAB_CACHE", "/var/cache/rebalancerd-lab"))
 SUBNET = "10.231.0"  # exists only inside the lab's namespaces; each lab has its own bridge netns
+MIGRATION_SUBNET = "10.232.0"  # the dedicated migration link (own bridge netns, `mig0` per host)
 FIRST_HOST_OCTET = 11
 LIBVIRT_PATHS = {
     # per-host directory name -> path it is bind-mounted over inside the host's mount namespace
@@ -59,6 +61,7 @@ LIBVIRT_PATHS = {
 }
 REQUIRED_TOOLS = ("libvirtd", "virsh", "qemu-system-x86_64", "ip", "unshare", "nsenter", "as", "ld")
 READY_TIMEOUT_S = 60.0
+MIB = 1 << 20
 
 
 class LabError(Exception):
@@ -252,8 +255,47 @@ def build_dirty_image(out_dir: Path, dirty_mib: int = 64) -> Path:
     return image
 
 
+LOCAL_DISK_DIR = "images"
+"""Local (non-shared) guest disks: <hostdir>/lib/images, seen as /var/lib/libvirt/images inside
+the host (every host has its own: a migration must copy them, VIR_MIGRATE_NON_SHARED_DISK)."""
+
+
+def local_disk_paths(hostdir: str, name: str) -> tuple[str, Path]:
+    """(path inside the host, path from the root namespace) of a guest's local disk."""
+    return (
+        f"{LIBVIRT_PATHS['lib']}/{LOCAL_DISK_DIR}/{name}.raw",
+        Path(hostdir) / "lib" / LOCAL_DISK_DIR / f"{name}.raw",
+    )
+
+
+def write_local_disk(path: Path, name: str, mib: int) -> str:
+    """A raw image of `mib` MiB filled with a pattern derived from the guest's name; its sha256."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    with path.open("wb") as f:
+        for i in range(mib):
+            chunk = hashlib.sha256(f"{name}:{i}".encode()).digest() * (MIB // 32)
+            f.write(chunk)
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(MIB):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def guest_xml(
-    name: str, memory_mib: int = 128, *, dirty_image: str | None = None, domain_type: str = "kvm"
+    name: str,
+    memory_mib: int = 128,
+    *,
+    dirty_image: str | None = None,
+    domain_type: str = "kvm",
+    local_disk: str | None = None,
+    network: str | None = None,
 ) -> str:
     """Domain XML of a lab guest: diskless SeaBIOS (idles at "no bootable device"), or booting the
     dirty boot sector from a read-only virtio disk (read-only disks are migration-safe on a path
@@ -271,6 +313,16 @@ def guest_xml(
     else:
         boot = "<boot dev='hd'/>"
         disk = ""
+    if local_disk:  # writable, on this host only: copied by a copy-storage migration
+        disk += (
+            "<disk type='file' device='disk'><driver name='qemu' type='raw'/>"
+            f"<source file='{local_disk}'/><target dev='vdb' bus='virtio'/></disk>"
+        )
+    if network:
+        disk += (
+            f"<interface type='network'><source network='{network}'/>"
+            "<model type='virtio'/></interface>"
+        )
     return f"""<domain type='{domain_type}'>
   <name>{name}</name>
   <uuid>{uuid.uuid4()}</uuid>
@@ -321,7 +373,9 @@ security_driver = "none"
 dynamic_ownership = 0
 stdio_handler = "file"
 namespaces = []
-migration_address = "{ip}"
+# incoming migrations listen on every link (eth0 and the dedicated mig0); without a
+# migration URI the source is told the eth0 address
+migration_address = "0.0.0.0"
 migration_host = "{ip}"
 remember_owner = 0
 # peer-to-peer migration connections notice a dead or cut peer within about 4 s
@@ -390,6 +444,8 @@ def public_view(state: dict[str, Any]) -> dict[str, Any]:
                 "uri": h["uri"],
                 "migration_uri": h["migration_uri"],
                 "netns": h["netns"],
+                "mig_ip": h.get("mig_ip"),
+                "mig_uri": h.get("mig_uri"),
             }
             for h in state["hosts"]
         ],
@@ -416,6 +472,7 @@ def up(
         "dir": str(lab_dir),
         "prefix": prefix,
         "bridge_netns": None,
+        "mig_bridge_netns": None,
         "hosts": [],
         "domain_type": "kvm" if Path("/dev/kvm").exists() else "qemu",
         "created": time.time(),
@@ -451,8 +508,16 @@ def _up(state: dict[str, Any], n_hosts: int, cache_dir: Path, dirty_mib: int) ->
     run([ip, "-n", br, "link", "set", "lo", "up"])
     run([ip, "-n", br, "link", "add", "br0", "type", "bridge"])
     run([ip, "-n", br, "link", "set", "br0", "up"])
+    mbr = f"{prefix}-mbr"  # the dedicated migration link: its own bridge namespace
+    state["mig_bridge_netns"] = mbr
+    save_state(state)
+    run([ip, "netns", "add", mbr])
+    run([ip, "-n", mbr, "link", "set", "lo", "up"])
+    run([ip, "-n", mbr, "link", "add", "br1", "type", "bridge"])
+    run([ip, "-n", mbr, "link", "set", "br1", "up"])
     names = [f"h{i + 1}" for i in range(n_hosts)]
     ips = {n: f"{SUBNET}.{FIRST_HOST_OCTET + i}" for i, n in enumerate(names)}
+    mig_ips = {n: f"{MIGRATION_SUBNET}.{FIRST_HOST_OCTET + i}" for i, n in enumerate(names)}
     hostnames = {n: f"{prefix}-{n}" for n in names}
     hosts_file = "127.0.0.1 localhost\n" + "".join(f"{ips[n]} {hostnames[n]}\n" for n in names)
     for name in names:
@@ -466,6 +531,8 @@ def _up(state: dict[str, Any], n_hosts: int, cache_dir: Path, dirty_mib: int) ->
             "hostdir": str(hdir),
             "uri": f"qemu+unix:///system?socket={hdir}/run/libvirt-sock",
             "migration_uri": f"qemu+tcp://{ips[name]}/system",
+            "mig_ip": mig_ips[name],
+            "mig_uri": f"tcp://{mig_ips[name]}",
             "unshare_pid": None,
         }
         state["hosts"].append(entry)
@@ -492,6 +559,11 @@ def _up(state: dict[str, Any], n_hosts: int, cache_dir: Path, dirty_mib: int) ->
         run([ip, "-n", entry["netns"], "link", "set", "lo", "up"])
         run([ip, "-n", entry["netns"], "addr", "add", f"{ips[name]}/24", "dev", "eth0"])
         run([ip, "-n", entry["netns"], "link", "set", "eth0", "up"])
+        veth = ["type", "veth", "peer", "name", "mig0", "netns", entry["netns"]]
+        run([ip, "-n", mbr, "link", "add", name, *veth])
+        run([ip, "-n", mbr, "link", "set", name, "master", "br1", "up"])
+        run([ip, "-n", entry["netns"], "addr", "add", f"{mig_ips[name]}/24", "dev", "mig0"])
+        run([ip, "-n", entry["netns"], "link", "set", "mig0", "up"])
         # private state
         for sub in LIBVIRT_PATHS:
             (hdir / sub).mkdir(parents=True, exist_ok=True)
@@ -650,9 +722,8 @@ def down(lab_dir: Path, timeout: float = 20.0) -> list[str]:
                 problems.append(f"cgroup {cg} not removed")
     # 4. network namespaces
     ip = tool("ip")
-    for ns in [h["netns"] for h in hosts] + (
-        [state["bridge_netns"]] if state.get("bridge_netns") else []
-    ):
+    bridges = [state.get("bridge_netns"), state.get("mig_bridge_netns")]
+    for ns in [h["netns"] for h in hosts] + [b for b in bridges if b]:
         if (NETNS_DIR / ns).exists():
             proc = run([ip, "netns", "del", ns], check=False)
             if proc.returncode != 0:
@@ -719,6 +790,51 @@ def set_link(lab_dir: Path, host: str, up_: bool) -> None:
     run([tool("ip"), "-n", h["netns"], "link", "set", "eth0", "up" if up_ else "down"])
 
 
+def link_bytes(lab_dir: Path, host: str, ifname: str) -> dict[str, int]:
+    """{"rx": bytes, "tx": bytes} of one interface in a host's network namespace."""
+    state = load_state(lab_dir)
+    h = _host_entry(state, host)
+    if ifname not in ("eth0", "mig0"):
+        raise LabError(f"unknown lab interface {ifname!r} (eth0 or mig0)")
+    out = {}
+    for k in ("rx", "tx"):
+        counter = f"/sys/class/net/{ifname}/statistics/{k}_bytes"
+        proc = run([tool("ip"), "netns", "exec", h["netns"], "cat", counter])
+        out[k] = int(proc.stdout.strip())
+    return out
+
+
+def disk_checksum(lab_dir: Path, host: str, name: str) -> str | None:
+    """sha256 of a guest's local disk in a host's private directory (None: no such file)."""
+    h = _host_entry(load_state(lab_dir), host)
+    _, on_host = local_disk_paths(h["hostdir"], name)
+    return file_sha256(on_host) if on_host.exists() else None
+
+
+def precreate_disk(lab_dir: Path, host: str, name: str, mib: int) -> None:
+    """An empty (sparse) image of the same size on a target host: libvirt 9 creates a missing
+    target disk only for a volume of a storage pool; for a plain file it must exist."""
+    h = _host_entry(load_state(lab_dir), host)
+    _, on_host = local_disk_paths(h["hostdir"], name)
+    on_host.parent.mkdir(parents=True, exist_ok=True)
+    with on_host.open("wb") as f:
+        f.truncate(mib * MIB)
+
+
+def define_network(lab_dir: Path, host: str, name: str) -> str:
+    """An isolated libvirt network (a bridge, no forwarding, no DHCP) on one host only."""
+    h = _host_entry(load_state(lab_dir), host)
+    if not name.replace("-", "").replace("_", "").isalnum() or len(name) > 15:
+        raise LabError(f"bad network name {name!r} (letters, digits, - _; at most 15)")
+    idx = 1 + sum(1 for p in (Path(h["hostdir"]) / "etc").glob("rbl-net-*.xml"))
+    path = Path(h["hostdir"]) / "etc" / f"rbl-net-{name}.xml"
+    path.write_text(f"<network><name>{name}</name><bridge name='rbln{idx}' stp='off'/></network>\n")
+    virsh = tool("virsh")
+    run([virsh, "-c", h["uri"], "net-define", str(path)])
+    run([virsh, "-c", h["uri"], "net-start", name])
+    return name
+
+
 def status(lab_dir: Path) -> dict[str, Any]:
     state = load_state(lab_dir)
     view = public_view(state)
@@ -741,17 +857,32 @@ def leftovers(prefix: str | None = None) -> dict[str, list[str]]:
 
 
 def define_guest(
-    lab_dir: Path, host: str, name: str, memory_mib: int, dirty: bool, start: bool
+    lab_dir: Path,
+    host: str,
+    name: str,
+    memory_mib: int,
+    dirty: bool,
+    start: bool,
+    local_disk_mib: int = 0,
+    network: str | None = None,
 ) -> str:
     state = load_state(lab_dir)
     h = _host_entry(state, host)
     if not 16 <= memory_mib <= 4096:
         raise LabError("--memory must be between 16 and 4096 MiB")
+    if not 0 <= local_disk_mib <= 4096:
+        raise LabError("--local-disk must be between 0 and 4096 MiB")
+    local = None
+    if local_disk_mib:
+        local, on_host = local_disk_paths(h["hostdir"], name)
+        write_local_disk(on_host, name, local_disk_mib)
     xml = guest_xml(
         name,
         memory_mib,
         dirty_image=state["dirty_image"] if dirty else None,
         domain_type=state["domain_type"],
+        local_disk=local,
+        network=network,
     )
     path = Path(state["dir"]) / "guests" / f"{name}.xml"
     path.write_text(xml)
@@ -767,7 +898,8 @@ def define_guest(
 
 def _iter_hosts(view: dict[str, Any]) -> Iterator[str]:
     for h in view["hosts"]:
-        line = f"{h['name']:4} {h['ip']:15} {h['uri']}  (peers: {h['migration_uri']})"
+        line = f"{h['name']:4} {h['ip']:15} {h['uri']}  (peers: {h['migration_uri']}"
+        line += f", migration link: {h['mig_uri']})" if h.get("mig_uri") else ")"
         if "init_alive" in h:
             line += (
                 f"  init={'up' if h['init_alive'] else 'DOWN'}"
@@ -795,6 +927,13 @@ def main(argv: list[str] | None = None) -> int:
     p_def.add_argument("--memory", type=int, default=128)
     p_def.add_argument("--dirty", action="store_true", help="boot the RAM-dirtying boot sector")
     p_def.add_argument("--no-start", action="store_true")
+    p_def.add_argument(
+        "--local-disk", type=int, default=0, metavar="MIB", help="a local disk with a pattern"
+    )
+    p_def.add_argument("--network", help="a NIC on this libvirt network (see define-network)")
+    p_net = sub.add_parser("define-network", help="an isolated libvirt network on one host")
+    p_net.add_argument("--host", required=True)
+    p_net.add_argument("--name", required=True)
     p_kill = sub.add_parser("kill-libvirtd", help="SIGKILL a host's libvirtd (fault injection)")
     p_kill.add_argument("--host", required=True)
     p_rst = sub.add_parser("restart-libvirtd", help="start a killed libvirtd again")
@@ -826,9 +965,18 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "define-guest":
             out = {
                 "xml": define_guest(
-                    args.dir, args.host, args.name, args.memory, args.dirty, not args.no_start
+                    args.dir,
+                    args.host,
+                    args.name,
+                    args.memory,
+                    args.dirty,
+                    not args.no_start,
+                    args.local_disk,
+                    args.network,
                 )
             }
+        elif args.cmd == "define-network":
+            out = {"network": define_network(args.dir, args.host, args.name)}
         elif args.cmd == "kill-libvirtd":
             out = {"killed": kill_libvirtd(args.dir, args.host)}
         elif args.cmd == "restart-libvirtd":

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import itertools
 import time
 from collections.abc import Callable, Mapping
@@ -48,6 +49,8 @@ from rebalancerd.adapters.libvirt_events import (
     silence_libvirt_stderr,
 )
 from rebalancerd.adapters.libvirt_migration import (
+    ConvergenceSequence,
+    Step,
     migration_flags,
     migration_params,
     progress_from_stats,
@@ -72,18 +75,24 @@ T = TypeVar("T")
 class _Host:
     name: str
     uri: str
-    migration_uri: str
+    peer_uri: str
+    """How the other hosts' libvirtd reach this one (the dconnuri of a peer-to-peer migration)."""
+    migrate_uri: str | None = None
+    """Where QEMU's memory/disk copy goes (``VIR_MIGRATE_PARAM_URI``); None = libvirt's choice."""
     conn: Any = None
     lock: asyncio.Lock | None = None
     callback_ids: list[int] = field(default_factory=list)
 
 
 class LibvirtHypervisor:
-    """`ports.Hypervisor` over libvirt. `hosts` = {inventory name: (uri, migration_uri)}."""
+    """`ports.Hypervisor` over libvirt. `hosts` = {inventory name: (uri, peer_uri)} or
+    {name: (uri, peer_uri, migrate_uri)}: `uri` is the daemon's own control connection,
+    `peer_uri` what a source libvirtd dials for a peer-to-peer migration, `migrate_uri` (or None)
+    the address the memory copy goes to (``VIR_MIGRATE_PARAM_URI``)."""
 
     def __init__(
         self,
-        hosts: Mapping[str, tuple[str, str]],
+        hosts: Mapping[str, tuple[str, str] | tuple[str, str, str | None]],
         *,
         keepalive_interval_s: int = 5,
         keepalive_count: int = 3,
@@ -91,7 +100,7 @@ class LibvirtHypervisor:
         max_workers: int = 32,
         listeners: list[EventListener] | None = None,
     ) -> None:
-        self._hosts = {name: _Host(name, uri, muri) for name, (uri, muri) in hosts.items()}
+        self._hosts = {name: _Host(name, *spec) for name, spec in hosts.items()}
         self._keepalive = (keepalive_interval_s, keepalive_count)
         self._poll = poll_interval_s
         self._pool = concurrent.futures.ThreadPoolExecutor(
@@ -322,7 +331,7 @@ class LibvirtHypervisor:
             return MigrationResult(ok=False, error=f"{vm} not found on {source}: {one_line(exc)}")
         flags = migration_flags(settings)
         try:
-            params = migration_params(settings)
+            params = migration_params(settings, self._hosts[target].migrate_uri)
         except ValueError as exc:
             return MigrationResult(ok=False, error=f"bad migration settings: {exc}")
         with contextlib.suppress(libvirt.libvirtError):
@@ -330,11 +339,12 @@ class LibvirtHypervisor:
         loop = asyncio.get_running_loop()
         t0 = time.monotonic()
         job = loop.run_in_executor(
-            self._pool, dom.migrateToURI3, self._hosts[target].migration_uri, params, flags
+            self._pool, dom.migrateToURI3, self._hosts[target].peer_uri, params, flags
         )
         self._emit(HypervisorEvent("migration-started", source, vm, target=target))
         postcopy = aborted = False
         downtime_set = False
+        seq = ConvergenceSequence(settings)
         try:
             while True:
                 done, _ = await asyncio.wait({job}, timeout=self._poll)
@@ -344,29 +354,32 @@ class LibvirtHypervisor:
                 stats = await self._job_stats(dom)
                 if stats and not downtime_set:
                     with contextlib.suppress(libvirt.libvirtError):
-                        await self._call(
-                            dom.migrateSetMaxDowntime, int(settings.max_downtime_ms), 0
-                        )
+                        await self._call(dom.migrateSetMaxDowntime, seq.downtime_ms, 0)
                     downtime_set = True
                 if stats and progress is not None:
                     with contextlib.suppress(Exception):
                         progress(progress_from_stats(vm, elapsed, stats))
                 if postcopy or aborted:
                     continue  # nothing left to decide: wait for the outcome
-                over_budget = elapsed >= settings.time_budget_s
-                if settings.postcopy_after_s is not None and (
-                    elapsed >= settings.postcopy_after_s or over_budget
-                ):
+                step = seq.on_stats(elapsed, stats or {})
+                if step.action == "downtime":
+                    with contextlib.suppress(libvirt.libvirtError):
+                        await self._call(dom.migrateSetMaxDowntime, step.downtime_ms, 0)
+                elif step.action == "postcopy":
                     try:
                         await self._call(dom.migrateStartPostCopy, 0)
                         postcopy = True
+                        seq.finished()
                         continue
                     except libvirt.libvirtError:
                         pass  # not possible yet: retried next poll, until the budget is spent
-                if over_budget:
+                    if elapsed >= settings.time_budget_s:
+                        step = Step("abort")
+                if step.action == "abort":
                     with contextlib.suppress(libvirt.libvirtError):
                         await self._call(dom.abortJob)
                         aborted = True
+                        seq.finished()
             job.result()
         except asyncio.CancelledError:
             # the caller gave up: do not leave an unbounded migration behind
@@ -379,7 +392,7 @@ class LibvirtHypervisor:
             if where == "target":
                 # the job reported an error but the guest did arrive (e.g. lost the source
                 # connection while finishing): the truth is on the hosts, not in the exception
-                result = await self._completed(dst, vm, wall, postcopy)
+                result = await self._completed(dst, vm, wall, postcopy, seq)
                 self._emit(HypervisorEvent("migration-finished", source, vm, target=target))
                 return result
             msg = one_line(exc)
@@ -392,9 +405,11 @@ class LibvirtHypervisor:
                 postcopy=postcopy,
                 aborted=aborted,
                 error=f"{msg} (vm on: {where})",
+                downtime_step_ups=seq.step_ups,
+                final_max_downtime_ms=seq.downtime_ms,
             )
         wall = time.monotonic() - t0
-        result = await self._completed(dst, vm, wall, postcopy)
+        result = await self._completed(dst, vm, wall, postcopy, seq)
         self._emit(HypervisorEvent("migration-finished", source, vm, target=target))
         return result
 
@@ -411,7 +426,9 @@ class LibvirtHypervisor:
             return None  # still setting up
         return dict(stats)
 
-    async def _completed(self, dst: Any, vm: str, wall: float, postcopy: bool) -> MigrationResult:
+    async def _completed(
+        self, dst: Any, vm: str, wall: float, postcopy: bool, seq: ConvergenceSequence
+    ) -> MigrationResult:
         stats: dict[str, Any] = {}
         try:
             dom = await self._call(dst.lookupByName, vm)
@@ -421,7 +438,11 @@ class LibvirtHypervisor:
             stats = dict(await self._call(dom.jobStats, flags) or {})
         except libvirt.libvirtError:
             pass
-        return result_from_stats(stats, wall, postcopy)
+        return dataclasses.replace(
+            result_from_stats(stats, wall, postcopy),
+            downtime_step_ups=seq.step_ups,
+            final_max_downtime_ms=seq.downtime_ms,
+        )
 
     async def _where(self, vm: str, source: str, target: str) -> str:
         """Where the guest runs now: "source", "target", "both", "neither" or "unknown"."""

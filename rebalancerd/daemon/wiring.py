@@ -117,16 +117,34 @@ def read_inventory(cfg: DaemonConfig) -> Inventory:
         raise StartupError(str(e)) from None
 
 
+_REMOTE_SCHEMES = ("qemu+tcp", "qemu+tls", "qemu+ssh", "qemu+libssh2")
+
+
 def peer_uri(libvirt_uri: str, migration_uri: str | None) -> str:
-    """The URI a source libvirtd uses to reach this host's libvirtd for a peer-to-peer migration:
-    derived from the inventory's ``migration_uri`` (``tcp://ADDR`` -> ``qemu+tcp://ADDR/system``,
-    ``tls://ADDR`` -> ``qemu+tls://ADDR/system``), else the host's own ``libvirt_uri``."""
+    """The URI a source libvirtd dials to reach this host's libvirtd for a peer-to-peer migration
+    (the control connection, not the memory copy): the host's own ``libvirt_uri`` when it names a
+    remote host (``qemu+tls://hv1.example/system``); for a local-only ``libvirt_uri`` (a unix
+    socket, as in the lab) it is derived from the ``migration_uri`` address (``tcp://ADDR`` ->
+    ``qemu+tcp://ADDR/system``, ``tls://ADDR`` -> ``qemu+tls://ADDR/system``)."""
+    scheme, _, rest = libvirt_uri.partition("://")
+    if scheme in _REMOTE_SCHEMES and rest.split("/", 1)[0]:
+        return libvirt_uri
     if migration_uri:
-        scheme, _, rest = migration_uri.partition("://")
-        addr = rest.split("/", 1)[0]
-        if scheme in ("tcp", "tls") and addr:
-            return f"qemu+{scheme}://{addr}/system"
+        mscheme, _, mrest = migration_uri.partition("://")
+        addr = mrest.split("/", 1)[0]
+        if mscheme in ("tcp", "tls") and addr:
+            return f"qemu+{mscheme}://{addr}/system"
     return libvirt_uri
+
+
+def hypervisor_hosts(inventory: Inventory) -> dict[str, tuple[str, str, str | None]]:
+    """{host: (control URI, peer URI, migration URI)} for `LibvirtHypervisor`: the inventory's
+    ``migration_uri`` is the memory copy's destination (``VIR_MIGRATE_PARAM_URI``), never the
+    libvirtd control URI."""
+    return {
+        h.name: (h.libvirt_uri, peer_uri(h.libvirt_uri, h.migration_uri), h.migration_uri)
+        for h in inventory
+    }
 
 
 def open_journal(state_dir: str) -> tuple[Journal, str]:
@@ -213,9 +231,7 @@ def real_sources(
         max_payload_bytes=settings.max_payload_bytes,
     )
     collector = Collector(inventory, clock, metrics, settings, stream)
-    hypervisor = LibvirtHypervisor(
-        {h.name: (h.libvirt_uri, peer_uri(h.libvirt_uri, h.migration_uri)) for h in inventory}
-    )
+    hypervisor = LibvirtHypervisor(hypervisor_hosts(inventory))
     return collector, hypervisor
 
 

@@ -116,6 +116,7 @@ class MoveRunner(AdaptiveFeed, PostChecker):
                 r.peak[k] = max(r.peak.get(k, 0), v)
         self.metrics.set("migrations_in_flight", float(len(self._running)))
         self.metrics.inc("migrations_started_total", reason=m.reason.kind.value)
+        self.metrics.inc("migration_strategy_total", strategy=settings.strategy)
         log.info(
             "migration_started",
             vm=m.vm,
@@ -126,6 +127,7 @@ class MoveRunner(AdaptiveFeed, PostChecker):
             reason=str(m.reason),
             migration_class=cls_name,
             strategy=settings.strategy,
+            dirty_rate_known=settings.dirty_rate_known,
             bandwidth_mib_s=settings.bandwidth_mib_s,
             max_downtime_ms=settings.max_downtime_ms,
             postcopy_after_s=settings.postcopy_after_s,
@@ -259,6 +261,10 @@ class MoveRunner(AdaptiveFeed, PostChecker):
         duration = result.total_s if result.total_s > 0 else elapsed
         if result.transferred_mib > 0:
             self.metrics.inc("migrated_bytes_total", result.transferred_mib * MIB)
+        if result.downtime_step_ups:
+            self.metrics.inc("migration_downtime_step_ups_total", float(result.downtime_step_ups))
+        if result.postcopy:
+            self.metrics.inc("migration_postcopy_switches_total")
         detail = result.error or ""
         downtime: float | None = None
         used: MigrationSettings | None = settings
@@ -288,6 +294,8 @@ class MoveRunner(AdaptiveFeed, PostChecker):
                 downtime_ms=result.downtime_ms,
                 postcopy=result.postcopy,
                 strategy=settings.strategy,
+                downtime_step_ups=result.downtime_step_ups,
+                final_max_downtime_ms=result.final_max_downtime_ms,
                 **ids,
             )
         elif verdict.outcome == "on_source" and result.aborted:
@@ -340,7 +348,7 @@ class MoveRunner(AdaptiveFeed, PostChecker):
                 mid,
                 state,
                 now,
-                detail=detail or None,
+                detail=_with_convergence(detail, settings, result) or None,
                 downtime_ms=result.downtime_ms if ok else None,
                 duration_s=duration,
             )
@@ -354,3 +362,14 @@ class MoveRunner(AdaptiveFeed, PostChecker):
             if change is not None:
                 self.metrics.set("host_circuit_open", 1.0 if change == "opened" else 0.0, host=host)
                 log.warning(f"circuit_{change}", host=host, vm=m.vm, migration_id=mid)
+
+
+def _with_convergence(detail: str, settings: MigrationSettings, result: MigrationResult) -> str:
+    """The journal's outcome detail plus how the move converged (strategy, step-ups, post-copy)."""
+    conv = f"strategy={settings.strategy}"
+    if result.downtime_step_ups:
+        conv += f" downtime_step_ups={result.downtime_step_ups}"
+        conv += f" max_downtime_ms={result.final_max_downtime_ms}"
+    if result.postcopy:
+        conv += " postcopy=yes"
+    return f"{detail}; {conv}" if detail else conv

@@ -18,7 +18,12 @@ Choice:
   ``postcopy`` when pre-copy is predicted not to converge (or not within the budget) and the
   class allows post-copy: it switches after one full pass instead of waiting for the class's
   ``postcopy_after_s``;
-- time budget: the class's.
+- time budget: the class's;
+- dirty rate not measured (``Vm.dirty_rate_mib_s is None``): the class's default strategy
+  (``default-auto-converge`` when the class allows auto-converge, else ``default-precopy``;
+  post-copy after the class's ``postcopy_after_s`` if set), never a prediction from an assumed 0;
+- ``downtime_limit_ms`` = the class's max downtime: how far the adapter's step-up sequence
+  (`adapters.libvirt_migration.ConvergenceSequence`) may raise the downtime when a pass stalls.
 """
 
 from __future__ import annotations
@@ -217,6 +222,13 @@ def choose_settings(
         strategy = "auto-converge"
     elif not fits:
         strategy = "precopy-unlikely"
+    known = vm.dirty_rate_mib_s is not None
+    if not known:
+        # not measured: the class's default, never a guess from 0 (auto-converge if allowed,
+        # post-copy after the class's postcopy_after_s if set; step-ups do the rest)
+        auto_converge = spec.auto_converge
+        postcopy_after = spec.postcopy_after_s
+        strategy = "default-auto-converge" if auto_converge else "default-precopy"
     return MigrationSettings(
         max_downtime_ms=downtime,
         bandwidth_mib_s=bandwidth,
@@ -226,4 +238,6 @@ def choose_settings(
         non_shared_disk=spec.non_shared_disk,
         tls=spec.encrypted,
         strategy=strategy,
+        downtime_limit_ms=spec.max_downtime_ms,
+        dirty_rate_known=known,
     )

@@ -73,7 +73,7 @@ def test_up_status_guest_and_clean_teardown(own_lab: Lab, libvirt_lab: Lab) -> N
         assert lab.running_on("g1") == ["h1"]
         # each host sees only its own cgroup subtree and hostname
         leftovers = lab.leftovers()
-        assert len(leftovers["netns"]) == 3  # two hosts + the bridge
+        assert len(leftovers["netns"]) == 4  # two hosts + the bridge + the migration bridge
         assert _processes_of(lab.prefix)
     finally:
         problems = lab.teardown()
