@@ -94,7 +94,5 @@ class State:
     def over_capacity(self, h: int) -> bool:
         p = self.p
         return (
-            self.cpu[h] > p.cap_cpu[h]
-            or self.mem[h] > p.cap_mem[h]
-            or self.cfg[h] > p.cap_cfg[h]
+            self.cpu[h] > p.cap_cpu[h] or self.mem[h] > p.cap_mem[h] or self.cfg[h] > p.cap_cfg[h]
         )
