@@ -95,7 +95,10 @@ def test_strict_moves_are_never_overtaken() -> None:
         [host("a", mem_gib=20), host("b", mem_gib=20), host("c", mem_gib=20)],
         [vm("x1", "a"), vm("x2", "a"), vm("x3", "a"), vm("y", "b")],
     )
-    pol = policy(limits={**loose_limits(), "max_per_source": 2}, targets={"headroom": 0.0, "memory_basis": "configured"})
+    pol = policy(
+        limits={**loose_limits(), "max_per_source": 2},
+        targets={"headroom": 0.0, "memory_basis": "configured"},
+    )
     p = _problem(s, pol)
     dest = {0: 2, 1: 2, 2: 1, 3: 2}
     order = [0, 1, 2, 3]
