@@ -2,9 +2,11 @@
 
 Normalised load of a host (0..1+) for a resource = demand placed on it / its capacity.
 CPU demand is each VM's CPU use (or a predicted demand) in reference millicores; memory demand is
-each VM's *allocated* memory (a VM can always touch all of it, so capacity planning counts it).
+each VM's *used* memory (`Weights.used_memory`, the policy's `memory_basis: used`; the configured
+size where not measured) or its *allocated* memory; network demand is the VM's throughput over
+the host's NIC capacity (`Host.net_capacity_bytes_s`).
 
-Weighted load = (w_cpu * cpu + w_mem * mem) / (w_cpu + w_mem).
+Weighted load = (w_cpu * cpu + w_mem * mem + w_net * net) / (w_cpu + w_mem + w_net).
 
 Imbalance of a cluster = max - min of weighted load over the hosts that may take part in
 balancing (active hosts). 0 is perfectly even. Stale, maintenance, degraded and standby hosts are
@@ -29,10 +31,22 @@ def current_cpu(vm: Vm) -> int:
 class Weights:
     cpu: float = 1.0
     memory: float = 1.0
+    network: float = 0.0
+    used_memory: bool = False
+    """Memory load is the VM's used memory (`Vm.memory_used_or_configured_mib`), not its size."""
 
     def __post_init__(self) -> None:
-        if self.cpu < 0 or self.memory < 0 or self.cpu + self.memory <= 0:
-            raise ValueError("weights must be >= 0 and not both 0")
+        if min(self.cpu, self.memory, self.network) < 0 or self.total <= 0:
+            raise ValueError("weights must be >= 0 and not all 0")
+
+    @property
+    def total(self) -> float:
+        return self.cpu + self.memory + self.network
+
+
+def vm_memory(vm: Vm, used: bool) -> int:
+    """The memory a VM counts for on its host: used (when measured) or configured."""
+    return vm.memory_used_or_configured_mib if used else vm.memory_mib
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,25 +59,31 @@ class HostLoad:
     memory: float
     """Normalised memory load (allocated / capacity)."""
     vms: int
+    network: float = 0.0
+    """Normalised network load (VM throughput / NIC capacity)."""
 
     def weighted(self, w: Weights) -> float:
-        return (w.cpu * self.cpu + w.memory * self.memory) / (w.cpu + w.memory)
+        return (w.cpu * self.cpu + w.memory * self.memory + w.network * self.network) / w.total
 
 
 def host_loads(
     snapshot: ClusterSnapshot,
     placement: Placement | None = None,
     cpu_demand: CpuDemand = current_cpu,
+    used_memory: bool = False,
 ) -> dict[str, HostLoad]:
-    """Load of every host under a placement (default: the snapshot's own)."""
+    """Load of every host under a placement (default: the snapshot's own); memory is used
+    memory with `used_memory`, else configured."""
     where: Mapping[str, str] = placement if placement is not None else snapshot.placement()
     cpu: dict[str, int] = {h.name: 0 for h in snapshot.hosts}
     mem: dict[str, int] = {h.name: 0 for h in snapshot.hosts}
+    net: dict[str, float] = {h.name: 0.0 for h in snapshot.hosts}
     count: dict[str, int] = {h.name: 0 for h in snapshot.hosts}
     for vm in snapshot.vms:
         h = where.get(vm.name, vm.host)
         cpu[h] += cpu_demand(vm)
-        mem[h] += vm.memory_mib
+        mem[h] += vm_memory(vm, used_memory)
+        net[h] += vm.net_bytes_s
         count[h] += 1
     return {
         h.name: HostLoad(
@@ -73,6 +93,7 @@ def host_loads(
             cpu=cpu[h.name] / h.cpu_capacity_mc,
             memory=mem[h.name] / h.memory_mib,
             vms=count[h.name],
+            network=net[h.name] / h.net_capacity_bytes_s,
         )
         for h in snapshot.hosts
     }
@@ -89,7 +110,7 @@ def imbalance(
     cpu_demand: CpuDemand = current_cpu,
 ) -> float:
     """max - min weighted normalised load over active hosts (0.0 with fewer than two)."""
-    loads = host_loads(snapshot, placement, cpu_demand)
+    loads = host_loads(snapshot, placement, cpu_demand, weights.used_memory)
     vals = [loads[h.name].weighted(weights) for h in balancing_hosts(snapshot.hosts)]
     if len(vals) < 2:
         return 0.0
@@ -101,9 +122,11 @@ def resource_gap(
     resource: str,
     placement: Placement | None = None,
     cpu_demand: CpuDemand = current_cpu,
+    used_memory: bool = False,
 ) -> float:
-    """max - min of one resource's normalised load ('cpu' or 'memory') over active hosts."""
-    loads = host_loads(snapshot, placement, cpu_demand)
+    """max - min of one resource's normalised load ('cpu', 'memory' or 'network') over active
+    hosts."""
+    loads = host_loads(snapshot, placement, cpu_demand, used_memory)
     vals = [getattr(loads[h.name], resource) for h in balancing_hosts(snapshot.hosts)]
     if len(vals) < 2:
         return 0.0

@@ -111,6 +111,17 @@ class PlanStats:
     mode: str = ""
     policy: str = ""
     notes: tuple[str, ...] = ()
+    moves_lower_bound: int | None = None
+    """Target band (balance with `targets.max_gap`/`band`): moves any planner needs to bring
+    every host inside the band from the snapshot (docs/planner.md, "Lower bounds")."""
+    moves_ratio: float | None = None
+    """Optional moves planned / moves_lower_bound (None when the bound is 0)."""
+    mib_lower_bound: int | None = None
+    """MiB that must leave hosts above the memory band (or reach hosts below it), at least."""
+    band_met: bool | None = None
+    """Every balancing host ends inside the target band."""
+    overcommit_hosts: int | None = None
+    """Hosts whose configured memory is above physical x memory_overcommit in the snapshot."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,9 +19,22 @@ def capacity_with_headroom(raw: int, headroom: float) -> int:
     return int((1.0 - headroom) * raw)
 
 
+def overcommit_capacity(raw: int, ratio: float) -> int:
+    """Configured memory a host of `raw` MiB may hold under `memory_overcommit` = `ratio`."""
+    return int(raw * ratio)
+
+
+def configured_fits(used_cfg: int, cfg: int, cap_cfg: int) -> bool:
+    """A VM configured with `cfg` MiB fits a host already holding `used_cfg` MiB configured
+    under the overcommit limit `cap_cfg` (physical x ratio)."""
+    return used_cfg + cfg <= cap_cfg
+
+
 def fits(used_cpu: int, used_mem: int, cpu: int, mem: int, cap_cpu: int, cap_mem: int) -> bool:
     """A VM of (`cpu`, `mem`) fits on a host that already holds (`used_cpu`, `used_mem`) under
-    the capacities (`cap_cpu`, `cap_mem`), which already have the headroom taken off."""
+    the capacities (`cap_cpu`, `cap_mem`), which already have the headroom taken off. Memory
+    here is the policy's memory basis (used, or configured); the overcommit limit on configured
+    memory is `configured_fits`."""
     return used_cpu + cpu <= cap_cpu and used_mem + mem <= cap_mem
 
 

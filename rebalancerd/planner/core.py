@@ -26,6 +26,7 @@ from rebalancerd.planner import cpsat
 from rebalancerd.planner import objective as obj
 from rebalancerd.planner.greedy.context import Mandatory
 from rebalancerd.planner.greedy.run import repolish, run_greedy
+from rebalancerd.planner.greedy.target import has_targets, lower_bounds
 from rebalancerd.planner.hysteresis import apply_hysteresis
 from rebalancerd.planner.objectives.base import Objective
 from rebalancerd.planner.objectives.registry import objective_for
@@ -87,7 +88,13 @@ def make_plan(
     kept = frozenset(ctx.opening) | {
         v for v, m in ctx.mandatory.items() if m.kind in (ReasonKind.DRAIN, ReasonKind.EVACUATE)
     }
-    if objective.uses_cpsat and p.max_moves > 0 and time.perf_counter() < deadline - 0.05:
+    banded = has_targets(p)
+    if (
+        objective.uses_cpsat
+        and not banded
+        and p.max_moves > 0
+        and time.perf_counter() < deadline - 0.05
+    ):
         info = cpsat.improve(
             p, s, time_limit_s=time_limit_s, seed=seed, deadline=deadline, fixed=kept
         )
@@ -101,14 +108,15 @@ def make_plan(
             notes.extend(repolish(ctx, kept))
 
     mandatory = {v: m for v, m in ctx.mandatory.items() if m.kind in MANDATORY_KINDS}
-    if objective.whole_plan_hysteresis:  # (consolidate applies it per emptied host)
+    # (consolidate applies it per emptied host; the target band its own, planner/greedy/target)
+    if objective.whole_plan_hysteresis and not banded:
         s = apply_hysteresis(p, s, mandatory, notes, ctx.opening)
 
     moves = s.moves()
     if not moves:
         status = "NOTHING_TO_DO" if status in ("GREEDY", "LNS", "SKIPPED") else status
     steps, blocked = _sequence(p, s, objective, mandatory, ctx.opening)
-    for _ in range(RESEQUENCE_ROUNDS if objective.whole_plan_hysteresis else 0):
+    for _ in range(RESEQUENCE_ROUNDS if objective.whole_plan_hysteresis and not banded else 0):
         if not blocked:
             break
         # Moves the sequencer could not order are not made: what is left must pay for itself
@@ -130,6 +138,17 @@ def make_plan(
     placement = Placement({p.vms[v].name: p.hosts[h].name for v, h in enumerate(final.where)})
     imb_after = imbalance(snap, placement, weights, demand)
     value = objective.plan_value(p, final)
+    target_stats: dict[str, int | float | bool | None] = {}
+    if banded:
+        lb_moves, lb_mib, met = lower_bounds(p, start, final)
+        optional = sum(1 for v, _, _ in final.moves() if v not in mandatory)
+        target_stats = {
+            "moves_lower_bound": lb_moves,
+            "moves_ratio": round(optional / lb_moves, 4) if lb_moves else None,
+            "mib_lower_bound": lb_mib,
+            "band_met": met,
+        }
+    over = sum(1 for h in range(p.n_hosts) if start.cfg[h] > p.cap_cfg[h])
     bound = objective.bound(p, cp_bound)
     stats = PlanStats(
         planner=planner,
@@ -142,6 +161,8 @@ def make_plan(
         mode=p.mode.value,
         policy=p.policy_name,
         notes=tuple(notes),
+        overcommit_hosts=over,
+        **target_stats,  # type: ignore[arg-type]
     )
     return MigrationPlan(steps=tuple(plan_steps), stats=stats, unsequenced=unsequenced)
 

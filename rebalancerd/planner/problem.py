@@ -13,13 +13,17 @@ from dataclasses import dataclass, field
 
 from rebalancerd.domain import checks
 from rebalancerd.domain.checks import Check, Level, ReasonCode
+from rebalancerd.domain.load import vm_memory
 from rebalancerd.domain.model import ClusterSnapshot, Host, HostState, Vm
 from rebalancerd.domain.plan import ReasonKind
-from rebalancerd.domain.rules import capacity_with_headroom
+from rebalancerd.domain.rules import capacity_with_headroom, overcommit_capacity
 from rebalancerd.domain.snapshot_facts import SnapshotFacts, guarded_departures
 from rebalancerd.planner.objectives.demand import cpu_demand_for
-from rebalancerd.policy.resolve import policy_weights
-from rebalancerd.policy.schema import Mode, Policy
+from rebalancerd.policy.resolve import policy_bands, policy_weights
+from rebalancerd.policy.schema import MemoryBasis, Mode, Policy
+
+_BAND_MODES = (Mode.BALANCE, Mode.ADVISORY)
+"""Modes whose plan aims at the target band (the others have their own goal)."""
 
 # Migration cost: a dirty page rate makes a migration resend memory; count this many seconds.
 DIRTY_SECONDS = 10.0
@@ -57,7 +61,16 @@ class Problem:
     cpu: list[int]
     """Predicted CPU demand (mc) per VM."""
     mem: list[int]
-    """Allocated memory (MiB) per VM."""
+    """Memory (MiB) per VM on the policy's memory basis: used (configured where not measured)
+    or configured. Loads and the headroom rule (mem + headroom <= physical) count it."""
+    cfg: list[int]
+    """Configured memory (MiB) per VM: the overcommit rule counts it (<= cap_cfg)."""
+    cap_cfg: list[int]
+    """Configured memory a host may hold: physical x memory_overcommit."""
+    net: list[int]
+    """Network throughput per VM, kB/s."""
+    raw_net: list[int]
+    """Host NIC capacity, kB/s."""
     origin: list[int]
     """Host index of each VM in the snapshot."""
     movable: list[bool]
@@ -76,6 +89,10 @@ class Problem:
     """VM -> index of the hard affinity group it belongs to (first one)."""
     w_cpu: float
     w_mem: float
+    w_net: float
+    bands: tuple[float | None, float | None, float | None]
+    """Half-width of the target band around the mean for CPU, memory, network (None: no target;
+    all None: no target at all, the balance passes minimise the spread)."""
     high: float
     low: float
     headroom: float
@@ -189,6 +206,7 @@ def build_problem(
     raw_mem = [h.memory_mib for h in hosts]
     cap_cpu = [capacity_with_headroom(c, headroom) for c in raw_cpu]
     cap_mem = [capacity_with_headroom(m, headroom) for m in raw_mem]
+    cap_cfg = [overcommit_capacity(m, t.memory_overcommit) for m in raw_mem]
     empty_reason: list[ReasonKind | None] = []
     for h in hosts:
         if h.state is HostState.MAINTENANCE:
@@ -266,14 +284,21 @@ def build_problem(
     # counts current use, the others the predicted demand.
     cpu_demand = cpu_demand_for(Mode(policy.mode))
     cpu = [cpu_demand.of(v, pct, win) for v in vms]
-    mem = [v.memory_mib for v in vms]
+    used = t.memory_basis is MemoryBasis.USED
+    mem = [vm_memory(v, used) for v in vms]
+    cfg = [v.memory_mib for v in vms]
+    net = [int(v.net_bytes_s / 1000) for v in vms]
+    raw_net = [max(1, int(h.net_capacity_bytes_s / 1000)) for h in hosts]
     cost = [v.memory_mib + v.local_disk_mib + v.dirty_mib_s * DIRTY_SECONDS for v in vms]
     move_mib = [v.memory_mib + v.local_disk_mib for v in vms]
 
     budget = policy.limits.max_per_cycle
     if max_moves is not None:
         budget = min(budget, max_moves)
-    weights = policy_weights(policy)  # the one policy -> weights mapping ((0, 0) counts as (1, 1))
+    weights = policy_weights(policy)  # the one policy -> weights mapping
+    w_cpu, w_mem = weights.cpu, weights.memory
+    if w_cpu + w_mem <= 0:  # the spread passes need CPU or memory: network-only counts both
+        w_cpu = w_mem = 1.0
     return Problem(
         snapshot=snapshot,
         mode=Mode(policy.mode),
@@ -300,8 +325,14 @@ def build_problem(
         groups=groups,
         anti_of=anti_of,
         aff_of=aff_of,
-        w_cpu=weights.cpu,
-        w_mem=weights.memory,
+        w_cpu=w_cpu,
+        w_mem=w_mem,
+        w_net=weights.network,
+        bands=policy_bands(policy) if Mode(policy.mode) in _BAND_MODES else (None, None, None),
+        cfg=cfg,
+        cap_cfg=cap_cfg,
+        net=net,
+        raw_net=raw_net,
         high=t.high_watermark,
         low=t.low_watermark,
         headroom=headroom,

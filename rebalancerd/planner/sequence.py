@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rebalancerd.domain.rules import configured_fits
 from rebalancerd.planner.problem import Problem
 from rebalancerd.planner.state import State
 
@@ -39,11 +40,18 @@ class Blocked:
 
 
 def _fits(
-    p: Problem, cur: State, v: int, b: int, inc_c: dict[int, int], inc_m: dict[int, int]
+    p: Problem,
+    cur: State,
+    v: int,
+    b: int,
+    inc_c: dict[int, int],
+    inc_m: dict[int, int],
+    inc_g: dict[int, int] | None = None,
 ) -> bool:
     return (
         cur.cpu[b] + inc_c.get(b, 0) + p.cpu[v] <= p.cap_cpu[b]
         and cur.mem[b] + inc_m.get(b, 0) + p.mem[v] <= p.cap_mem[b]
+        and configured_fits(cur.cfg[b] + (inc_g or {}).get(b, 0), p.cfg[v], p.cap_cfg[b])
     )
 
 
@@ -58,7 +66,7 @@ def _why(p: Problem, cur: State, v: int, b: int) -> str:
     if not p.may_host(v, b):
         return f"target {p.hosts[b].name} may not receive this VM"
     need_c = cur.cpu[b] + p.cpu[v] - p.cap_cpu[b]
-    need_m = cur.mem[b] + p.mem[v] - p.cap_mem[b]
+    need_m = max(cur.mem[b] + p.mem[v] - p.cap_mem[b], cur.cfg[b] + p.cfg[v] - p.cap_cfg[b])
     if need_m > 0 or need_c > 0:
         parts = []
         if need_m > 0:
@@ -153,6 +161,7 @@ def _build_step(
     dst_n: dict[int, int] = {}
     inc_c: dict[int, int] = {}
     inc_m: dict[int, int] = {}
+    inc_g: dict[int, int] = {}
     inc_a: dict[tuple[int, int], int] = {}
     taken: list[int] = []
     for i, v in enumerate(pending):
@@ -162,7 +171,7 @@ def _build_step(
         if (
             src_n.get(a, 0) >= max_s
             or dst_n.get(b, 0) >= max_t
-            or not (p.may_host(v, b) and _fits(p, cur, v, b, inc_c, inc_m))
+            or not (p.may_host(v, b) and _fits(p, cur, v, b, inc_c, inc_m, inc_g))
             or not _anti_free(p, cur, v, b, inc_a)
         ):
             if v in strict and step:
@@ -174,6 +183,7 @@ def _build_step(
         dst_n[b] = dst_n.get(b, 0) + 1
         inc_c[b] = inc_c.get(b, 0) + p.cpu[v]
         inc_m[b] = inc_m.get(b, 0) + p.mem[v]
+        inc_g[b] = inc_g.get(b, 0) + p.cfg[v]
         for g in p.anti_of.get(v, ()):
             inc_a[(g, b)] = inc_a.get((g, b), 0) + 1
     return step, taken

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from rebalancerd.domain.rules import anti_affinity_count_ok, fits
+from rebalancerd.domain.rules import anti_affinity_count_ok, configured_fits, fits
 from rebalancerd.planner.problem import Problem
 
 
 class State:
-    __slots__ = ("anti_count", "cpu", "mem", "on", "p", "where")
+    __slots__ = ("anti_count", "cfg", "cpu", "mem", "on", "p", "where")
 
     def __init__(self, p: Problem, where: list[int] | None = None) -> None:
         self.p = p
         self.where: list[int] = list(where if where is not None else p.origin)
         self.cpu = [0] * p.n_hosts
         self.mem = [0] * p.n_hosts
+        self.cfg = [0] * p.n_hosts
         self.on: list[set[int]] = [set() for _ in range(p.n_hosts)]
         self.anti_count: dict[tuple[int, int], int] = {}
         for v, h in enumerate(self.where):
@@ -26,6 +27,7 @@ class State:
         p = self.p
         self.cpu[h] += p.cpu[v]
         self.mem[h] += p.mem[v]
+        self.cfg[h] += p.cfg[v]
         self.on[h].add(v)
         for g in p.anti_of.get(v, ()):
             k = (g, h)
@@ -35,6 +37,7 @@ class State:
         p = self.p
         self.cpu[h] -= p.cpu[v]
         self.mem[h] -= p.mem[v]
+        self.cfg[h] -= p.cfg[v]
         self.on[h].discard(v)
         for g in p.anti_of.get(v, ()):
             self.anti_count[(g, h)] -= 1
@@ -48,7 +51,9 @@ class State:
         self.where[v] = h
 
     # -- checks ------------------------------------------------------------------------------
-    def fits(self, v: int, h: int, extra_cpu: int = 0, extra_mem: int = 0) -> bool:
+    def fits(
+        self, v: int, h: int, extra_cpu: int = 0, extra_mem: int = 0, extra_cfg: int = 0
+    ) -> bool:
         p = self.p
         return fits(
             self.cpu[h] + extra_cpu,
@@ -57,7 +62,7 @@ class State:
             p.mem[v],
             p.cap_cpu[h],
             p.cap_mem[h],
-        )
+        ) and configured_fits(self.cfg[h] + extra_cfg, p.cfg[v], p.cap_cfg[h])
 
     def anti_ok(self, v: int, h: int) -> bool:
         """No other member of v's hard anti-affinity groups is on h."""
@@ -88,4 +93,6 @@ class State:
 
     def over_capacity(self, h: int) -> bool:
         p = self.p
-        return self.cpu[h] > p.cap_cpu[h] or self.mem[h] > p.cap_mem[h]
+        return (
+            self.cpu[h] > p.cap_cpu[h] or self.mem[h] > p.cap_mem[h] or self.cfg[h] > p.cap_cfg[h]
+        )

@@ -39,6 +39,7 @@ def verify_plan(
         dst: dict[int, int] = {}
         inc_c: dict[int, int] = {}
         inc_m: dict[int, int] = {}
+        inc_cfg: dict[int, int] = {}
         inc_g: dict[tuple[int, int], int] = {}
         moves: list[tuple[int, int]] = []
         for m in step.migrations:
@@ -58,6 +59,7 @@ def verify_plan(
             dst[b] = dst.get(b, 0) + 1
             inc_c[b] = inc_c.get(b, 0) + p.cpu[v]
             inc_m[b] = inc_m.get(b, 0) + p.mem[v]
+            inc_cfg[b] = inc_cfg.get(b, 0) + p.cfg[v]
             for g in p.anti_of.get(v, ()):
                 if cur.anti_count.get((g, b), 0) + inc_g.get((g, b), 0) > 0:
                     out.append(
@@ -74,6 +76,8 @@ def verify_plan(
                 out.append(f"step {i}: {n} migrations to {p.hosts[b].name} > max_per_target")
             if cur.cpu[b] + inc_c[b] > p.cap_cpu[b] or cur.mem[b] + inc_m[b] > p.cap_mem[b]:
                 out.append(f"step {i}: {p.hosts[b].name} over capacity with headroom")
+            if cur.cfg[b] + inc_cfg[b] > p.cap_cfg[b]:
+                out.append(f"step {i}: {p.hosts[b].name} configured memory over the overcommit")
         for v, b in moves:
             cur.move(v, b)
     return out

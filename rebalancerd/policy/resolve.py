@@ -21,17 +21,36 @@ from rebalancerd.domain.model import (
     PowerCurve,
     Vm,
 )
-from rebalancerd.policy.schema import Policy, Scope
+from rebalancerd.policy.schema import Gaps, MemoryBasis, Policy, Scope
 
 
 def policy_weights(policy: Policy) -> Weights:
     """The load weights a policy asks for: the one mapping from policy to `domain.load.Weights`,
-    used by planner, executor, loop and replay alike. A policy that weighs neither CPU nor memory
-    (only the network, which the load vector does not hold yet) counts both equally."""
+    used by planner, executor, loop and replay alike (memory on the policy's `memory_basis`)."""
     w = policy.targets.weights
-    if w.cpu + w.memory <= 0:
-        return Weights(1.0, 1.0)
-    return Weights(cpu=w.cpu, memory=w.memory)
+    used = policy.targets.memory_basis is MemoryBasis.USED
+    return Weights(cpu=w.cpu, memory=w.memory, network=w.network, used_memory=used)
+
+
+def policy_bands(policy: Policy) -> tuple[float | None, float | None, float | None]:
+    """Half-width of the target band around the mean for (CPU, memory, network), None where the
+    policy sets no target: `targets.band` wins, then `targets.max_gap` / 2 (a number applies to
+    every resource of weight > 0)."""
+    t = policy.targets
+    w = t.weights
+    out: list[float | None] = [None, None, None]
+    if isinstance(t.max_gap, Gaps):
+        out = [
+            None if g is None else g / 2
+            for g in (t.max_gap.cpu, t.max_gap.memory, t.max_gap.network)
+        ]
+    elif t.max_gap is not None:
+        out = [t.max_gap / 2 if wt > 0 else None for wt in (w.cpu, w.memory, w.network)]
+    if t.band is not None:
+        for i, b in enumerate((t.band.cpu, t.band.memory, t.band.network)):
+            if b is not None:
+                out[i] = b
+    return out[0], out[1], out[2]
 
 
 def matches(name: str, patterns: Iterable[str]) -> bool:

@@ -110,6 +110,23 @@ class Prediction(_Strict):
     """Percentile of those samples used as the demand (never below current use). Default: 95."""
 
 
+class MemoryBasis(StrEnum):
+    USED = "used"
+    CONFIGURED = "configured"
+
+
+class Gaps(_Strict):
+    """Largest acceptable spread (max - min of normalised load over active hosts) per resource;
+    null = that resource has no target."""
+
+    cpu: Annotated[float, _finite(0.001, 2.0)] | None = None
+    """CPU gap target. Default: null."""
+    memory: Annotated[float, _finite(0.001, 2.0)] | None = None
+    """Memory gap target (on `memory_basis`). Default: null."""
+    network: Annotated[float, _finite(0.001, 2.0)] | None = None
+    """Network gap target. Default: null."""
+
+
 class Targets(_Strict):
     """What a good placement looks like."""
 
@@ -127,6 +144,22 @@ class Targets(_Strict):
     """Minimum gain that justifies moving (prevents ping-pong). balance: the imbalance must drop
     by at least this much; consolidate: emptying a host must save at least this fraction of that
     host's power. Drains, evacuations and rule fixes always go ahead. Default: 0.05."""
+    memory_basis: Annotated[MemoryBasis, Field(strict=False)] = MemoryBasis.USED
+    """Memory load that is balanced: `used` (what the guest really uses, from the agent's
+    balloon/RSS figures; configured size where not measured) or `configured` (allocated).
+    Default: used."""
+    memory_overcommit: Annotated[float, _finite(0.1, 100.0)] = 1.0
+    """Hard limit on configured memory per host: configured <= physical x this ratio (like
+    OpenStack's ram_allocation_ratio); used memory + headroom <= physical always holds too.
+    Default: 1.0."""
+    max_gap: Annotated[float, _finite(0.001, 2.0)] | Gaps | None = None
+    """balance: the acceptable spread of each weighted resource (a number for all, or per
+    resource); every host is brought inside the band mean +- max_gap / 2 with the fewest moves,
+    and nothing moves once the band holds (0.10 is the value tuned on benchmarks/clusters.py).
+    null = minimise the spread (no target). Default: null."""
+    band: Gaps | None = None
+    """Alternative to max_gap: the half-width of the band around the mean, per resource (wins
+    over max_gap for the resources it names). Default: null."""
 
     @model_validator(mode="after")
     def _watermarks(self) -> Targets:

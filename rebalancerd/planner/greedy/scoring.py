@@ -3,6 +3,7 @@ pack)."""
 
 from __future__ import annotations
 
+from rebalancerd.domain.rules import configured_fits
 from rebalancerd.planner import objective as obj
 from rebalancerd.planner.greedy.context import GreedyContext
 from rebalancerd.planner.problem import Problem
@@ -29,6 +30,8 @@ def unit_fits(ctx: GreedyContext, unit: list[int], h: int) -> bool:
     c = sum(p.cpu[m] for m in unit)
     mm = sum(p.mem[m] for m in unit)
     if s.cpu[h] + c > p.cap_cpu[h] or s.mem[h] + mm > p.cap_mem[h]:
+        return False
+    if not configured_fits(s.cfg[h], sum(p.cfg[m] for m in unit), p.cap_cfg[h]):
         return False
     return all(p.may_host(m, h) and s.anti_ok(m, h) for m in unit)
 

@@ -20,6 +20,7 @@ from rebalancerd.planner.greedy.context import GreedyContext, Mandatory, MoveCou
 from rebalancerd.planner.greedy.mandatory import drain, fix_rules
 from rebalancerd.planner.greedy.opening import OPENING_TOLERANCE, opening
 from rebalancerd.planner.greedy.polish import polish
+from rebalancerd.planner.greedy.target import has_targets, target_passes
 from rebalancerd.planner.neighbourhoods import extreme_hosts, moved_hosts
 from rebalancerd.planner.objectives.demand import CpuDemand
 from rebalancerd.planner.ordering import descent_order
@@ -65,6 +66,9 @@ class BalanceObjective:
 
     def greedy_passes(self, ctx: GreedyContext) -> GreedyContext:
         p = ctx.p
+        if has_targets(p):  # a target band: reach it with the fewest moves
+            target_passes(ctx)
+            return ctx
         plain = None
         if not soft_rules_broken(p, ctx.s):
             # The opening only sees the gap; where soft rules are broken (e.g. VMs asked to move

@@ -174,8 +174,15 @@ def _independent_replay(s: Any, pol: Any, plan: Any, frozen: frozenset[str]) -> 
                 cpu = sum(vms[n].cpu_used_mc for n in names)
             else:
                 cpu = sum(vms[n].cpu_demand_mc(percentile=pct, window=win) for n in names)
-            mem = sum(vms[n].memory_mib for n in names)
+            # headroom on the policy's memory basis (used by default), configured memory under
+            # physical x memory_overcommit
+            used = pol.targets.memory_basis == "used"
+            mem = sum(
+                vms[n].memory_used_or_configured_mib if used else vms[n].memory_mib for n in names
+            )
+            cfg = sum(vms[n].memory_mib for n in names)
             h = hosts[target]
+            assert cfg <= int(pol.targets.memory_overcommit * h.memory_mib), (target, cfg)
             assert cpu <= int(keep * h.cpu_capacity_mc), (target, cpu)
             assert mem <= int(keep * h.memory_mib), (target, mem)
             for g in anti:
