@@ -28,7 +28,7 @@ from rebalancerd.execution.adaptive import AdaptiveConcurrency
 from rebalancerd.execution.executor import Executor
 from rebalancerd.execution.journal import Journal, JournalError
 from rebalancerd.files import load_snapshot
-from rebalancerd.ports import Clock, Hypervisor, TelemetrySource
+from rebalancerd.ports import Clock, Hypervisor, PowerDriver, TelemetrySource
 from rebalancerd.sim.cluster import LoadModel, SimCluster, SimTelemetry, SimVm
 from rebalancerd.snapshot import SnapshotError
 from rebalancerd.telemetry.collector import Collector, CollectorSettings
@@ -127,6 +127,13 @@ def peer_uri(libvirt_uri: str, migration_uri: str | None) -> str:
         if scheme in ("tcp", "tls") and addr:
             return f"qemu+{scheme}://{addr}/system"
     return libvirt_uri
+
+
+def power_drivers(cfg: DaemonConfig) -> dict[str, PowerDriver]:
+    """Host -> its power driver (fencing dead hosts, execution/ha.py). The config does not name
+    drivers yet (the IPMI/Redfish/command adapters fill this in): no host can be fenced, so dead
+    hosts are reported and nothing is restarted."""
+    return {}
 
 
 def open_journal(state_dir: str) -> tuple[Journal, str]:
@@ -263,6 +270,8 @@ def build_parts(
         host_states=operator_host_states,
         adaptive=adaptive_concurrency(cfg),
         policy_provider=store.current,
+        power=power_drivers(cfg),
+        agent_status=telemetry.agent_status if isinstance(telemetry, Collector) else None,
     )
     loop = ControlLoop(
         telemetry,
