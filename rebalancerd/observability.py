@@ -96,6 +96,22 @@ METRICS: dict[str, MetricSpec] = {
         "counter", "Verified migrations whose measured downtime exceeded their class's limit."
     ),
     # --- planner ------------------------------------------------------------------------------
+    # --- dead hosts (execution/ha.py) ---------------------------------------------------------
+    "host_dead": MetricSpec(
+        "gauge", "1 while a stale host is classified dead (libvirtd unreachable too).", ("host",)
+    ),
+    "dead_host_vms": MetricSpec(
+        "gauge", "VMs last seen on a stale or dead host (affected VMs).", ("host",)
+    ),
+    "ha_vms_pending": MetricSpec(
+        "gauge", "HA VMs of a stale or dead host not yet running elsewhere.", ("host",)
+    ),
+    "fence_actions_total": MetricSpec(
+        "counter", "Fencing attempts of dead hosts, by result.", ("result",)
+    ),
+    "ha_restarts_total": MetricSpec(
+        "counter", "HA VM restarts on another host, by result.", ("result",)
+    ),
     "plans_total": MetricSpec("counter", "Plans computed, by solver status.", ("status",)),
     "solver_duration_seconds": MetricSpec(
         "histogram", "Planner wall time.", (), (0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60)
@@ -192,6 +208,7 @@ ERROR_PLACES: tuple[str, ...] = (
     "metrics",
     "verify_running_on_both",
     "verify_unverified",
+    "ha",
 )
 """The ``where`` label of errors_total that alerts and runbooks name."""
 
@@ -218,6 +235,8 @@ KNOWN_LABEL_VALUES: LabelValues = {
     "errors_total": {"where": ERROR_PLACES},
     "telemetry_reports_total": {"version": ("1", "2")},
     "migration_strategy_total": {"strategy": MIGRATION_STRATEGIES},
+    "fence_actions_total": {"result": ("confirmed", "failed", "unavailable")},
+    "ha_restarts_total": {"result": ("running", "failed")},
 }
 """Counters whose series exist at 0 from start-up, so ``increase()`` sees the first event (a
 labelled counter otherwise has no series until it happens). The telemetry reject reasons are

@@ -176,6 +176,21 @@ class Hypervisor(Protocol):
         ...
 
 
+@runtime_checkable
+class DomainStarter(Protocol):
+    """Starting a guest from its definition on another host: how the executor restarts the HA
+    VMs of a dead, fenced host. Only the executor calls it."""
+
+    async def domain_xml(self, host: str, vm: str) -> str:
+        """The guest's persistent definition (inactive XML, migratable: no host-local state).
+        Raises HypervisorError if the host is unreachable or has no such guest."""
+        ...
+
+    async def start_domain(self, host: str, xml: str) -> None:
+        """Define the guest persistently on `host` and start it. Raises HypervisorError."""
+        ...
+
+
 class HypervisorError(Exception):
     """A hypervisor could not be reached or refused an operation."""
 

@@ -247,6 +247,25 @@ class LibvirtHypervisor:
         except libvirt.libvirtError as exc:
             raise HypervisorError(f"host {host}: cannot list domains: {one_line(exc)}") from None
 
+    async def domain_xml(self, host: str, vm: str) -> str:
+        """`ports.DomainStarter`: the persistent definition, without host-local state."""
+        conn = await self._conn(host)
+        flags = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_MIGRATABLE
+        try:
+            dom = await self._guarded(host, conn.lookupByName, vm)
+            return await self._guarded(host, dom.XMLDesc, flags)
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(f"{vm} on {host}: no definition: {one_line(exc)}") from None
+
+    async def start_domain(self, host: str, xml: str) -> None:
+        """`ports.DomainStarter`: define persistently, then start."""
+        conn = await self._conn(host)
+        try:
+            dom = await self._guarded(host, conn.defineXML, xml)
+            await self._guarded(host, dom.create)
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(f"start on {host} failed: {one_line(exc)}") from None
+
     async def abort(self, vm: str, source: str) -> None:
         conn = await self._conn(source)
         try:

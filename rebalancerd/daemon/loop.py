@@ -182,6 +182,10 @@ class ControlLoop:
             observe = getattr(self.executor, "observe_snapshot", None)
             if observe is not None:
                 observe(eff, policy, applied=True)
+            # dead hosts: fence, then restart their HA VMs elsewhere (through the executor)
+            recover = getattr(self.executor, "recover_dead_hosts", None)
+            if recover is not None:
+                await recover(eff, policy)
             wait = self.backoff() if self.backoff is not None else 0.0
             if wait > 0:
                 log.info("plan_backoff", cycle=n, wait_s=wait)

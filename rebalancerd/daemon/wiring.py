@@ -28,7 +28,7 @@ from rebalancerd.execution.adaptive import AdaptiveConcurrency
 from rebalancerd.execution.executor import Executor
 from rebalancerd.execution.journal import Journal, JournalError
 from rebalancerd.files import load_snapshot
-from rebalancerd.ports import Clock, Hypervisor, TelemetrySource
+from rebalancerd.ports import Clock, Hypervisor, PowerDriver, TelemetrySource
 from rebalancerd.sim.cluster import LoadModel, SimCluster, SimTelemetry, SimVm
 from rebalancerd.snapshot import SnapshotError
 from rebalancerd.telemetry.collector import Collector, CollectorSettings
@@ -145,6 +145,11 @@ def hypervisor_hosts(inventory: Inventory) -> dict[str, tuple[str, str, str | No
         h.name: (h.libvirt_uri, peer_uri(h.libvirt_uri, h.migration_uri), h.migration_uri)
         for h in inventory
     }
+def power_drivers(cfg: DaemonConfig) -> dict[str, PowerDriver]:
+    """Host -> its power driver (fencing dead hosts, execution/ha.py). The config does not name
+    drivers yet (the IPMI/Redfish/command adapters fill this in): no host can be fenced, so dead
+    hosts are reported and nothing is restarted."""
+    return {}
 
 
 def open_journal(state_dir: str) -> tuple[Journal, str]:
@@ -279,6 +284,8 @@ def build_parts(
         host_states=operator_host_states,
         adaptive=adaptive_concurrency(cfg),
         policy_provider=store.current,
+        power=power_drivers(cfg),
+        agent_status=telemetry.agent_status if isinstance(telemetry, Collector) else None,
     )
     loop = ControlLoop(
         telemetry,

@@ -28,7 +28,7 @@ controller's feed in `adaptive_feed.py`, the reports in `records.py`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import structlog
@@ -40,6 +40,7 @@ from rebalancerd.domain.plan import Migration, MigrationPlan, PlanStep
 from rebalancerd.execution.adaptive import TOTAL, AdaptiveConcurrency
 from rebalancerd.execution.confirm import live_facts
 from rebalancerd.execution.guards import CircuitBreaker, HelpTracker
+from rebalancerd.execution.ha import HaRecovery
 from rebalancerd.execution.journal import Journal, JournalError
 from rebalancerd.execution.limits import RunningMoves
 from rebalancerd.execution.moves import MoveRunner
@@ -54,7 +55,7 @@ from rebalancerd.execution.reconcile import Reconciler
 from rebalancerd.execution.records import ExecutionReport, InFlight
 from rebalancerd.policy.resolve import apply_policy, policy_weights
 from rebalancerd.policy.schema import Mode, Policy
-from rebalancerd.ports import Clock, Hypervisor, HypervisorError, MetricsSink
+from rebalancerd.ports import Clock, Hypervisor, HypervisorError, MetricsSink, PowerDriver
 
 log = structlog.get_logger("rebalancerd.executor")
 
@@ -92,6 +93,8 @@ class Executor(MoveRunner, Reconciler):
         stagger_s: float = 0.0,
         share_downtime: bool = True,
         policy_provider: Callable[[], Policy] | None = None,
+        power: Mapping[str, PowerDriver] | None = None,
+        agent_status: Callable[[str], str] | None = None,
     ) -> None:
         """`host_states`, if given, returns the latest state of every host (the telemetry's
         `host_states()`, operator drains applied): host states are re-read from it right before
@@ -101,7 +104,9 @@ class Executor(MoveRunner, Reconciler):
         `share_downtime`: divide the downtime target by the effective concurrency (settings).
         `policy_provider`: the policy in force now (the daemon's policy store), read before each
         move of a wave (see the module docstring); None = the wave keeps the policy passed to
-        execute()."""
+        execute().
+        `power`: host -> its power driver (fencing dead hosts); `agent_status`: host ->
+        "offline" (Last Will) or "silent" (see execution/ha.py)."""
         self.hypervisor = hypervisor
         self.clock = clock
         self.metrics = metrics
@@ -125,6 +130,9 @@ class Executor(MoveRunner, Reconciler):
         self._wave = None
         self._stop = False
         self._slot = asyncio.Event()
+        self.ha = HaRecovery(
+            hypervisor, clock, metrics, journal, power=power, agent_status=agent_status
+        )
 
     # -- public queries -------------------------------------------------------------------------
     def frozen_vms(self) -> frozenset[str]:
@@ -159,6 +167,18 @@ class Executor(MoveRunner, Reconciler):
             )
         self.metrics.set("migration_backoff_active", 1.0 if self.backoff_remaining() > 0 else 0.0)
         return verdict
+
+    async def recover_dead_hosts(self, snapshot: ClusterSnapshot, policy: Policy) -> None:
+        """Classify stale hosts, fence dead ones, restart their HA VMs elsewhere
+        (execution/ha.py). `snapshot`: the cycle's effective snapshot."""
+        states = self.host_states() if self.host_states is not None else None
+        if states is None:
+            states = {h.name: h.state for h in snapshot.hosts}
+        try:
+            await self.ha.cycle(snapshot, policy, states, dry_run=self.dry_run)
+        except Exception as e:  # planning goes on; the next cycle tries again
+            self.metrics.inc("errors_total", where="ha")
+            log.error("ha_cycle_failed", error=f"{type(e).__name__}: {e}")
 
     # -- execute ----------------------------------------------------------------------------------
     async def execute(

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 
 JOURNAL_FILE = "journal.sqlite3"
@@ -48,6 +48,28 @@ CREATE TABLE IF NOT EXISTS moves (
 CREATE INDEX IF NOT EXISTS moves_state ON moves(state);
 CREATE INDEX IF NOT EXISTS moves_started ON moves(started);
 CREATE TABLE IF NOT EXISTS cooldowns (vm TEXT PRIMARY KEY, until REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS ha_steps (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    incident TEXT NOT NULL,
+    host TEXT NOT NULL,
+    vm TEXT,
+    step TEXT NOT NULL,
+    at REAL NOT NULL,
+    target TEXT,
+    detail TEXT
+);
+CREATE INDEX IF NOT EXISTS ha_steps_incident ON ha_steps(incident);
+CREATE TABLE IF NOT EXISTS vm_seen (
+    vm TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    vcpus INTEGER NOT NULL,
+    memory_mib INTEGER NOT NULL,
+    cpu_mc INTEGER NOT NULL,
+    local_disk_mib INTEGER NOT NULL,
+    tags TEXT NOT NULL,
+    xml TEXT,
+    updated REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS adaptive (
     scope TEXT PRIMARY KEY,
     state TEXT NOT NULL,
@@ -79,6 +101,33 @@ class JournalEntry:
     @property
     def open(self) -> bool:
         return self.state in OPEN_STATES
+
+
+@dataclass(frozen=True, slots=True)
+class HaStep:
+    seq: int
+    incident: str
+    host: str
+    vm: str | None
+    step: str
+    at: float
+    target: str | None
+    detail: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SeenVm:
+    """Where a VM was last seen, its size, and (for an HA VM) its persistent definition."""
+
+    vm: str
+    host: str
+    vcpus: int
+    memory_mib: int
+    cpu_mc: int
+    local_disk_mib: int
+    tags: str
+    """Comma-separated."""
+    xml: str | None
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
@@ -294,6 +343,61 @@ class Journal:
                 "SELECT vm, until FROM cooldowns WHERE until > ?", (now,)
             ).fetchall()
         return {str(vm): float(u) for vm, u in rows}
+
+    # -- dead hosts (execution/ha.py) ---------------------------------------------------------
+    def record_ha_step(
+        self,
+        incident: str,
+        host: str,
+        step: str,
+        now: float,
+        *,
+        vm: str | None = None,
+        target: str | None = None,
+        detail: str | None = None,
+    ) -> None:
+        """One step of a dead-host incident (fence_requested, fence_confirmed, fence_failed,
+        restart_started, restart_running, restart_failed, host_back), committed before the
+        caller goes on."""
+        with self._tx() as c:
+            c.execute(
+                "INSERT INTO ha_steps(incident, host, vm, step, at, target, detail)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (incident, host, vm, step, now, target, detail),
+            )
+
+    def ha_steps(self, incident: str | None = None) -> list[HaStep]:
+        """Steps in order (of one incident, or all)."""
+        where, args = ("WHERE incident=?", (incident,)) if incident is not None else ("", ())
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT seq, incident, host, vm, step, at, target, detail FROM ha_steps"
+                f" {where} ORDER BY seq",
+                args,
+            ).fetchall()
+        return [HaStep(*r) for r in rows]
+
+    def save_seen(self, rows: list[SeenVm], now: float) -> None:
+        """Remember where VMs were last seen (and the definitions of HA VMs)."""
+        if not rows:
+            return
+        with self._tx() as c:
+            c.executemany(
+                "INSERT INTO vm_seen(vm, host, vcpus, memory_mib, cpu_mc, local_disk_mib, tags,"
+                " xml, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(vm) DO UPDATE SET"
+                " host=excluded.host, vcpus=excluded.vcpus, memory_mib=excluded.memory_mib,"
+                " cpu_mc=excluded.cpu_mc, local_disk_mib=excluded.local_disk_mib,"
+                " tags=excluded.tags, xml=excluded.xml, updated=excluded.updated",
+                [(*astuple(r), now) for r in rows],
+            )
+
+    def seen(self) -> list[SeenVm]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT vm, host, vcpus, memory_mib, cpu_mc, local_disk_mib, tags, xml"
+                " FROM vm_seen ORDER BY vm"
+            ).fetchall()
+        return [SeenVm(*r) for r in rows]
 
     # -- adaptive concurrency -----------------------------------------------------------------
     def save_adaptive(self, states: dict[str, str], now: float) -> None:

@@ -9,7 +9,15 @@ from typing import Any
 from pydantic import BaseModel
 
 from rebalancerd.policy.schedule import NOTHING_SCHEDULED, policies_at
-from rebalancerd.policy.schema import Limits, Migration, Policy, Rules, Scope, default_policy
+from rebalancerd.policy.schema import (
+    HighAvailability,
+    Limits,
+    Migration,
+    Policy,
+    Rules,
+    Scope,
+    default_policy,
+)
 from rebalancerd.policy.week import common_intervals, to_windows
 
 
@@ -68,6 +76,8 @@ def combine(policies: Sequence[Policy]) -> Policy:
       cooldown and return guard, every blackout, and migrations only where the allowed windows
       of *all* policies that define windows overlap. Windows and blackouts must share one time zone.
     - Migration classes are concatenated in priority order (the first matching class wins).
+    - HA groups add up (a VM in several takes the highest priority); the primary decides
+      ``ha.dead_after_probes``.
     """
     if not policies:
         return default_policy()
@@ -114,6 +124,10 @@ def combine(policies: Sequence[Policy]) -> Policy:
             "migration": Migration(
                 default=primary.migration.default,
                 classes=[c for p in pol for c in p.migration.classes],
+            ),
+            "ha": HighAvailability(
+                groups=_dedup(g for p in pol for g in p.ha.groups),
+                dead_after_probes=primary.ha.dead_after_probes,
             ),
         }
     )

@@ -455,6 +455,28 @@ class Schedule(_Strict):
     @classmethod
     def _tz(cls, v: str) -> str:
         return check_timezone(v)
+class HaGroup(_Strict):
+    """VMs restarted on another host when their host dies (after it is fenced)."""
+
+    name: Name
+    """Group name (shown in status and logs). Required."""
+    vms: list[Name] = Field(default_factory=list, max_length=10_000)
+    """VM names or globs in the group. Default: []."""
+    vm_tags: list[Name] = Field(default_factory=list, max_length=10_000)
+    """VMs with any of these tags are in the group. Default: []."""
+    priority: Annotated[int, Field(ge=-1000, le=1000)] = 0
+    """Restart order: higher first (then by VM name). Default: 0."""
+
+
+class HighAvailability(_Strict):
+    """Restarting the VMs of a dead host elsewhere, only once the host is fenced (confirmed off
+    through its power driver). A VM in several groups takes the highest priority."""
+
+    groups: list[HaGroup] = Field(default_factory=list, max_length=1000)
+    """The HA VMs, by name or tag. Default: [] (no VM is restarted, dead hosts are reported)."""
+    dead_after_probes: Annotated[int, Field(ge=1, le=1000)] = 3
+    """A stale host is dead when its libvirtd did not answer this many consecutive cycles.
+    Default: 3."""
 
 
 class Policy(_Strict):
@@ -488,6 +510,8 @@ class Policy(_Strict):
     """How live migrations run: default settings and per-class settings."""
     energy: Energy = Field(default_factory=Energy)
     """Energy saving."""
+    ha: HighAvailability = Field(default_factory=HighAvailability)
+    """Dead hosts: which VMs are restarted elsewhere after fencing. Default: none."""
 
 
 def default_policy() -> Policy:

@@ -285,6 +285,11 @@ class Collector:
             name, host, vs.cpu.last, vs.cpu.smoothed(), vs.cpu.percentile(95), len(vs.cpu)
         )
 
+    def agent_status(self, name: str) -> str:
+        """Return "offline" when the host's agent published its Last Will after its last report,
+        else "silent" (for the dead-host classification, execution/ha.py)."""
+        return "offline" if self._hosts[name].offline else "silent"
+
     def report_lag_s(self, name: str) -> float:
         """How old the host's last accepted report was when it was ingested (seconds)."""
         return self._hosts[name].lag
