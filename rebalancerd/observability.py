@@ -204,6 +204,7 @@ ERROR_PLACES: tuple[str, ...] = (
     "metrics",
     "verify_running_on_both",
     "verify_unverified",
+    "power",
 )
 """The ``where`` label of errors_total that alerts and runbooks name."""
 

@@ -72,6 +72,9 @@ class InventoryHost(BaseModel):
     tags: list[Annotated[str, Field(min_length=1, max_length=253)]] = Field(default_factory=list)
     cpu_model: str = ""
     cpu_features: list[str] = Field(default_factory=list)
+    power: dict[str, Any] | None = None
+    """How rebalancerd switches this host on and off (driver ipmi, redfish, wol or command; see
+    docs/power.md); validated by the daemon when it builds the drivers. None = no driver."""
 
     @field_validator("libvirt_uri")
     @classmethod
