@@ -184,8 +184,10 @@ def test_wol_sends_the_magic_packet_and_cannot_switch_off() -> None:
         data, _ = rx.recvfrom(1024)
     finally:
         rx.close()
-    assert data == b"\xff" * 6 + bytes.fromhex("525400123456") * 16 == magic_packet(
-        "52-54-00-12-34-56"
+    assert (
+        data
+        == b"\xff" * 6 + bytes.fromhex("525400123456") * 16
+        == magic_packet("52-54-00-12-34-56")
     )
     assert run(d.power_state("hv1")) is PowerState.UNKNOWN
     with pytest.raises(PowerError, match="cannot switch a host off"):
