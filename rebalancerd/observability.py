@@ -125,6 +125,35 @@ METRICS: dict[str, MetricSpec] = {
         "gauge", "Max minus min weighted normalised load over active hosts."
     ),
     "hosts": MetricSpec("gauge", "Inventory hosts by state.", ("state",)),
+    # --- host power ----------------------------------------------------------------------------
+    "power_actions_total": MetricSpec(
+        "counter",
+        "Host power actions by driver, action (on, off) and result (ok, error).",
+        ("driver", "action", "result"),
+    ),
+    "power_actions_skipped_total": MetricSpec(
+        "counter", "Host power actions decided but not sent, by reason.", ("action", "reason")
+    ),
+    "power_errors_total": MetricSpec(
+        "counter",
+        "Power driver calls that failed (credentials, timeout, unreachable, bad answer).",
+        ("driver", "call"),
+    ),
+    "host_power_state": MetricSpec(
+        "gauge",
+        "1 for the power state rebalancerd holds for a host (active, standby, waking, "
+        "failed_wake), 0 for the others.",
+        ("host", "state"),
+    ),
+    "power_wake_failed_total": MetricSpec(
+        "counter", "Woken hosts that did not come back within the wake timeout.", ("host",)
+    ),
+    "power_wake_seconds": MetricSpec(
+        "histogram",
+        "Time from power-on to a verified host (BMC on, libvirtd reachable, agent fresh).",
+        (),
+        (10, 30, 60, 120, 180, 300, 600, 900, 1800),
+    ),
     "vms": MetricSpec("gauge", "VMs known to the model."),
     # --- telemetry ----------------------------------------------------------------------------
     "telemetry_messages_total": MetricSpec("counter", "Telemetry messages accepted.", ()),
@@ -209,6 +238,7 @@ ERROR_PLACES: tuple[str, ...] = (
     "verify_running_on_both",
     "verify_unverified",
     "ha",
+    "power",
 )
 """The ``where`` label of errors_total that alerts and runbooks name."""
 
@@ -221,6 +251,20 @@ MIGRATION_STRATEGIES: tuple[str, ...] = (
     "default-precopy",
 )
 """The ``strategy`` label (`execution.settings.choose_settings`)."""
+
+POWER_DRIVERS: tuple[str, ...] = ("ipmi", "redfish", "wol", "command")
+"""The ``driver`` label of the power metrics (adapters/power_config.py)."""
+POWER_SKIP_REASONS: tuple[str, ...] = (
+    "dry_run",
+    "advisory",
+    "limit",
+    "vm_on_host",
+    "hypervisor_unreachable",
+    "spare_capacity",
+    "journal_unwritable",
+    "no_driver",
+)
+"""The ``reason`` label of power_actions_skipped_total (execution/power.py)."""
 
 KNOWN_LABEL_VALUES: LabelValues = {
     "migrations_planned_total": {"reason": REASON_KINDS},
@@ -237,6 +281,12 @@ KNOWN_LABEL_VALUES: LabelValues = {
     "migration_strategy_total": {"strategy": MIGRATION_STRATEGIES},
     "fence_actions_total": {"result": ("confirmed", "failed", "unavailable")},
     "ha_restarts_total": {"result": ("running", "failed")},
+    "power_actions_total": {
+        "driver": POWER_DRIVERS,
+        "action": ("on", "off"),
+        "result": ("ok", "error"),
+    },
+    "power_errors_total": {"driver": POWER_DRIVERS, "call": ("state", "on", "off")},
 }
 """Counters whose series exist at 0 from start-up, so ``increase()`` sees the first event (a
 labelled counter otherwise has no series until it happens). The telemetry reject reasons are

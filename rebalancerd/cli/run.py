@@ -87,9 +87,13 @@ def _check(
     hosts = None
     if not cfg.simulate and not any(p.startswith("inventory:") for p in problems):
         try:
-            hosts = len(read_inventory(cfg))
+            inventory = read_inventory(cfg)
+            hosts = len(inventory)
             if hosts == 0:
                 problems.append("inventory: no hosts")
+            from rebalancerd.daemon.wiring import power_drivers
+
+            power_drivers(cfg, inventory)
         except startup_error as e:
             problems.append(str(e))
     out = {

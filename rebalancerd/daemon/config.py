@@ -131,6 +131,14 @@ class AdaptiveConfig(_Strict):
     """How long a measured downtime counts (an old overshoot must not block a level forever)."""
 
 
+class PowerConfig(_Strict):
+    """Host power drivers given here instead of in the inventory (docs/power.md)."""
+
+    hosts: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """host name -> its `power:` mapping (driver: ipmi | redfish | wol | command, ...); an
+    inventory host's own `power:` wins."""
+
+
 class LogConfig(_Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -165,6 +173,7 @@ class DaemonConfig(_Strict):
     intervals: Intervals = Field(default_factory=Intervals)
     planner: PlannerConfig = Field(default_factory=PlannerConfig)
     adaptive: AdaptiveConfig = Field(default_factory=AdaptiveConfig)
+    power: PowerConfig = Field(default_factory=PowerConfig)
     shutdown_deadline_s: Annotated[float, Field(ge=0, le=86400)] = 120.0
     """On SIGTERM: how long in-flight migrations may take to finish before they are aborted
     (an aborted live migration leaves the VM running on its source)."""

@@ -224,6 +224,7 @@ def status_document(daemon: DaemonView) -> dict[str, Any]:
         "plan": (plan.to_dict() | {"explain": plan.explain()}) if plan is not None else None,
         "in_flight": flights,
         "dead_hosts": parts.executor.ha.report(),
+        "power": parts.power.status(),
         "decisions": list(daemon.decisions),
     }
     # strict JSON whatever a value turned out to be (a NaN from a state file, a model...)

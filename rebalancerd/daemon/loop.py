@@ -49,6 +49,12 @@ class ExecutorLike(Protocol):
     def frozen_vms(self) -> frozenset[str]: ...
 
 
+class PowerLike(Protocol):
+    async def cycle(self, snap: ClusterSnapshot, policy: Policy) -> Any:
+        """One power cycle on the cycle's effective snapshot (execution/power.py)."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class CycleReport:
     number: int
@@ -89,6 +95,7 @@ class ControlLoop:
         on_cycle: Callable[[CycleReport], None] | None = None,
         backoff: Callable[[], float] | None = None,
         plan_in_thread: bool = True,
+        power: PowerLike | None = None,
     ) -> None:
         self.telemetry = telemetry
         self.policy_provider = policy_provider
@@ -113,6 +120,11 @@ class ControlLoop:
         self.cycle_started_monotonic = 0.0
         """Monotonic time the current (or last) cycle started; 0 before the first one."""
         self.current_plan: MigrationPlan | None = None
+        self.power = power
+        """Runs after each cycle that planned (or found nothing to do, or no active host):
+        verify woken hosts, wake ahead of demand, switch an empty host off."""
+        self.last_power: Any = None
+        self._power_input: tuple[ClusterSnapshot, Policy] | None = None
 
     # ------------------------------------------------------------------------------------
     def wake(self) -> None:
@@ -157,6 +169,19 @@ class ControlLoop:
         return report
 
     async def cycle(self) -> CycleReport:
+        self._power_input = None
+        report = await self._cycle()
+        if self.power is not None and self._power_input is not None:
+            try:
+                self.last_power = await self.power.cycle(*self._power_input)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the loop survives a power cycle that throws
+                self.metrics.inc("errors_total", where="power")
+                log.exception("power_cycle_failed", cycle=report.number)
+        return report
+
+    async def _cycle(self) -> CycleReport:
         self.state.cycles += 1
         n = self.state.cycles
         at = self.clock.now()
@@ -175,9 +200,11 @@ class ControlLoop:
                     CycleReport(n, at, "stale", f"telemetry {age:.0f}s old", imbalance=imb)
                 )
             if not any(h.state is HostState.ACTIVE for h in snap.hosts):
+                self._power_input = (apply_policy(policy, snap, at), policy)
                 return self._finish(CycleReport(n, at, "no_hosts", "no active host", imbalance=imb))
             # The policy is applied once per cycle; planner and executor get the result.
             eff = apply_policy(policy, snap, at)
+            self._power_input = (eff, policy)
             # Judge the last wave on every fresh snapshot, not only when the next plan has moves.
             observe = getattr(self.executor, "observe_snapshot", None)
             if observe is not None:

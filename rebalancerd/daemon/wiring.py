@@ -27,6 +27,7 @@ from rebalancerd.domain.model import ClusterRules, ClusterSnapshot, Host, HostSt
 from rebalancerd.execution.adaptive import AdaptiveConcurrency
 from rebalancerd.execution.executor import Executor
 from rebalancerd.execution.journal import Journal, JournalError
+from rebalancerd.execution.power import PowerManager
 from rebalancerd.files import load_snapshot
 from rebalancerd.ports import Clock, Hypervisor, PowerDriver, TelemetrySource
 from rebalancerd.sim.cluster import LoadModel, SimCluster, SimTelemetry, SimVm
@@ -59,6 +60,7 @@ class Parts:
     store: PolicyStore
     watcher: PolicyWatcher
     executor: Executor
+    power: PowerManager
     loop: ControlLoop
     intent: Intent
     drain_file: DrainFile
@@ -66,7 +68,8 @@ class Parts:
 
     def operator_view(self) -> ClusterSnapshot:
         """The latest telemetry snapshot with the operator's intent applied."""
-        return apply_intent(self.telemetry.current(), self.intent, self.clock.now())
+        snap = apply_intent(self.telemetry.current(), self.intent, self.clock.now())
+        return self.power.apply(snap)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,11 +148,6 @@ def hypervisor_hosts(inventory: Inventory) -> dict[str, tuple[str, str, str | No
         h.name: (h.libvirt_uri, peer_uri(h.libvirt_uri, h.migration_uri), h.migration_uri)
         for h in inventory
     }
-def power_drivers(cfg: DaemonConfig) -> dict[str, PowerDriver]:
-    """Host -> its power driver (fencing dead hosts, execution/ha.py). The config does not name
-    drivers yet (the IPMI/Redfish/command adapters fill this in): no host can be fenced, so dead
-    hosts are reported and nothing is restarted."""
-    return {}
 
 
 def open_journal(state_dir: str) -> tuple[Journal, str]:
@@ -162,6 +160,24 @@ def open_journal(state_dir: str) -> tuple[Journal, str]:
         with contextlib.suppress(sqlite3.Error):
             j._conn.execute("PRAGMA query_only = ON")
         return j, str(e)
+
+
+def power_drivers(cfg: DaemonConfig, inventory: Inventory | None) -> dict[str, PowerDriver]:
+    """host -> power driver, from the inventory hosts' `power:` and the config's `power.hosts`
+    (the inventory wins). StartupError (one line) on a bad entry or an unknown host."""
+    from rebalancerd.adapters.power_config import PowerConfigError, driver_for, parse_power_spec
+
+    specs: dict[str, Any] = dict(cfg.power.hosts)
+    if inventory is not None:
+        known = {h.name for h in inventory}
+        unknown = sorted(set(specs) - known)
+        if unknown:
+            raise StartupError(f"power.hosts: not in the inventory: {', '.join(unknown[:5])}")
+        specs.update({h.name: h.power for h in inventory if h.power is not None})
+    try:
+        return {h: driver_for(h, parse_power_spec(h, d)) for h, d in sorted(specs.items())}
+    except PowerConfigError as e:
+        raise StartupError(str(e)) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,7 +229,7 @@ def simulated_cluster(cfg: DaemonConfig, clock: Clock) -> tuple[SimTelemetry, Si
 
 def real_sources(
     cfg: DaemonConfig, clock: Clock, metrics: PrometheusMetrics
-) -> tuple[Collector, Hypervisor]:
+) -> tuple[Collector, Hypervisor, dict[str, PowerDriver]]:
     """The MQTT telemetry collector and the libvirt hypervisor for the inventory's hosts."""
     # imported here so that a simulated daemon runs without the libvirt bindings installed
     from rebalancerd.adapters.libvirt import LibvirtHypervisor
@@ -221,6 +237,7 @@ def real_sources(
     inventory = read_inventory(cfg)
     if len(inventory) == 0:
         raise StartupError("inventory: no hosts")
+    drivers = power_drivers(cfg, inventory)
     try:
         settings = collector_settings(cfg)
     except ValueError as e:
@@ -237,7 +254,7 @@ def real_sources(
     )
     collector = Collector(inventory, clock, metrics, settings, stream)
     hypervisor = LibvirtHypervisor(hypervisor_hosts(inventory))
-    return collector, hypervisor
+    return collector, hypervisor, drivers
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,11 +274,12 @@ def build_parts(
     cluster: SimCluster | None = None
     telemetry: TelemetrySource
     hypervisor: Hypervisor
+    drivers: dict[str, PowerDriver] = {}
     if cfg.simulate:
         telemetry, cluster = simulated_cluster(cfg, clock)
         hypervisor = cluster.hypervisor
     else:
-        telemetry, hypervisor = real_sources(cfg, clock, metrics)
+        telemetry, hypervisor, drivers = real_sources(cfg, clock, metrics)
     journal, journal_error = open_journal(cfg.state_dir)
     drain_file = DrainFile(cfg.state_dir)
     intent, _whole = drain_file.load(metrics)
@@ -269,11 +287,32 @@ def build_parts(
     store = make_store(cfg.policy_dir, metrics, clock, load=False)  # Daemon.start loads it
     watcher = PolicyWatcher(store, clock, interval_s=2.0)
 
+    from rebalancerd.adapters.power_config import hook_driver
+
+    executor_ref: list[Executor] = []
+
+    def busy_hosts() -> set[str]:
+        return {h for f in executor_ref[0].in_flight() for h in (f.source, f.target)}
+
+    power = PowerManager(
+        drivers,
+        hypervisor,
+        clock,
+        metrics,
+        journal,
+        dry_run=cfg.dry_run,
+        agent_states=telemetry.host_states,
+        hook_driver=hook_driver,
+        busy_hosts=busy_hosts,
+    )
+
     def operator_host_states() -> Mapping[str, HostState]:
-        return intent_host_states(telemetry.host_states(), intent)
+        states = intent_host_states(telemetry.host_states(), intent)
+        held = power.overlay()
+        return {**states, **held} if held else states
 
     def with_intent(snap: ClusterSnapshot) -> ClusterSnapshot:
-        return apply_intent(snap, intent, clock.now())
+        return power.apply(apply_intent(snap, intent, clock.now()))
 
     executor = Executor(
         hypervisor,
@@ -284,9 +323,10 @@ def build_parts(
         host_states=operator_host_states,
         adaptive=adaptive_concurrency(cfg),
         policy_provider=store.current,
-        power=power_drivers(cfg),
+        power=drivers,
         agent_status=telemetry.agent_status if isinstance(telemetry, Collector) else None,
     )
+    executor_ref.append(executor)
     loop = ControlLoop(
         telemetry,
         store.current,
@@ -300,6 +340,7 @@ def build_parts(
         overlay=with_intent,
         on_cycle=on_cycle,
         backoff=executor.backoff_remaining,
+        power=power,
     )
     control = ControlServer(
         cfg.control.socket,
@@ -318,6 +359,7 @@ def build_parts(
         store=store,
         watcher=watcher,
         executor=executor,
+        power=power,
         loop=loop,
         intent=intent,
         drain_file=drain_file,

@@ -63,6 +63,8 @@ class ReasonCode(StrEnum):
     TARGET_MAINTENANCE = "target_maintenance"
     TARGET_DEGRADED = "target_degraded"
     TARGET_STANDBY = "target_standby"
+    TARGET_WAKING = "target_waking"
+    TARGET_FAILED_WAKE = "target_failed_wake"
     TARGET_STALE = "target_stale"
     TARGET_UNKNOWN = "target_unknown"
     CPU_INCOMPATIBLE = "cpu_incompatible"
@@ -104,6 +106,8 @@ TARGET_STATE_REASON = {
     HostState.MAINTENANCE: ReasonCode.TARGET_MAINTENANCE,
     HostState.DEGRADED: ReasonCode.TARGET_DEGRADED,
     HostState.STANDBY: ReasonCode.TARGET_STANDBY,
+    HostState.WAKING: ReasonCode.TARGET_WAKING,
+    HostState.FAILED_WAKE: ReasonCode.TARGET_FAILED_WAKE,
     HostState.STALE: ReasonCode.TARGET_STALE,
 }
 WINDOW_REASON = {

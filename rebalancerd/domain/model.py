@@ -18,6 +18,11 @@ class HostState(StrEnum):
     MAINTENANCE = "maintenance"
     DEGRADED = "degraded"
     STANDBY = "standby"
+    """Switched off by rebalancerd (through its power driver) to save energy."""
+    WAKING = "waking"
+    """Switched on, not yet verified (BMC on, libvirtd reachable, agent fresh): receives nothing."""
+    FAILED_WAKE = "failed_wake"
+    """Switched on but did not come back within the wake timeout: receives nothing."""
     STALE = "stale"
 
     @property

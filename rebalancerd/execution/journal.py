@@ -70,6 +70,23 @@ CREATE TABLE IF NOT EXISTS vm_seen (
     xml TEXT,
     updated REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS power_actions (
+    id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    action TEXT NOT NULL,
+    driver TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    started REAL NOT NULL,
+    state TEXT NOT NULL,
+    ended REAL,
+    detail TEXT
+);
+CREATE INDEX IF NOT EXISTS power_actions_started ON power_actions(started);
+CREATE TABLE IF NOT EXISTS power_hosts (
+    host TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    since REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS adaptive (
     scope TEXT PRIMARY KEY,
     state TEXT NOT NULL,
@@ -419,3 +436,64 @@ class Journal:
         except sqlite3.Error as e:
             raise JournalError(f"journal {self.path} unreadable: {_one_line(e)}") from e
         return {str(k): str(v) for k, v in rows}
+
+    # -- power actions ------------------------------------------------------------------------
+    def record_power_intent(
+        self, action_id: str, host: str, action: str, driver: str, reason: str, now: float
+    ) -> None:
+        """A power action about to be sent to a driver (committed before the driver is called)."""
+        with self._tx() as c:
+            c.execute(
+                "INSERT INTO power_actions(id, host, action, driver, reason, started, state)"
+                " VALUES (?, ?, ?, ?, ?, ?, 'intent')",
+                (action_id, host, action, driver, reason, now),
+            )
+
+    def record_power_outcome(
+        self, action_id: str, state: str, now: float, detail: str | None = None
+    ) -> None:
+        with self._tx() as c:
+            cur = c.execute(
+                "UPDATE power_actions SET state=?, ended=?, detail=? WHERE id=?",
+                (state, now, detail, action_id),
+            )
+            if cur.rowcount != 1:
+                raise JournalError(f"journal has no power action {action_id!r}")
+
+    def power_actions(self, since: float | None = None) -> list[dict[str, object]]:
+        """Power actions started at or after `since` (all if None), oldest first."""
+        q = "SELECT id, host, action, driver, reason, started, state, ended, detail"
+        q += " FROM power_actions"
+        args: tuple[object, ...] = ()
+        if since is not None:
+            q += " WHERE started >= ?"
+            args = (since,)
+        try:
+            with self._lock:
+                rows = self._conn.execute(q + " ORDER BY started, rowid", args).fetchall()
+        except sqlite3.Error as e:
+            raise JournalError(f"journal {self.path} unreadable: {_one_line(e)}") from e
+        keys = ("id", "host", "action", "driver", "reason", "started", "state", "ended", "detail")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    def set_power_host(self, host: str, state: str | None, now: float) -> None:
+        """The power state rebalancerd holds for a host (standby, waking, failed_wake); None
+        forgets it (the host is back in telemetry's hands)."""
+        with self._tx() as c:
+            if state is None:
+                c.execute("DELETE FROM power_hosts WHERE host=?", (host,))
+            else:
+                c.execute(
+                    "INSERT INTO power_hosts(host, state, since) VALUES (?, ?, ?)"
+                    " ON CONFLICT(host) DO UPDATE SET state=excluded.state, since=excluded.since",
+                    (host, state, now),
+                )
+
+    def power_hosts(self) -> dict[str, tuple[str, float]]:
+        """host -> (state, since) of the hosts rebalancerd switched off or on."""
+        try:
+            with self._lock:
+                rows = self._conn.execute("SELECT host, state, since FROM power_hosts").fetchall()
+        except sqlite3.Error as e:
+            raise JournalError(f"journal {self.path} unreadable: {_one_line(e)}") from e
+        return {str(h): (str(s), float(t)) for h, s, t in rows}

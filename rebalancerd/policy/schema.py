@@ -412,11 +412,25 @@ class Energy(_Strict):
         default_factory=list, max_length=256
     )
     """Argument list run to switch a host off; '{host}' is replaced by its name. Never a shell
-    string. Default: [] (hosts are not switched off)."""
+    string; hosts with an inventory power driver use that instead. Default: []."""
     power_on: list[Annotated[str, Field(max_length=4096)]] = Field(
         default_factory=list, max_length=256
     )
     """Argument list run to switch a host on; '{host}' is replaced. Default: []."""
+    switch_off: bool = False
+    """In consolidate mode, switch emptied hosts off through their power driver (inventory
+    `power:`; the hooks above serve hosts without one) and on again ahead of demand. Giving
+    `power_off`/`power_on` switches it on too. Default: false."""
+    spare_hosts: Annotated[int, Field(ge=0, le=100_000)] = 0
+    """Hosts kept on beyond what the predicted demand needs. Default: 0."""
+    boot_lead_s: Annotated[float, _finite(0, 86_400)] = 300.0
+    """How long a host takes to come back: hosts are woken this far ahead of the demand
+    predicted from the cluster's trend. Default: 300."""
+    wake_timeout_s: Annotated[float, _finite(10, 86_400)] = 900.0
+    """A woken host not verified back (BMC on, libvirtd reachable, agent fresh) within this
+    long is FAILED_WAKE: it receives nothing and an alert fires. Default: 900."""
+    max_power_actions_per_hour: Annotated[int, Field(ge=0, le=10_000)] = 4
+    """Power-offs and power-ons started in any sliding hour (0 = none). Default: 4."""
 
     @field_validator("power_off", "power_on")
     @classmethod
@@ -440,6 +454,11 @@ class Energy(_Strict):
         if self.power_off and not self.power_on:
             raise ValueError("power_off without power_on: a host switched off could not come back")
         return self
+
+    @property
+    def switching(self) -> bool:
+        """Hosts may be switched off (explicitly, or by giving the old hooks)."""
+        return self.switch_off or bool(self.power_off)
 
 
 class Schedule(_Strict):

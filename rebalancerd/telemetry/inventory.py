@@ -75,6 +75,9 @@ class InventoryHost(BaseModel):
     networks: list[str] | None = None
     """libvirt networks / bridges here ("network:NAME", "bridge:NAME"); None = take the agent's
     report (unknown until it reports)."""
+    power: dict[str, Any] | None = None
+    """How rebalancerd switches this host on and off (driver ipmi, redfish, wol or command; see
+    docs/power.md); validated by the daemon when it builds the drivers. None = no driver."""
 
     @field_validator("libvirt_uri")
     @classmethod

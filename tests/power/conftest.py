@@ -1,0 +1,1 @@
+from tests.fixtures.ipmi import Bmc, require_ipmi  # noqa: F401
