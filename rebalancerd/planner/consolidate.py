@@ -38,6 +38,7 @@ from collections.abc import Callable, Sequence
 
 from rebalancerd.domain.model import percentile_of
 from rebalancerd.domain.plan import ReasonKind
+from rebalancerd.planner import forecast
 from rebalancerd.planner import objective as obj
 from rebalancerd.planner.greedy.context import GreedyContext, Mandatory
 from rebalancerd.planner.greedy.scoring import unit_fits, unit_of
@@ -45,6 +46,9 @@ from rebalancerd.planner.problem import Problem
 
 MIN_BAND = 0.05
 """Smallest band between the pack limit and the high watermark (fraction of a host)."""
+FORECAST = False
+"""Predict a host by planner/forecast.py's trend of its summed history instead of the window's
+percentile."""
 EMPTYING = "host emptying"
 """Phase name of the whole-host emptying in the deadline note (`GreedyContext.out_of_time`)."""
 
@@ -122,6 +126,8 @@ class Consolidator:
                 for i in range(self.w):
                     vals[i] += sign * x[i]
                 cur += sign * p.cpu[v]
+        if FORECAST:
+            return max(cur, forecast.trend_forecast(vals))
         return max(cur, percentile_of(vals, p.percentile))
 
     # -- index of powered-on hosts by room under the pack limit ------------------------------

@@ -1,8 +1,10 @@
 """Consolidate: pack VMs onto few hosts so that empty hosts can be switched off (energy).
 
-Greedy only in make_plan (hotspot relief into a band, whole-host emptying:
-planner/consolidate.py); CP-SAT's partial moves would save little and fill hosts past the
-packing band, though its model (power, minimum active hosts) is kept. The hysteresis applies
+In make_plan the greedy (hotspot relief into a band, whole-host emptying:
+planner/consolidate.py), then, within the greedy's deadline, CP-SAT bin-packing by LNS over it
+(planner/consolidate_cpsat.py: only answers that switch whole hosts off are kept). The generic
+CP-SAT step of make_plan is not used: its partial moves would save little and fill hosts past
+the packing band, though its model (power, minimum active hosts) is kept. The hysteresis applies
 per emptied host, moves off emptied hosts are energy moves, and the plan reports watts.
 """
 
@@ -12,6 +14,7 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
+from rebalancerd.planner import consolidate_cpsat
 from rebalancerd.planner import objective as obj
 from rebalancerd.planner import terms as T
 from rebalancerd.planner.consolidate import consolidate_mode, interleave_targets
@@ -36,6 +39,7 @@ class ConsolidateObjective:
 
     def greedy_passes(self, ctx: GreedyContext) -> GreedyContext:
         consolidate_mode(ctx)  # hotspot relief into a band, then whole-host emptying
+        ctx.notes.extend(consolidate_cpsat.improve(ctx).notes)  # CP-SAT LNS repack
         return ctx
 
     def cp_terms(self, sub: T.Sub) -> list[Any]:
