@@ -3,4 +3,5 @@
 pytest_plugins = [
     "tests.fixtures.mqtt",
     "tests.fixtures.lab",
+    "tests.fixtures.etcd",
 ]

@@ -231,6 +231,8 @@ ADAPTER_ALLOWLIST = {
     "adapters/mqtt.py": {"rebalancerd.observability"},
     # the agent's libvirt reader reports only domain names the telemetry wire schema accepts
     "adapters/libvirt_stats.py": {"rebalancerd.telemetry.schema"},
+    # the etcd coordinator implements the daemon config's coordination section (pure pydantic)
+    "adapters/etcd_coordinator.py": {"rebalancerd.coordination.settings"},
     # policy files on disk: the bytes read go to the pure policy parser and cross-file checks
     "adapters/policy_files.py": {
         # bounded, non-blocking reads of operator-given files (the edge utility every reader uses)
