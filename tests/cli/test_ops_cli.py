@@ -42,7 +42,9 @@ def _commands(p: argparse.ArgumentParser, prefix: str = "") -> list[tuple[str, l
         if isinstance(a, argparse._SubParsersAction):
             for name, sp in a.choices.items():
                 full = f"{prefix} {name}".strip()
-                opts = [o for x in sp._actions for o in x.option_strings if o not in ("-h", "--help")]
+                opts = [
+                    o for x in sp._actions for o in x.option_strings if o not in ("-h", "--help")
+                ]
                 out.append((full, opts))
                 out += _commands(sp, full)
     return out
@@ -115,8 +117,17 @@ def test_bash_completion_completes_subcommands(tmp_path: Path) -> None:
 def test_closed_pipe_ends_quietly() -> None:
     """A real pipe whose reader is gone before the command writes: no traceback, exit 141."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "rebalancerd.cli.main", "snapshot", "--generate", "--hosts",
-         "500", "--vms", "5000"],
+        [
+            sys.executable,
+            "-m",
+            "rebalancerd.cli.main",
+            "snapshot",
+            "--generate",
+            "--hosts",
+            "500",
+            "--vms",
+            "5000",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         cwd=ROOT,
@@ -130,9 +141,16 @@ def test_closed_pipe_ends_quietly() -> None:
 
 def test_head_in_a_shell_pipeline_sees_no_traceback() -> None:
     r = subprocess.run(
-        ["bash", "-c", f"set -o pipefail; {sys.executable} -m rebalancerd.cli.main snapshot "
-         "--generate --hosts 500 --vms 5000 | head -c 10 >/dev/null"],
-        capture_output=True, text=True, timeout=120, cwd=ROOT,
+        [
+            "bash",
+            "-c",
+            f"set -o pipefail; {sys.executable} -m rebalancerd.cli.main snapshot "
+            "--generate --hosts 500 --vms 5000 | head -c 10 >/dev/null",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
     )
     assert r.returncode == 141, (r.returncode, r.stderr)
     assert r.stderr == ""
@@ -147,8 +165,14 @@ class _Tty(io.StringIO):
 
 
 STATUS = {
-    "daemon": {"version": "x", "pid": 1, "phase": "running", "healthy": False,
-               "health": "stalled", "journal_writable": True},
+    "daemon": {
+        "version": "x",
+        "pid": 1,
+        "phase": "running",
+        "healthy": False,
+        "health": "stalled",
+        "journal_writable": True,
+    },
     "hosts": [{"name": "h1", "state": "stale", "vms": 1, "cpu_load": 0.5, "memory_load": 0.5}],
 }
 
@@ -245,7 +269,10 @@ sys.meta_path.insert(0, Block())
 def _blocked(code: str, *argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", BLOCKER + textwrap.dedent(code), *argv],
-        capture_output=True, text=True, timeout=120, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
     )
 
 

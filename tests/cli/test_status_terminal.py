@@ -64,14 +64,17 @@ def _on_pty(argv: list[str], env: dict[str, str]) -> str:
 def test_status_into_head_prints_no_traceback(daemon: DaemonProc) -> None:
     r = subprocess.run(
         ["bash", "-c", f"{REBALANCERD} status --socket {daemon.socket} | head -n 1"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert r.stdout.startswith("rebalancerd "), r.stdout
     assert r.stderr == "", r.stderr
     # the reader gone before the first write: a closed pipe for certain
     p = subprocess.Popen(
         [REBALANCERD, "status", "--socket", daemon.socket],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     assert p.stdout is not None and p.stderr is not None
     p.stdout.close()
