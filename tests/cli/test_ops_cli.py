@@ -315,3 +315,27 @@ def test_solver_command_without_the_extra_names_it() -> None:
     )
     assert r.returncode == 2, (r.returncode, r.stderr)
     assert "pip install 'rebalancerd[offline]'" in r.stderr and "Traceback" not in r.stderr
+
+
+# -- one imbalance definition -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("policy", [None, "policies/balance.yaml", "policies/maintenance.yaml"])
+def test_snapshot_check_reports_the_imbalance_plan_starts_from(
+    policy: str | None, tmp_path: Path
+) -> None:
+    snap = tmp_path / "s.json"
+    gen = cli(
+        "snapshot", "--generate", "--hosts", "12", "--vms", "90", "--seed", "4", "-o", str(snap)
+    )
+    assert gen.returncode == 0, gen.stderr
+    extra = ["--policy", policy] if policy else []
+    for f in (str(snap), "examples/snapshot-small.json"):
+        chk = cli("snapshot", "--check", f, "--json", *extra)
+        assert chk.returncode == 0, chk.stderr
+        doc = json.loads(chk.stdout)
+        plan = cli("plan", "--snapshot", f, "--json", "--time-limit", "1", *extra)
+        assert plan.returncode == 0, plan.stderr
+        before = json.loads(plan.stdout)["stats"]["imbalance_before"]
+        assert doc["imbalance"] == round(before, 4), (f, policy, doc, before)
+        assert "as `plan` measures it" in doc["imbalance_basis"]
