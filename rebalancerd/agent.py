@@ -36,6 +36,7 @@ from rebalancerd.adapters.host_stats import HealthThresholds, HostStatsReader
 from rebalancerd.adapters.libvirt_stats import LibvirtStatsReader, LibvirtUnavailable
 from rebalancerd.adapters.mqtt import Backoff, BrokerSettings, MqttConfigError, Publisher
 from rebalancerd.adapters.systemd import NullNotifier
+from rebalancerd.config_marks import Positions, validation_lines, yaml_error_line
 from rebalancerd.files import InputFileError, read_bounded_text
 from rebalancerd.ports import ServiceNotifier
 from rebalancerd.telemetry.schema import (
@@ -52,7 +53,7 @@ MAX_AGENT_CONFIG_BYTES = 1024 * 1024
 
 
 class AgentConfigError(ValueError):
-    """An agent config that cannot be used; one line."""
+    """An agent config that cannot be used: one line per problem, ``file:line:col: ...``."""
 
 
 class HealthConfig(BaseModel):
@@ -120,21 +121,19 @@ def load_agent_config(path: str | Path) -> AgentConfig:
     """Read and validate an agent config (at most MAX_AGENT_CONFIG_BYTES are read)."""
     p = Path(path)
     try:
-        doc = yaml.safe_load(read_bounded_text(p, MAX_AGENT_CONFIG_BYTES))
+        text = read_bounded_text(p, MAX_AGENT_CONFIG_BYTES)
+        doc = yaml.safe_load(text)
     except InputFileError as e:
         raise AgentConfigError(f"agent config {e}") from None
     except yaml.YAMLError as e:
-        raise AgentConfigError(
-            f"agent config {p}: not valid YAML ({str(e).splitlines()[0]})"
-        ) from None
+        raise AgentConfigError(f"agent config {yaml_error_line(str(p), e)}") from None
     except RecursionError:
         raise AgentConfigError(f"agent config {p}: YAML nested too deeply") from None
     try:
         return AgentConfig.model_validate(doc)
     except ValidationError as e:
-        err = e.errors(include_url=False)[0]
-        loc = ".".join(str(x) for x in err["loc"]) or "<root>"
-        raise AgentConfigError(f"agent config {p}: {loc}: {err['msg']}") from None
+        lines = validation_lines(e, str(p), Positions(text))
+        raise AgentConfigError("\n".join(f"agent config {ln}" for ln in lines)) from None
 
 
 class ProblemLog:

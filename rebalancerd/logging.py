@@ -137,10 +137,9 @@ def configure(
 
 
 def _colors(stream: TextIO) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False
+    from rebalancerd.cli.style import use_color
+
+    return use_color(stream)
 
 
 def _library_event(

@@ -21,6 +21,11 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="take one sample, print it and exit (no broker)",
     )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="validate the config (every problem, file:line:col) and exit",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_run)
 
@@ -34,6 +39,9 @@ async def _run(args: argparse.Namespace) -> int:
 
     try:
         config = load_agent_config(args.config)
+        if args.check:
+            print(f"{args.config}: ok (host {config.host}, cluster {config.cluster})")
+            return 0
         # like the daemon's logs; with --once stdout carries the report, so logs go to stderr
         rlog.configure(config.log_level, config.log_format, sys.stderr if args.once else sys.stdout)
         out = sys.stderr if args.once else sys.stdout

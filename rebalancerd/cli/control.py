@@ -10,6 +10,8 @@ import sys
 import time
 from typing import Any, TextIO
 
+from rebalancerd.cli.style import GREEN, RED, YELLOW, paint, use_color
+
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
@@ -129,7 +131,14 @@ def _pct(x: Any) -> str:
     return "-" if x is None else f"{100 * float(x):5.1f}%"
 
 
-def print_status(st: dict[str, Any], out: TextIO, decisions: int = 5) -> None:
+_STATE_COLOR = {"active": GREEN, "standby": GREEN, "maintenance": YELLOW, "degraded": YELLOW}
+
+
+def print_status(
+    st: dict[str, Any], out: TextIO, decisions: int = 5, color: bool | None = None
+) -> None:
+    """The human view of `status`; colour only on a terminal without NO_COLOR (or `color`)."""
+    c = use_color(out) if color is None else color
     d = st.get("daemon", {})
     pol = st.get("policy", {})
     tel = st.get("telemetry", {})
@@ -137,12 +146,14 @@ def print_status(st: dict[str, Any], out: TextIO, decisions: int = 5) -> None:
     age = tel.get("data_age_s")
     w(
         f"rebalancerd {d.get('version')} pid {d.get('pid')}: {d.get('phase')}, "
-        f"{'healthy' if d.get('healthy') else 'UNHEALTHY'} ({d.get('health')}), "
+        f"{paint('healthy', GREEN, c) if d.get('healthy') else paint('UNHEALTHY', RED, c)} "
+        f"({d.get('health')}), "
         f"up {d.get('uptime_s', 0):.0f}s, {d.get('cycles')} cycles"
         f"{', DRY RUN' if d.get('dry_run') else ''}\n"
     )
     if not d.get("journal_writable"):
-        w(f"  JOURNAL NOT WRITABLE: no migration will start ({d.get('journal_error') or ''})\n")
+        bad = paint("JOURNAL NOT WRITABLE", RED, c)
+        w(f"  {bad}: no migration will start ({d.get('journal_error') or ''})\n")
     w(f"  telemetry age: {'no data' if age is None else f'{age:.1f}s'}\n")
     lr = pol.get("last_reload") or {}
     w(
@@ -153,8 +164,9 @@ def print_status(st: dict[str, Any], out: TextIO, decisions: int = 5) -> None:
     w(f"  {'HOST':<20} {'STATE':<12} {'VMS':>4} {'CPU':>7} {'MEM':>7}\n")
     for h in st.get("hosts", []):
         mark = " (drained)" if h.get("drained") else ""
+        state = paint(f"{h['state']:<12}", _STATE_COLOR.get(h["state"], RED), c)
         w(
-            f"  {h['name']:<20} {h['state']:<12} {h['vms']:>4} {_pct(h.get('cpu_load')):>7} "
+            f"  {h['name']:<20} {state} {h['vms']:>4} {_pct(h.get('cpu_load')):>7} "
             f"{_pct(h.get('memory_load')):>7}{mark}\n"
         )
     flights = st.get("in_flight", [])

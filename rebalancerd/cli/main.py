@@ -3,7 +3,10 @@ and exposes ``register(subparsers) -> None``; the parser it adds sets ``func`` (
 taking the parsed args, returning an exit code).
 
 Errors: a CliError (or any known input error) prints one line ``rebalancerd: error: ...`` and exits
-2; anything unexpected prints one line and exits 1 (``--debug`` shows the traceback).
+2; anything unexpected prints one line and exits 1 (``--debug`` shows the traceback). A command
+whose optional dependencies are not installed (the slim agent install has no solver) says which
+extra to install. A reader that goes away (``rebalancerd status | head``) ends the command
+quietly with 141, like a process killed by SIGPIPE.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import argparse
 import asyncio
 import importlib
 import inspect
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -32,7 +36,17 @@ COMMAND_MODULES = [
     "rebalancerd.cli.agent",
     "rebalancerd.cli.control",
     "rebalancerd.cli.simulate",
+    "rebalancerd.cli.docs",
 ]
+
+# Modules of the optional extras, and the extra that brings each (pyproject.toml).
+EXTRA_OF_MODULE = {
+    "ortools": "offline",
+    "numpy": "offline",
+    "pandas": "offline",
+    "libvirt": "agent",
+}
+SIGPIPE_EXIT = 141
 
 
 # Bad input the user can fix: one line, exit code 2.
@@ -62,20 +76,49 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: Any = args.func(args)
         if inspect.isawaitable(result):
             result = asyncio.run(_await(result))
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
         return int(result or 0)
+    except BrokenPipeError:
+        _silence_stdout()
+        return SIGPIPE_EXIT
+    except ModuleNotFoundError as e:
+        root = (e.name or "").split(".")[0]
+        extra = EXTRA_OF_MODULE.get(root)
+        if extra is None:
+            raise
+        if args.debug:
+            traceback.print_exc()
+        print(
+            f"rebalancerd: error: `rebalancerd {args.command}` needs the Python module {root!r}, "
+            f"which this install lacks: pip install 'rebalancerd[{extra}]' "
+            "(or 'rebalancerd[daemon]' for everything)",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:
         print("rebalancerd: interrupted", file=sys.stderr)
         return 130
     except KNOWN_INPUT_ERRORS as e:
         if args.debug:
             traceback.print_exc()
-        print(f"rebalancerd: error: {e}", file=sys.stderr)
+        for line in str(e).splitlines() or [""]:
+            print(f"rebalancerd: error: {line}", file=sys.stderr)
         return 2
     except Exception as e:
         if args.debug:
             traceback.print_exc()
         print(f"rebalancerd: error: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not raise again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 async def _await(aw: Any) -> Any:

@@ -46,7 +46,7 @@ async def _run(args: argparse.Namespace) -> int:
         cfg = load_config(args.config)
     except ConfigError as e:
         if args.check and args.json:
-            print(json.dumps({"config": args.config, "ok": False, "problems": [str(e)]}))
+            print(json.dumps({"config": args.config, "ok": False, "problems": e.problems}))
             return 2
         raise CliError(str(e)) from None
     updates: dict[str, Any] = {}

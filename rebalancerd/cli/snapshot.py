@@ -10,9 +10,10 @@ from typing import Any
 
 from rebalancerd import snapshot as codec
 from rebalancerd.cli.errors import CliError
-from rebalancerd.domain.load import imbalance, resource_gap
 from rebalancerd.domain.model import ClusterSnapshot
 from rebalancerd.files import load_snapshot
+from rebalancerd.policy.measure import measure
+from rebalancerd.policy.schema import Policy, default_policy
 
 DEFAULT_SOCKET = "/run/rebalancerd/control.sock"
 
@@ -34,17 +35,26 @@ def register(sub: Any) -> None:
     p.add_argument("--hosts", type=int, default=16, help="with --generate")
     p.add_argument("--vms", type=int, default=160, help="with --generate")
     p.add_argument("--seed", type=int, default=0, help="with --generate")
+    p.add_argument(
+        "--policy",
+        metavar="FILE",
+        help="with --check: measure imbalance under this policy, as `plan --policy` does "
+        "(default: the built-in default policy, as `plan` without --policy)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
 
 
-def summary(s: ClusterSnapshot) -> dict[str, Any]:
+def summary(s: ClusterSnapshot, policy: Policy | None = None) -> dict[str, Any]:
+    """Counts and imbalance of a snapshot; imbalance measured as `plan` does under `policy`."""
+    m = measure(s, policy or default_policy(), s.taken_at or 0.0)
     return {
         "hosts": len(s.hosts),
         "vms": len(s.vms),
-        "imbalance": round(imbalance(s), 4),
-        "cpu_gap": round(resource_gap(s, "cpu"), 4),
-        "memory_gap": round(resource_gap(s, "memory"), 4),
+        "imbalance": round(m.imbalance, 4),
+        "cpu_gap": round(m.cpu_gap, 4),
+        "memory_gap": round(m.memory_gap, 4),
+        "imbalance_basis": m.basis,
         "rules": {
             "groups": len(s.rules.groups),
             "pins": len(s.rules.pins),
@@ -73,14 +83,19 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.check:
         s = load_snapshot(args.check)
-        info = summary(s)
+        policy = None
+        if args.policy:
+            from rebalancerd.adapters.policy_files import load_policy_file
+
+            policy = load_policy_file(args.policy)
+        info = summary(s, policy)
         if args.json:
             print(json.dumps({"file": args.check, "ok": True} | info, sort_keys=True))
         else:
             print(
                 f"{args.check}: ok, {info['hosts']} hosts, {info['vms']} VMs, "
                 f"imbalance {info['imbalance']:.3f} (cpu gap {info['cpu_gap']:.3f}, "
-                f"memory gap {info['memory_gap']:.3f})"
+                f"memory gap {info['memory_gap']:.3f}; {info['imbalance_basis']})"
             )
         return 0
     if args.generate:

@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from rebalancerd.adapters.mqtt import BrokerSettings
+from rebalancerd.config_marks import Positions, validation_lines, yaml_error_line
 from rebalancerd.execution import adaptive
 from rebalancerd.files import (
     InputFileError,
@@ -37,7 +38,12 @@ MAX_CONFIG_BYTES = 1024 * 1024
 
 
 class ConfigError(Exception):
-    """A daemon config that cannot be used; the message is one line."""
+    """A daemon config that cannot be used: one line per problem (``file:line:col: ...`` when
+    the place is known); ``problems`` holds the lines."""
+
+    def __init__(self, *problems: str) -> None:
+        self.problems: list[str] = list(problems)
+        super().__init__("\n".join(self.problems))
 
 
 class _Strict(BaseModel):
@@ -293,16 +299,6 @@ RELOADABLE: frozenset[str] = frozenset(
 )
 
 
-def _all_errors(e: ValidationError, most: int = 10) -> str:
-    """Every validation error (up to `most`) on one line, `; `-separated."""
-    parts = []
-    for err in e.errors()[:most]:
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        parts.append(f"{loc}: {err['msg']}")
-    more = f" (and {e.error_count() - most} more)" if e.error_count() > most else ""
-    return "; ".join(parts) + more
-
-
 def _resolve(base: Path, p: str | None) -> str | None:
     if p is None or p.startswith("@"):
         return p
@@ -316,24 +312,35 @@ def _resolve_path(base: Path, p: Path | None) -> Path | None:
     return (base / p).resolve()
 
 
-def parse(data: Any, source: str = "<config>", base: Path | None = None) -> DaemonConfig:
+def parse(
+    data: Any, source: str = "<config>", base: Path | None = None, pos: Positions | None = None
+) -> DaemonConfig:
+    """Validate a config document; every problem is reported at once (ConfigError)."""
+    where = pos or Positions("")
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: top level must be a mapping")
+        raise ConfigError(f"{source}:1:1: top level must be a mapping")
+    problems: list[str] = []
     try:
         cfg = DaemonConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(f"{source}: {_all_errors(e)}") from None
-    if not cfg.simulate and not cfg.inventory:
-        raise ConfigError(f"{source}: inventory: required unless simulate: true")
-    if cfg.control.group is not None:
+        problems = validation_lines(e, source, where)
+        cfg = None
+    # the checks below see the raw values too, so they join the schema's problems
+    simulate = data.get("simulate") is True if cfg is None else cfg.simulate
+    if not simulate and not data.get("inventory"):
+        problems.append(f"{source}:1:1: inventory: required unless simulate: true")
+    control = data.get("control")
+    group = control.get("group") if isinstance(control, dict) else None
+    if isinstance(group, str):
         try:
-            grp.getgrnam(cfg.control.group)
+            grp.getgrnam(group)
         except KeyError:
-            raise ConfigError(
-                f"{source}: control.group: no such group {cfg.control.group!r}"
-            ) from None
+            line, col = where.at(("control", "group"))
+            problems.append(f"{source}:{line}:{col}: control.group: no such group {group!r}")
+    if problems or cfg is None:
+        raise ConfigError(*problems)
     if base is None:
         return cfg
     b = cfg.broker
@@ -371,14 +378,11 @@ def load_config(path: str | Path) -> DaemonConfig:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or type(e).__name__
-        raise ConfigError(f"{p}:{where}: invalid YAML: {problem}") from None
+        raise ConfigError(yaml_error_line(str(p), e)) from None
     except RecursionError:
         raise ConfigError(f"{p}: YAML nested too deeply") from None
     try:
-        return parse(data, str(p), p.parent.resolve())
+        return parse(data, str(p), p.parent.resolve(), Positions(text))
     except RecursionError:
         raise ConfigError(f"{p}: config nested too deeply") from None
 

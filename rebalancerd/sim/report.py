@@ -20,18 +20,58 @@ _PAD_L, _PAD_R, _PAD_T, _PAD_B = 56, 16, 28, 50
 _COLOURS = ("#1f6feb", "#999999")
 
 
-def _nice_max(v: float) -> float:
-    if v <= 0:
+def _nice_step(span: float, ticks: int = 5) -> float:
+    """A round tick step (1, 2 or 5 x 10^k) giving about `ticks` intervals over `span`."""
+    if span <= 0 or not math.isfinite(span):
         return 1.0
-    mag = 10 ** math.floor(math.log10(v))
-    for m in (1, 2, 2.5, 5, 10):
-        if m * mag >= v:
+    raw = span / ticks
+    mag = 10 ** math.floor(math.log10(raw))
+    for m in (1, 2, 5, 10):
+        if m * mag >= raw:
             return float(m * mag)
-    return float(10 * mag)
+    return float(10 * mag)  # pragma: no cover - the loop always returns
+
+
+def _nice_max(v: float) -> float:
+    """The axis top: `v` rounded up to a whole number of round steps (1.0 when empty)."""
+    if v <= 0 or not math.isfinite(v):
+        return 1.0
+    step = _nice_step(v)
+    return step * math.ceil(v / step - 1e-9)
+
+
+def _percentile(vals: Sequence[float], q: float) -> float:
+    """The q-quantile (0..1) of `vals` by the nearest rank (0.0 when empty)."""
+    if not vals:
+        return 0.0
+    ordered = sorted(vals)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def axis_top(series: Sequence[Sequence[float]]) -> tuple[float, float | None]:
+    """(axis top, off-scale peak or None). A replay starts from the trace's initial placement,
+    so its first hour can burst (hundreds of migrations, dozens of overloaded hosts) and flatten
+    the rest of the day. The axis follows each series' 98th percentile when the peak is more
+    than 1.5 x that; the values above are drawn clipped and the peak is written on the chart."""
+    finite = [[y for y in ys if math.isfinite(y)] for ys in series]
+    peak = max((max(ys) for ys in finite if ys), default=0.0)
+    body = max((_percentile(ys, 0.98) for ys in finite if ys), default=0.0)
+    if body > 0 and peak > 1.5 * body:
+        return _nice_max(body * 1.1), peak
+    return _nice_max(peak), None
 
 
 def _fmt(v: float) -> str:
-    return f"{v:.0f}" if v >= 10 or v == int(v) else f"{v:.1f}"
+    if v == int(v):
+        return f"{int(v):,}"
+    return f"{v:,.2f}".rstrip("0").rstrip(".") if abs(v) < 10 else f"{v:,.1f}"
+
+
+def _hour_step(x_max: float) -> int:
+    for step in (1, 2, 3, 4, 6, 12, 24):
+        if x_max / step <= 8:
+            return step
+    return 48
 
 
 def svg_chart(
@@ -42,9 +82,10 @@ def svg_chart(
     bars: bool = False,
     unit: str = "",
 ) -> str:
-    """One chart: x in hours, one polyline (or bar set) per series."""
+    """One chart: x in hours, one polyline (or bar set) per series; round ticks, a robust top
+    (see `axis_top`), values above it clipped and the peak written on the chart."""
     x_max = max(xs[-1] if xs else 1.0, 1e-9)
-    y_max = _nice_max(max((max(ys) for _, ys in series if ys), default=1.0))
+    y_max, off_scale = axis_top([ys for _, ys in series])
     pw = _W - _PAD_L - _PAD_R
     ph = _H - _PAD_T - _PAD_B
 
@@ -52,7 +93,7 @@ def svg_chart(
         return _PAD_L + pw * x / x_max
 
     def py(y: float) -> float:
-        return _PAD_T + ph * (1 - y / y_max)
+        return _PAD_T + ph * (1 - min(y, y_max) / y_max)
 
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{_W}" height="{_H}" '
@@ -60,22 +101,33 @@ def svg_chart(
         f'<text x="{_PAD_L}" y="18" font-size="14" font-weight="bold">'
         f"{html.escape(title)}{' (' + html.escape(unit) + ')' if unit else ''}</text>",
     ]
-    for i in range(5):
-        y = y_max * i / 4
+    step = _nice_step(y_max)
+    n_ticks = round(y_max / step)
+    for i in range(n_ticks + 1):
+        y = step * i
         out.append(
             f'<line x1="{_PAD_L}" x2="{_W - _PAD_R}" y1="{py(y):.1f}" y2="{py(y):.1f}" '
             'stroke="#e5e5e5"/>'
             f'<text x="{_PAD_L - 6}" y="{py(y) + 4:.1f}" font-size="11" '
             f'text-anchor="end">{_fmt(y)}</text>'
         )
-    step = 3 if x_max > 6 else 1
+    if off_scale is not None:
+        at = next(
+            (x for _, ys in series for x, y in zip(xs, ys, strict=False) if y == off_scale), 0.0
+        )
+        out.append(
+            f'<text x="{px(at) + 8:.1f}" y="{_PAD_T + 11}" font-size="11" fill="#b42318">'
+            f"&#8593; peak {_fmt(off_scale)} at {at:.1f} h (axis cut at the 98th percentile)"
+            "</text>"
+        )
+    hstep = _hour_step(x_max)
     h = 0
     while h <= x_max + 1e-9:
         out.append(
             f'<text x="{px(h):.1f}" y="{_H - _PAD_B + 16}" font-size="11" '
             f'text-anchor="middle">{h}h</text>'
         )
-        h += step
+        h += hstep
     bar_w = max(pw / max(len(xs), 1) / max(len(series), 1), 0.5)
     for si, (name, ys) in enumerate(series):
         colour = _COLOURS[si % len(_COLOURS)]
@@ -109,17 +161,23 @@ _ROWS: tuple[tuple[str, str, str], ...] = (
     ("esv", "ESV", "{:.2e}"),
     ("migrations", "Migrations", "{:,}"),
     ("migrations_per_vm_day", "Migrations per VM per day", "{:.3f}"),
-    ("bytes_moved", "Bytes moved", "{:,}"),
+    ("bytes_moved", "Memory moved (GiB)", "gib"),
     ("peak_concurrent_migrations", "Peak concurrent migrations", "{}"),
     ("wall_s", "Replay wall time (s)", "{:.1f}"),
 )
 
 
 def _cell(fmt: str, v: Any) -> str:
+    if fmt == "gib" and isinstance(v, int | float):
+        return f"{v / 2**30:,.1f}"
     try:
         return fmt.format(v)
     except (TypeError, ValueError):
         return html.escape(str(v))
+
+
+def _interval_min(xs: Sequence[float]) -> str:
+    return f"{(xs[1] - xs[0]) * 60:g}" if len(xs) > 1 else "5"
 
 
 def render_html(result: ReplayResult, baseline: ReplayResult | None = None) -> str:
@@ -140,10 +198,11 @@ def render_html(result: ReplayResult, baseline: ReplayResult | None = None) -> s
             [(n, t.overloaded_hosts) for n, t in zip(names, tl, strict=True)],
         ),
         svg_chart(
-            "Migrations started per interval",
+            "Migrations started",
             xs,
             [(n, t.migrations) for n, t in zip(names, tl, strict=True)],
             bars=True,
+            unit=f"per {_interval_min(xs)} min interval",
         ),
     ]
     head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
