@@ -52,8 +52,8 @@ async def main():
     async with EtcdCoordinator(s, ["c"]) as c:
         loop = asyncio.create_task(c.run())
         renew = c.renew
-        async def renew_and_say():
-            await renew()
+        async def renew_and_say(timeout=None):
+            await renew(timeout)
             if c.leadership("c"):
                 print("KA", time.time(), flush=True)
         c.renew = renew_and_say

@@ -192,13 +192,17 @@ class EtcdCoordinator:
                 await ka
 
     async def _keepalive_loop(self) -> None:
+        # three tries per TTL, each bounded well inside its slot: a keepalive routed to a dead
+        # etcd member must not eat the lease (the channel moves to a live member on the retry)
         period = max(0.1, self.s.lease_ttl_s / 3)
+        timeout = min(self.s.call_timeout_s, self.s.lease_ttl_s / 4)
         while True:
+            started = self.clock()
             try:
-                await self.renew()
+                await self.renew(timeout)
             except _LOOP_FAILURES as e:
                 self._problem(e)
-            await asyncio.sleep(period)
+            await asyncio.sleep(max(0.0, period - (self.clock() - started)))
 
     async def step(self) -> None:
         """One turn: a lease, the member list, then campaign for / resign from clusters."""
@@ -251,7 +255,7 @@ class EtcdCoordinator:
         self._expiry = sent + ttl
         self._deadline = sent + ttl - self.s.safety_margin_s
 
-    async def renew(self) -> None:
+    async def renew(self, timeout: float | None = None) -> None:
         """One keepalive; moves the deadline only when etcd confirms the lease."""
         if not self._lease_id:
             return
@@ -259,7 +263,7 @@ class EtcdCoordinator:
         sent = self.clock()
         call = api.lease.keep_alive(self._lease_id)
         try:
-            resp = await asyncio.wait_for(call.read(), self.s.call_timeout_s)
+            resp = await asyncio.wait_for(call.read(), timeout or self.s.call_timeout_s)
         finally:
             call.cancel()
         ttl = int(getattr(resp, "TTL", 0) or 0)
